@@ -1,0 +1,146 @@
+//! Salt events: a tag and a msgpack map, packed as `tag + "\n\n" + msgpack(data)`.
+
+use rmpv::Value;
+
+use super::error::SaltError;
+
+/// The separator between an event's tag and its packed data.
+pub const TAG_END: &[u8] = b"\n\n";
+
+/// One event on a Salt event bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The tag, e.g. `salt/netapi/hook/github/deploy`.
+    pub tag: String,
+    /// The data; a map for every event Salt itself fires.
+    pub data: Value,
+}
+
+impl Event {
+    /// Builds an event.
+    pub fn new(tag: impl Into<String>, data: Value) -> Self {
+        Self { tag: tag.into(), data }
+    }
+
+    /// Packs the event the way Salt's `SaltEvent.pack` does: UTF-8 tag, `\n\n`, then the data as
+    /// msgpack with bin types.
+    pub fn pack(&self) -> Result<Vec<u8>, SaltError> {
+        if self.tag.as_bytes().windows(2).any(|w| w == TAG_END) {
+            return Err(SaltError::Protocol("event tag contains \\n\\n".into()));
+        }
+        let mut out = Vec::with_capacity(self.tag.len() + 2 + 64);
+        out.extend_from_slice(self.tag.as_bytes());
+        out.extend_from_slice(TAG_END);
+        rmpv::encode::write_value(&mut out, &self.data)
+            .map_err(|e| SaltError::Protocol(format!("cannot pack event data: {e}")))?;
+        Ok(out)
+    }
+
+    /// Unpacks `tag + "\n\n" + msgpack`. The tag must be UTF-8 (lossy decoding would let two
+    /// different tags compare equal); the data is read into a tolerant [`Value`].
+    pub fn unpack(raw: &[u8]) -> Result<Self, SaltError> {
+        let split = raw
+            .windows(2)
+            .position(|w| w == TAG_END)
+            .ok_or_else(|| SaltError::Protocol("event without a tag separator".into()))?;
+        let tag = std::str::from_utf8(&raw[..split])
+            .map_err(|_| SaltError::Protocol("event tag is not UTF-8".into()))?
+            .to_owned();
+        let mut rest = &raw[split + 2..];
+        let data = rmpv::decode::read_value(&mut rest)
+            .map_err(|e| SaltError::Protocol(format!("event data is not msgpack: {e}")))?;
+        Ok(Self { tag, data })
+    }
+
+    /// Looks up a string-keyed field of the data map.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        map_get(&self.data, key)
+    }
+}
+
+/// Looks up `key` in a msgpack map whose keys are str or bin.
+pub fn map_get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    value.as_map()?.iter().find_map(|(k, v)| (bytes_like(k) == Some(key.as_bytes())).then_some(v))
+}
+
+/// The bytes of a str (valid UTF-8 or not) or bin value. Salt packs replies with
+/// `use_bin_type=False`, so a "string" may be either and may hold invalid UTF-8.
+pub fn bytes_like(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::String(s) => Some(s.as_bytes()),
+        Value::Binary(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// A str or bin value as text, replacing invalid UTF-8.
+pub fn text_like(value: &Value) -> Option<String> {
+    bytes_like(value).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Salt's `_stamp`: UTC ISO 8601 with microseconds and no offset, `2026-11-22T19:30:30.245676`.
+pub fn stamp_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
+    );
+    now.format(&fmt).unwrap_or_default()
+}
+
+/// The tag a webhook fires: `salt/netapi/hook/<path>`, with the path's slashes trimmed.
+pub fn hook_tag(path: &str) -> String {
+    let path = path.trim_matches('/');
+    if path.is_empty() { "salt/netapi/hook".to_owned() } else { format!("salt/netapi/hook/{path}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_unpack_round_trip() {
+        let ev = Event::new(
+            "salt/netapi/hook/x",
+            Value::Map(vec![
+                ("body".into(), Value::Binary(vec![0xff, 0x00])),
+                ("n".into(), Value::from(3)),
+            ]),
+        );
+        let raw = ev.pack().unwrap();
+        assert!(raw.starts_with(b"salt/netapi/hook/x\n\n"));
+        assert_eq!(Event::unpack(&raw).unwrap(), ev);
+    }
+
+    #[test]
+    fn tags_with_separator_are_refused() {
+        assert!(matches!(Event::new("a\n\nb", Value::Nil).pack(), Err(SaltError::Protocol(_))));
+    }
+
+    #[test]
+    fn unpack_refuses_missing_separator_and_bad_data() {
+        assert!(matches!(Event::unpack(b"just-a-tag"), Err(SaltError::Protocol(_))));
+        assert!(matches!(Event::unpack(b"tag\n\n"), Err(SaltError::Protocol(_))));
+    }
+
+    #[test]
+    fn invalid_utf8_strings_are_kept() {
+        // fixmap(1) "k" -> fixstr(2) ff fe : invalid UTF-8, as Salt may send.
+        let raw = b"t\n\n\x81\xa1k\xa2\xff\xfe";
+        let ev = Event::unpack(raw).unwrap();
+        assert_eq!(bytes_like(ev.get("k").unwrap()), Some(&[0xff, 0xfe][..]));
+    }
+
+    #[test]
+    fn stamp_has_salt_shape() {
+        let s = stamp_now();
+        assert_eq!(s.len(), 26, "{s}");
+        assert_eq!(&s[10..11], "T");
+    }
+
+    #[test]
+    fn hook_tags() {
+        assert_eq!(hook_tag("github/deploy"), "salt/netapi/hook/github/deploy");
+        assert_eq!(hook_tag("/a/"), "salt/netapi/hook/a");
+        assert_eq!(hook_tag(""), "salt/netapi/hook");
+    }
+}

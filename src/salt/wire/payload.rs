@@ -1,0 +1,1 @@
+//! The Salt clear channel payloads.

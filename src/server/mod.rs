@@ -1,0 +1,4 @@
+//! Listeners and serving.
+
+/// Runs saltgate.
+pub fn run() {}
