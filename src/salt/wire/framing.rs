@@ -250,7 +250,7 @@ mod tests {
         let ev = vec![b'x'; 0x76];
         let f = frame(Framing::Prefixed, &ev);
         assert_eq!(&f[..4], &[0, 0, 0, 0x84]);
-        assert_eq!(&f[4..17], b"\x82\xa4head\x80\xa4body\xc4\x76");
+        assert_eq!(&f[4..18], b"\x82\xa4head\x80\xa4body\xc4\x76");
         assert_eq!(f.len(), 4 + 0x84);
     }
 
