@@ -19,7 +19,10 @@ pub struct Event {
 impl Event {
     /// Builds an event.
     pub fn new(tag: impl Into<String>, data: Value) -> Self {
-        Self { tag: tag.into(), data }
+        Self {
+            tag: tag.into(),
+            data,
+        }
     }
 
     /// Packs the event the way Salt's `SaltEvent.pack` does: UTF-8 tag, `\n\n`, then the data as
@@ -60,7 +63,10 @@ impl Event {
 
 /// Looks up `key` in a msgpack map whose keys are str or bin.
 pub fn map_get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    value.as_map()?.iter().find_map(|(k, v)| (bytes_like(k) == Some(key.as_bytes())).then_some(v))
+    value
+        .as_map()?
+        .iter()
+        .find_map(|(k, v)| (bytes_like(k) == Some(key.as_bytes())).then_some(v))
 }
 
 /// The bytes of a str (valid UTF-8 or not) or bin value. Salt packs replies with
@@ -90,7 +96,11 @@ pub fn stamp_now() -> String {
 /// The tag a webhook fires: `salt/netapi/hook/<path>`, with the path's slashes trimmed.
 pub fn hook_tag(path: &str) -> String {
     let path = path.trim_matches('/');
-    if path.is_empty() { "salt/netapi/hook".to_owned() } else { format!("salt/netapi/hook/{path}") }
+    if path.is_empty() {
+        "salt/netapi/hook".to_owned()
+    } else {
+        format!("salt/netapi/hook/{path}")
+    }
 }
 
 #[cfg(test)]
@@ -113,13 +123,22 @@ mod tests {
 
     #[test]
     fn tags_with_separator_are_refused() {
-        assert!(matches!(Event::new("a\n\nb", Value::Nil).pack(), Err(SaltError::Protocol(_))));
+        assert!(matches!(
+            Event::new("a\n\nb", Value::Nil).pack(),
+            Err(SaltError::Protocol(_))
+        ));
     }
 
     #[test]
     fn unpack_refuses_missing_separator_and_bad_data() {
-        assert!(matches!(Event::unpack(b"just-a-tag"), Err(SaltError::Protocol(_))));
-        assert!(matches!(Event::unpack(b"tag\n\n"), Err(SaltError::Protocol(_))));
+        assert!(matches!(
+            Event::unpack(b"just-a-tag"),
+            Err(SaltError::Protocol(_))
+        ));
+        assert!(matches!(
+            Event::unpack(b"tag\n\n"),
+            Err(SaltError::Protocol(_))
+        ));
     }
 
     #[test]

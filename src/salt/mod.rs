@@ -6,9 +6,15 @@
 //!   `publish`, `runner`, `wheel`) with bounded timeouts and a socket pool.
 //! - [`client`]: `local`, `runner` and `wheel` with Salt's semantics on top of both.
 
+pub mod bus;
+pub mod channel;
+pub mod client;
 pub mod error;
 pub mod event;
 pub mod wire;
 
+pub use bus::{BusItem, EventBus, SharedBus, Subscription};
+pub use channel::{Auth, MasterChannel};
+pub use client::SaltClients;
 pub use error::SaltError;
 pub use event::Event;

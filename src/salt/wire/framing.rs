@@ -66,18 +66,28 @@ pub enum Decoded {
     /// More bytes are needed.
     Incomplete,
     /// A whole frame: its framing, how many bytes it used, and the frame's msgpack bytes.
-    Frame { framing: Framing, consumed: usize, start: usize },
+    Frame {
+        framing: Framing,
+        consumed: usize,
+        start: usize,
+    },
 }
 
 /// Finds the first complete frame at the start of `buf`.
 pub fn decode_frame(buf: &[u8], max_frame: usize) -> Result<Decoded, SaltError> {
-    let Some(&first) = buf.first() else { return Ok(Decoded::Incomplete) };
+    let Some(&first) = buf.first() else {
+        return Ok(Decoded::Incomplete);
+    };
     if matches!(first, 0x80..=0x8f | 0xde | 0xdf) {
         return match value_len(buf, 0)? {
             None if buf.len() > max_frame => Err(too_big(buf.len(), max_frame)),
             None => Ok(Decoded::Incomplete),
             Some(n) if n > max_frame => Err(too_big(n, max_frame)),
-            Some(n) => Ok(Decoded::Frame { framing: Framing::Bare, consumed: n, start: 0 }),
+            Some(n) => Ok(Decoded::Frame {
+                framing: Framing::Bare,
+                consumed: n,
+                start: 0,
+            }),
         };
     }
     if buf.len() < 4 {
@@ -90,11 +100,17 @@ pub fn decode_frame(buf: &[u8], max_frame: usize) -> Result<Decoded, SaltError> 
     if buf.len() < 4 + len {
         return Ok(Decoded::Incomplete);
     }
-    Ok(Decoded::Frame { framing: Framing::Prefixed, consumed: 4 + len, start: 4 })
+    Ok(Decoded::Frame {
+        framing: Framing::Prefixed,
+        consumed: 4 + len,
+        start: 4,
+    })
 }
 
 fn too_big(n: usize, max: usize) -> SaltError {
-    SaltError::Protocol(format!("event frame of {n} bytes exceeds the {max}-byte limit"))
+    SaltError::Protocol(format!(
+        "event frame of {n} bytes exceeds the {max}-byte limit"
+    ))
 }
 
 /// Extracts the packed event (`body`) from a frame's msgpack bytes.
@@ -126,10 +142,13 @@ pub fn value_len(buf: &[u8], depth: usize) -> Result<Option<usize>, SaltError> {
             continue;
         }
         *top -= 1;
-        let Some(&b) = buf.get(pos) else { return Ok(None) };
+        let Some(&b) = buf.get(pos) else {
+            return Ok(None);
+        };
         pos += 1;
         let be = |pos: usize, n: usize| -> Option<u64> {
-            buf.get(pos..pos + n).map(|s| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+            buf.get(pos..pos + n)
+                .map(|s| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
         };
         let (skip, children): (u64, u64) = match b {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
@@ -217,7 +236,11 @@ pub fn value_len(buf: &[u8], depth: usize) -> Result<Option<usize>, SaltError> {
                 }
                 None => return Ok(None),
             },
-            0xc1 => return Err(SaltError::Protocol("msgpack byte 0xc1 is never used".into())),
+            0xc1 => {
+                return Err(SaltError::Protocol(
+                    "msgpack byte 0xc1 is never used".into(),
+                ));
+            }
         };
         let end = (pos as u64).saturating_add(skip);
         if end > buf.len() as u64 {
@@ -261,15 +284,21 @@ mod tests {
                 let ev = vec![7u8; n];
                 let mut f = frame(framing, &ev);
                 f.extend_from_slice(b"\x82trailing");
-                let Decoded::Frame { framing: got, consumed, start } =
-                    decode_frame(&f, 1 << 20).unwrap()
+                let Decoded::Frame {
+                    framing: got,
+                    consumed,
+                    start,
+                } = decode_frame(&f, 1 << 20).unwrap()
                 else {
                     panic!("incomplete")
                 };
                 assert_eq!(got, framing);
                 assert_eq!(frame_body(&f[start..consumed]).unwrap(), ev);
                 for cut in [1, consumed / 2, consumed - 1] {
-                    assert_eq!(decode_frame(&f[..cut], 1 << 20).unwrap(), Decoded::Incomplete);
+                    assert_eq!(
+                        decode_frame(&f[..cut], 1 << 20).unwrap(),
+                        Decoded::Incomplete
+                    );
                 }
             }
         }
@@ -278,13 +307,22 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused() {
         let f = frame(Framing::Prefixed, &[0u8; 2000]);
-        assert!(matches!(decode_frame(&f, 1000), Err(SaltError::Protocol(_))));
+        assert!(matches!(
+            decode_frame(&f, 1000),
+            Err(SaltError::Protocol(_))
+        ));
         let f = frame(Framing::Bare, &[0u8; 2000]);
-        assert!(matches!(decode_frame(&f, 1000), Err(SaltError::Protocol(_))));
+        assert!(matches!(
+            decode_frame(&f, 1000),
+            Err(SaltError::Protocol(_))
+        ));
         // A bare reader waiting on an endless incomplete map stops at the limit too.
         let mut partial = b"\x82\xa4head\x80\xa4body\xc6\xff\xff\xff\xff".to_vec();
         partial.resize(1001, 0);
-        assert!(matches!(decode_frame(&partial, 1000), Err(SaltError::Protocol(_))));
+        assert!(matches!(
+            decode_frame(&partial, 1000),
+            Err(SaltError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -297,7 +335,10 @@ mod tests {
             Value::from("x".repeat(40)),
             Value::Binary(vec![1; 300]),
             Value::Array(vec![Value::from(1); 20]),
-            Value::Map(vec![(Value::from("a"), Value::Array(vec![Value::Map(vec![])]))]),
+            Value::Map(vec![(
+                Value::from("a"),
+                Value::Array(vec![Value::Map(vec![])]),
+            )]),
             Value::Ext(78, b"20261122T19:30:30.245676".to_vec()),
             Value::Ext(5, vec![1, 2, 3, 4]),
         ];

@@ -1,0 +1,96 @@
+//! The built-in in-process bus: used when no master is configured, and by fast tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use tokio::sync::broadcast;
+
+use super::{BusItem, BusStatus, EventBus, Subscription};
+use crate::salt::error::SaltError;
+use crate::salt::event::Event;
+
+/// A broadcast bus living inside saltgate.
+#[derive(Debug)]
+pub struct MemoryBus {
+    tx: broadcast::Sender<BusItem>,
+    fired: AtomicU64,
+}
+
+impl MemoryBus {
+    /// A bus whose subscribers each buffer at most `capacity` items.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self {
+            tx,
+            fired: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EventBus for MemoryBus {
+    fn subscribe(&self) -> Subscription {
+        Subscription::new(self.tx.subscribe())
+    }
+
+    fn fire(&self, event: Event) -> BoxFuture<'_, Result<(), SaltError>> {
+        Box::pin(async move {
+            // Checked so that the built-in bus refuses what the master would refuse.
+            event.pack()?;
+            self.fired.fetch_add(1, Ordering::Relaxed);
+            // No subscriber is not an error: the built-in bus has no Reactor behind it.
+            let _ = self.tx.send(BusItem::Event(Arc::new(event)));
+            Ok(())
+        })
+    }
+
+    fn status(&self) -> BusStatus {
+        let n = self.fired.load(Ordering::Relaxed);
+        BusStatus {
+            kind: "builtin",
+            connected: true,
+            pull_framing: None,
+            events_in: n,
+            events_out: n,
+            subscribers: self.tx.receiver_count(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn fires_to_every_subscriber_and_reports_lag() {
+        let bus = MemoryBus::new(4);
+        let mut fast = bus.subscribe();
+        let mut slow = bus.subscribe();
+        for i in 0..10 {
+            bus.fire(Event::new(format!("t/{i}"), rmpv::Value::Map(vec![])))
+                .await
+                .unwrap();
+            let got = fast
+                .wait_for(Duration::from_secs(1), |_| true)
+                .await
+                .unwrap();
+            assert_eq!(got.tag, format!("t/{i}"));
+        }
+        assert!(matches!(slow.recv().await, Some(BusItem::Lagged(6))));
+        assert!(matches!(slow.recv().await, Some(BusItem::Event(e)) if e.tag == "t/6"));
+        assert_eq!(bus.status().events_out, 10);
+    }
+
+    #[tokio::test]
+    async fn wait_for_times_out() {
+        let bus = MemoryBus::new(4);
+        let mut sub = bus.subscribe();
+        let err = sub
+            .wait_for(Duration::from_millis(20), |_| true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SaltError::Timeout(_)));
+    }
+}

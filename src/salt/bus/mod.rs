@@ -1,0 +1,109 @@
+//! Event buses: the master's (IPC or TCP stream sockets) and the built-in in-process one.
+//!
+//! Both fan events out inside saltgate through one bounded broadcast queue: one subscription to
+//! the master, many in-process subscribers. A subscriber that falls behind is told how many
+//! events it missed ([`BusItem::Lagged`]); nothing is dropped without the subscriber knowing.
+
+pub mod ipc;
+pub mod memory;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::broadcast;
+
+use crate::salt::error::SaltError;
+use crate::salt::event::Event;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum BusItem {
+    /// An event seen on the bus.
+    Event(Arc<Event>),
+    /// The subscriber fell behind and this many events were skipped for it.
+    Lagged(u64),
+    /// The connection to the master's bus was lost; events until [`BusItem::Connected`] are lost.
+    Disconnected,
+    /// The connection to the master's bus is (again) up.
+    Connected,
+}
+
+/// A snapshot of a bus's state, for logs, `/stats` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusStatus {
+    /// `master` or `builtin`.
+    pub kind: &'static str,
+    /// Whether events can be read right now.
+    pub connected: bool,
+    /// The pull-side framing in use, once known.
+    pub pull_framing: Option<&'static str>,
+    /// Events received from the bus since start.
+    pub events_in: u64,
+    /// Events fired by saltgate since start.
+    pub events_out: u64,
+    /// Current in-process subscribers.
+    pub subscribers: usize,
+}
+
+/// An event bus: subscribe to everything on it, fire events onto it.
+pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
+    /// A new subscription that sees every event from now on.
+    fn subscribe(&self) -> Subscription;
+    /// Hands an event to the bus. `Ok` means the bytes were written to the master's socket (or
+    /// broadcast, on the built-in bus); an error means the event was not fired.
+    fn fire(&self, event: Event) -> BoxFuture<'_, Result<(), SaltError>>;
+    /// Current state.
+    fn status(&self) -> BusStatus;
+}
+
+/// A shared handle to any bus.
+pub type SharedBus = Arc<dyn EventBus>;
+
+/// One in-process subscriber's queue.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<BusItem>,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: broadcast::Receiver<BusItem>) -> Self {
+        Self { rx }
+    }
+
+    /// The next item; `None` when the bus is gone.
+    pub async fn recv(&mut self) -> Option<BusItem> {
+        match self.rx.recv().await {
+            Ok(item) => Some(item),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(BusItem::Lagged(n)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// Waits for the first event whose tag satisfies `pred`, up to `timeout`. Lag and
+    /// disconnects are reported as errors, so callers never wait on an event they may have missed.
+    pub async fn wait_for(
+        &mut self,
+        timeout: std::time::Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Result<Arc<Event>, SaltError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let item = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .map_err(|_| SaltError::Timeout(timeout))?;
+            match item {
+                Some(BusItem::Event(ev)) if pred(&ev) => return Ok(ev),
+                Some(BusItem::Event(_) | BusItem::Connected) => {}
+                Some(BusItem::Lagged(n)) => {
+                    return Err(SaltError::BusBusy(format!(
+                        "subscriber lagged by {n} events"
+                    )));
+                }
+                Some(BusItem::Disconnected) => {
+                    return Err(SaltError::Unavailable("event bus disconnected".into()));
+                }
+                None => return Err(SaltError::Unavailable("event bus closed".into())),
+            }
+        }
+    }
+}
