@@ -1,1 +1,108 @@
-fn main() {}
+//! The `saltgate` command: `serve`, `check-config`, `version`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use saltgate::config::Config;
+use saltgate::server;
+
+#[derive(Parser)]
+#[command(
+    name = "saltgate",
+    version,
+    about = "A hardened, fast drop-in for Salt's salt-api"
+)]
+struct Cli {
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API. Without --config: the built-in event bus on 127.0.0.1:8000.
+    Serve {
+        /// The Salt master config file (or its directory), with `rest_cherrypy:`/`saltgate:`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and print the effective settings.
+    CheckConfig {
+        /// The Salt master config file (or its directory).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    match path {
+        Some(p) => Config::load(p, &env).with_context(|| format!("config {}", p.display())),
+        None => Ok(Config::builtin()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("saltgate {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let config = load(Some(&config))?;
+            println!("{}", saltgate::config::render_effective(&config));
+            Ok(())
+        }
+        Command::Serve { config } => {
+            saltgate::telemetry::init(cli.log_json);
+            let config = load(config.as_ref())?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = server::bind_addr(&config)?;
+    let tls = server::tls_from_config(&config)?;
+    let limits = server::Limits::from_config(&config);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(
+        address = %addr,
+        tls = tls.is_some(),
+        version = env!("CARGO_PKG_VERSION"),
+        "saltgate listening"
+    );
+    let state = server::build_state(config);
+    server::run(state, listener, tls, limits, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("Shutdown signal received");
+}

@@ -1,1 +1,69 @@
-//! HTTP routes.
+//! The HTTP edge: routes, content negotiation, errors. Thin: parse, call `security`, call
+//! `salt`, render. No sockets or wire formats here.
+
+pub mod error;
+pub mod extract;
+pub mod hook;
+pub mod negotiate;
+pub mod state;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode};
+
+pub use error::ApiError;
+pub use state::{App, AppState};
+
+use negotiate::{Format, response_format};
+
+/// The whole route table.
+pub fn router(state: AppState) -> Router {
+    let hook_base = state
+        .config
+        .api
+        .webhook_url
+        .trim_end_matches('/')
+        .to_owned();
+    let hook_base = if hook_base.is_empty() {
+        "/hook".to_owned()
+    } else {
+        hook_base
+    };
+    let routes = Router::new()
+        .route("/", get(index))
+        .route("/index", get(index))
+        .route(&hook_base, post(hook::hook_root))
+        .route(&format!("{hook_base}/"), post(hook::hook_root))
+        .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
+        .fallback(not_found)
+        .with_state(state.clone());
+    let prefix = state
+        .config
+        .api
+        .root_prefix
+        .trim_end_matches('/')
+        .to_owned();
+    if prefix.is_empty() {
+        routes
+    } else {
+        Router::new().nest(&prefix, routes).fallback(not_found)
+    }
+}
+
+/// `GET /`: salt-api's welcome, listing the enabled clients.
+async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(format) = response_format(&headers) else {
+        return ApiError::NotAcceptable.render(Format::Json);
+    };
+    let body = serde_json::json!({
+        "return": "Welcome",
+        "clients": app.config.master.netapi_enable_clients,
+    });
+    error::render_body(StatusCode::OK, format, &body)
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    ApiError::NotFound.render(response_format(&headers).unwrap_or(Format::Json))
+}

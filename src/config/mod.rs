@@ -1,1 +1,391 @@
-//! Configuration.
+//! Configuration: the Salt master config (plus `master.d/*.conf`), salt-api's `rest_cherrypy:`
+//! block taken as is for drop-in use, and saltgate's own `saltgate:` block.
+//!
+//! [`Config::load`] is a pure function of the files it is given and an environment map; it
+//! validates everything into typed values and names the key at fault when it refuses. Nothing
+//! here is async and nothing here touches HTTP.
+
+pub mod error;
+pub mod master;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::ConfigError;
+pub use master::MasterSettings;
+
+use crate::salt::bus::ipc::PullFraming;
+use crate::salt::wire::framing::Framing;
+
+/// salt-api's `rest_cherrypy:` block. Unknown keys are accepted (salt-api has many that only
+/// concern CherryPy); known keys must have the right type.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RestCherrypy {
+    /// The port to listen on.
+    pub port: u16,
+    /// The address to listen on.
+    pub host: String,
+    /// TLS certificate (PEM).
+    pub ssl_crt: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub ssl_key: Option<PathBuf>,
+    /// Serve plain HTTP.
+    pub disable_ssl: bool,
+    /// Accept hooks without a Salt token.
+    pub webhook_disable_auth: bool,
+    /// The URL prefix of hooks.
+    pub webhook_url: String,
+    /// The largest request body accepted, in bytes.
+    pub max_request_body_size: u64,
+    /// Serve `/stats`.
+    pub collect_stats: bool,
+    /// Serve `/stats` without a token.
+    pub stats_disable_auth: bool,
+    /// A prefix for every route.
+    pub root_prefix: String,
+}
+
+impl Default for RestCherrypy {
+    fn default() -> Self {
+        Self {
+            port: 8000,
+            host: "0.0.0.0".into(),
+            ssl_crt: None,
+            ssl_key: None,
+            disable_ssl: false,
+            webhook_disable_auth: false,
+            webhook_url: "/hook".into(),
+            max_request_body_size: 1_048_576,
+            collect_stats: false,
+            stats_disable_auth: false,
+            root_prefix: "/".into(),
+        }
+    }
+}
+
+/// Which event bus saltgate attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BusChoice {
+    /// The master's bus when its sockets exist on this machine, else the built-in one.
+    #[default]
+    Auto,
+    /// Always the master's bus (reconnecting until it is there).
+    Master,
+    /// Always the built-in in-process bus.
+    Builtin,
+}
+
+/// The pull-side framing setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FramingSetting {
+    /// Detect by echo.
+    #[default]
+    Auto,
+    /// 4-byte length prefix (3006.26+, 3007.15+, 3008.2+).
+    Prefixed,
+    /// Bare msgpack (older releases).
+    Bare,
+}
+
+/// saltgate's own `saltgate:` block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaltgateSettings {
+    /// Which bus to use.
+    pub bus: BusChoice,
+    /// The master event puller's framing.
+    pub event_pull_framing: FramingSetting,
+    /// Concurrent requests to the master's request server.
+    pub request_pool: usize,
+    /// Open connections accepted at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for SaltgateSettings {
+    fn default() -> Self {
+        Self {
+            bus: BusChoice::Auto,
+            event_pull_framing: FramingSetting::Auto,
+            request_pool: 32,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The master config file read, if any.
+    pub source: Option<PathBuf>,
+    /// The master's settings (defaults when no file was given).
+    pub master: MasterSettings,
+    /// The `rest_cherrypy:` block.
+    pub api: RestCherrypy,
+    /// The `saltgate:` block.
+    pub saltgate: SaltgateSettings,
+    /// Whether to attach to the master (false: built-in bus).
+    pub use_master: bool,
+}
+
+impl Config {
+    /// Defaults with the built-in bus: what `saltgate serve` uses without `--config`.
+    pub fn builtin() -> Self {
+        let api = RestCherrypy {
+            host: "127.0.0.1".into(),
+            ..RestCherrypy::default()
+        };
+        Self {
+            source: None,
+            master: MasterSettings::default(),
+            api,
+            saltgate: SaltgateSettings {
+                bus: BusChoice::Builtin,
+                ..Default::default()
+            },
+            use_master: false,
+        }
+    }
+
+    /// Loads `path` (a master config file, or a directory holding `master`) with its includes.
+    /// `_env` is the environment secrets may be read from; it is passed in so that loading stays
+    /// a pure function of its inputs.
+    pub fn load(path: &Path, _env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = if path.is_dir() {
+            path.join("master")
+        } else {
+            path.to_path_buf()
+        };
+        let merged = master::read_merged(&file)?;
+        let root = serde_yaml::Value::Mapping(merged);
+        let mut master: MasterSettings = typed(&root, None)?;
+        master.resolve_paths();
+        let api: RestCherrypy = typed(&root, Some("rest_cherrypy"))?;
+        let saltgate: SaltgateSettings = typed(&root, Some("saltgate"))?;
+        let use_master = match saltgate.bus {
+            BusChoice::Master => true,
+            BusChoice::Builtin => false,
+            BusChoice::Auto => master.ipc_mode == "tcp" || master.sock_dir.exists(),
+        };
+        let config = Self {
+            source: Some(file),
+            master,
+            api,
+            saltgate,
+            use_master,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.host.parse::<IpAddr>().is_err() && self.api.host != "localhost" {
+            return Err(ConfigError::invalid(
+                "rest_cherrypy.host",
+                "must be an IP address",
+            ));
+        }
+        if !self.api.webhook_url.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "rest_cherrypy.webhook_url",
+                "must start with /",
+            ));
+        }
+        if !self.api.root_prefix.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "rest_cherrypy.root_prefix",
+                "must start with /",
+            ));
+        }
+        if self.api.max_request_body_size == 0 {
+            return Err(ConfigError::invalid(
+                "rest_cherrypy.max_request_body_size",
+                "must be > 0",
+            ));
+        }
+        match (&self.api.ssl_crt, &self.api.ssl_key, self.api.disable_ssl) {
+            (Some(_), None, false) => {
+                return Err(ConfigError::invalid(
+                    "rest_cherrypy.ssl_key",
+                    "needed with ssl_crt",
+                ));
+            }
+            (None, Some(_), false) => {
+                return Err(ConfigError::invalid(
+                    "rest_cherrypy.ssl_crt",
+                    "needed with ssl_key",
+                ));
+            }
+            _ => {}
+        }
+        if !matches!(self.master.ipc_mode.as_str(), "ipc" | "tcp") {
+            return Err(ConfigError::invalid("ipc_mode", "must be ipc or tcp"));
+        }
+        if self.saltgate.request_pool == 0 {
+            return Err(ConfigError::invalid("saltgate.request_pool", "must be > 0"));
+        }
+        if self.saltgate.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "saltgate.max_connections",
+                "must be > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pull-side framing as the bus wants it.
+    pub fn pull_framing(&self) -> PullFraming {
+        match self.saltgate.event_pull_framing {
+            FramingSetting::Auto => PullFraming::Auto,
+            FramingSetting::Prefixed => PullFraming::Fixed(Framing::Prefixed),
+            FramingSetting::Bare => PullFraming::Fixed(Framing::Bare),
+        }
+    }
+
+    /// Whether plain HTTP is allowed: `disable_ssl`, or no certificate and a loopback address.
+    pub fn plaintext_allowed(&self) -> bool {
+        self.api.disable_ssl
+            || self.api.host == "localhost"
+            || self
+                .api
+                .host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The header-read timeout.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.saltgate.header_timeout_secs.max(1))
+    }
+}
+
+/// Deserializes the whole document or one block of it, naming the key path on error.
+fn typed<T: serde::de::DeserializeOwned + Default>(
+    root: &serde_yaml::Value,
+    block: Option<&str>,
+) -> Result<T, ConfigError> {
+    let value = match block {
+        None => root.clone(),
+        Some(name) => match root.get(name) {
+            None | Some(serde_yaml::Value::Null) => return Ok(T::default()),
+            Some(v) => v.clone(),
+        },
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (block, path.as_str()) {
+            (Some(b), ".") => b.to_owned(),
+            (Some(b), p) => format!("{b}.{p}"),
+            (None, p) => p.to_owned(),
+        };
+        ConfigError::invalid(key, e.into_inner().to_string())
+    })
+}
+
+/// The effective configuration as YAML, for `saltgate check-config`. Secrets are never part of
+/// it: secret values are read from files or the environment and only their sources are shown.
+pub fn render_effective(config: &Config) -> String {
+    let value = serde_json::json!({
+        "source": config.source.as_ref().map(|p| p.display().to_string()),
+        "bus": if config.use_master { "master" } else { "builtin" },
+        "master": {
+            "request_server": config.master.ret_endpoint(),
+            "event_publisher": config.master.bus_endpoints().0.to_string(),
+            "event_puller": config.master.bus_endpoints().1.to_string(),
+            "event_pull_framing": format!("{:?}", config.saltgate.event_pull_framing).to_lowercase(),
+            "timeout": config.master.timeout,
+            "gather_job_timeout": config.master.gather_job_timeout,
+            "netapi_enable_clients": config.master.netapi_enable_clients,
+        },
+        "rest_cherrypy": {
+            "host": config.api.host,
+            "port": config.api.port,
+            "tls": !config.api.disable_ssl && config.api.ssl_crt.is_some(),
+            "ssl_crt": config.api.ssl_crt.as_ref().map(|p| p.display().to_string()),
+            "webhook_url": config.api.webhook_url,
+            "webhook_disable_auth": config.api.webhook_disable_auth,
+            "max_request_body_size": config.api.max_request_body_size,
+            "root_prefix": config.api.root_prefix,
+        },
+        "saltgate": {
+            "request_pool": config.saltgate.request_pool,
+            "max_connections": config.saltgate.max_connections,
+            "header_timeout_secs": config.saltgate.header_timeout_secs,
+            "trusted_proxies": config.saltgate.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+    });
+    serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("master"), text).unwrap();
+        Config::load(dir.path(), &HashMap::new())
+    }
+
+    #[test]
+    fn master_keys_and_blocks_are_read() {
+        let c = load_text(
+            "ret_port: 1234\ninterface: 10.0.0.1\ntimeout: 7\nnetapi_enable_clients: [local]\n\
+             rest_cherrypy:\n  port: 9000\n  disable_ssl: true\n  webhook_disable_auth: true\n  \
+             thread_pool: 100\nsaltgate:\n  bus: builtin\n  event_pull_framing: bare\n",
+        )
+        .unwrap();
+        assert_eq!(c.master.ret_endpoint(), "tcp://10.0.0.1:1234");
+        assert_eq!(c.master.timeout(), Duration::from_secs(7));
+        assert_eq!(c.master.netapi_enable_clients, vec!["local".to_owned()]);
+        assert_eq!(c.api.port, 9000);
+        assert!(c.api.webhook_disable_auth);
+        assert!(!c.use_master);
+        assert_eq!(c.pull_framing(), PullFraming::Fixed(Framing::Bare));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_text("rest_cherrypy:\n  port: nope\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("rest_cherrypy.port:"), "{e}");
+        let e = load_text("saltgate:\n  colour: red\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("saltgate"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+        let e = load_text("ret_port: -1\n").unwrap_err().to_string();
+        assert!(e.starts_with("ret_port:"), "{e}");
+        let e = load_text("ipc_mode: pipes\n").unwrap_err().to_string();
+        assert!(e.starts_with("ipc_mode:"), "{e}");
+        let e = load_text("rest_cherrypy:\n  ssl_crt: /x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("rest_cherrypy.ssl_key:"), "{e}");
+        let e = load_text("[1, 2]").unwrap_err().to_string();
+        assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn auto_bus_needs_the_master_sockets() {
+        let c =
+            load_text("sock_dir: /nonexistent/saltgate/test\ncachedir: /nonexistent/c/x/y/z/w\n")
+                .unwrap();
+        assert!(!c.use_master);
+        let c = load_text("ipc_mode: tcp\n").unwrap();
+        assert!(c.use_master);
+    }
+}

@@ -1,0 +1,193 @@
+//! [`ApiError`]: every failure of the HTTP edge, mapped through one table to a status and a
+//! stable code. The body is `{"status": N, "code": "...", "message": "..."}` in the negotiated
+//! format. Internal detail (the Salt error text) is logged, not sent.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+use super::negotiate::Format;
+use crate::salt::SaltError;
+
+/// A failure answered to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: the body could not be parsed.
+    BadBody(String),
+    /// 401: no valid credentials.
+    Unauthorized(&'static str),
+    /// 401: a signature or shared secret did not verify.
+    BadSignature(&'static str),
+    /// 401: a timestamp outside the replay window.
+    Stale,
+    /// 403: the client address is not allowed.
+    Forbidden,
+    /// 403: authenticated, but not allowed to do this.
+    NotAuthorized,
+    /// 404: no such route or hook.
+    NotFound,
+    /// 406: no acceptable response format.
+    NotAcceptable,
+    /// 413: the body is over the limit.
+    TooLarge(u64),
+    /// 415: an unsupported request content type.
+    UnsupportedMedia,
+    /// 429: over the rate limit; retry after this many seconds.
+    RateLimited(u64),
+    /// 503: the Salt master or its bus cannot take the request.
+    Unavailable(&'static str),
+    /// 504: the Salt master did not answer in time.
+    Timeout,
+    /// 500: a bug or an unexpected master answer.
+    Internal,
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "bad_signature"),
+            Self::Stale => (StatusCode::UNAUTHORIZED, "stale_request"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "address_not_allowed"),
+            Self::NotAuthorized => (StatusCode::FORBIDDEN, "not_authorized"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::UnsupportedMedia => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "salt_unavailable"),
+            Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The message sent to the client: fixed text, never internal detail.
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadBody(why) => format!("Could not parse the request body: {why}"),
+            Self::Unauthorized(why) | Self::BadSignature(why) | Self::Unavailable(why) => {
+                (*why).to_owned()
+            }
+            Self::Stale => "The request's timestamp is outside the accepted window".into(),
+            Self::Forbidden => "Requests from this address are not allowed".into(),
+            Self::NotAuthorized => "Not allowed to run this".into(),
+            Self::NotFound => "Nothing matches the given URI".into(),
+            Self::NotAcceptable => {
+                "This resource only emits application/json and application/x-yaml".into()
+            }
+            Self::TooLarge(limit) => format!("The request body exceeds the {limit}-byte limit"),
+            Self::UnsupportedMedia => "Unsupported request Content-Type".into(),
+            Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
+            Self::Timeout => "The Salt master did not answer in time".into(),
+            Self::Internal => "An unexpected error occurred".into(),
+        }
+    }
+
+    /// Renders the error in `format`.
+    pub fn render(&self, format: Format) -> Response {
+        let (status, code) = self.status_code();
+        let body = serde_json::json!({
+            "status": status.as_u16(),
+            "code": code,
+            "message": self.message(),
+        });
+        let mut response = render_body(status, format, &body);
+        if let Self::RateLimited(secs) = self {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if matches!(self, Self::TooLarge(_)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(Format::Json)
+    }
+}
+
+/// Maps a Salt error to the client's error, logging the detail once.
+impl From<SaltError> for ApiError {
+    fn from(e: SaltError) -> Self {
+        match &e {
+            SaltError::AuthRefused(_) => Self::Unauthorized("Authentication failed"),
+            SaltError::NotAuthorized(_) => Self::NotAuthorized,
+            SaltError::Timeout(_) => {
+                tracing::warn!(error = %e, "Salt master timed out");
+                Self::Timeout
+            }
+            SaltError::Unavailable(_) | SaltError::BusBusy(_) => {
+                tracing::warn!(error = %e, "Salt master unavailable");
+                Self::Unavailable("The Salt master is unavailable")
+            }
+            SaltError::Master(_) | SaltError::Protocol(_) => {
+                tracing::error!(error = %e, "Unexpected answer from the Salt master");
+                Self::Internal
+            }
+        }
+    }
+}
+
+/// Serialises `body` as JSON or YAML with the right content type.
+pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value) -> Response {
+    let bytes = match format {
+        Format::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml::to_string(body)
+            .map(String::into_bytes)
+            .map_err(|e| e.to_string()),
+    };
+    match bytes {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, format.content_type())],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Could not serialise a response");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"status":500,"code":"internal","message":"Could not serialise the response"}"#,
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rate_limit_carries_retry_after_and_yaml_renders() {
+        let r = ApiError::RateLimited(3).render(Format::Yaml);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/x-yaml");
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_yaml::Value = serde_yaml::from_slice(&body).unwrap();
+        assert_eq!(v["code"], serde_yaml::Value::from("rate_limited"));
+    }
+
+    #[test]
+    fn salt_errors_map_without_detail() {
+        let e: ApiError = SaltError::Master("secret detail".into()).into();
+        assert_eq!(e, ApiError::Internal);
+        assert!(!e.message().contains("secret"));
+        let e: ApiError = SaltError::Unavailable("x".into()).into();
+        assert_eq!(e.status_code().0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,93 @@
+//! Request pieces every route needs: the capped body, the session token.
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+
+use super::error::ApiError;
+
+/// Reads a body of at most `limit` bytes. `Content-Length` over the limit is refused before a
+/// byte is read; a body without one is counted while streaming and refused as soon as it
+/// passes the limit, so memory never exceeds the limit.
+pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "Request body could not be read");
+            ApiError::BadBody("the body could not be read".into())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Err(ApiError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The session token: the `X-Auth-Token` header, else the `session_id` cookie (as salt-api).
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if !v.is_empty() {
+            return Some(v.to_owned());
+        }
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == "session_id")
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn caps_declared_and_streamed_bodies() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, "11".parse().unwrap());
+        let err = read_capped(&h, Body::from("hello world"), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(err, ApiError::TooLarge(10));
+        let chunks = futures::stream::iter(
+            (0..5).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(b"abcd"))),
+        );
+        let err = read_capped(&HeaderMap::new(), Body::from_stream(chunks), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(err, ApiError::TooLarge(10));
+        let ok = read_capped(&HeaderMap::new(), Body::from("0123456789"), 10)
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"0123456789");
+    }
+
+    #[test]
+    fn token_from_header_or_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_token(&h), None);
+        h.insert(http::header::COOKIE, "a=b; session_id=abc".parse().unwrap());
+        assert_eq!(session_token(&h).as_deref(), Some("abc"));
+        h.insert("x-auth-token", "tok".parse().unwrap());
+        assert_eq!(session_token(&h).as_deref(), Some("tok"));
+    }
+}
