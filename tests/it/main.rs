@@ -1,1 +1,5 @@
+//! Integration tests: saltgate in-process on an ephemeral port, on the built-in bus.
 
+mod hook_pipeline;
+mod listener;
+mod support;

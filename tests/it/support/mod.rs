@@ -1,0 +1,115 @@
+//! An in-process saltgate on an ephemeral port with the built-in bus.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use saltgate::config::Config;
+use saltgate::salt::{BusItem, Event, Subscription};
+use saltgate::server::{self, Limits};
+use tokio::sync::oneshot;
+
+/// A running saltgate.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: saltgate::api::AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Builds a [`TestApp`].
+pub struct Builder {
+    config: Config,
+    limits: Limits,
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        let mut config = Config::builtin();
+        config.api.webhook_disable_auth = true;
+        config.api.disable_ssl = true;
+        let limits = Limits::from_config(&config);
+        Builder { config, limits }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A bus subscription taken now.
+    pub fn subscribe(&self) -> Subscription {
+        self.state.bus.subscribe()
+    }
+
+    /// Stops accepting and waits for the server to drain.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Builder {
+    pub fn with_config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub fn with_limits(mut self, f: impl FnOnce(&mut Limits)) -> Self {
+        f(&mut self.limits);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = server::build_state(self.config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            state.clone(),
+            listener,
+            None,
+            self.limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        TestApp {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// The next event whose tag starts with `prefix`.
+pub async fn recv_event(sub: &mut Subscription, prefix: &str) -> std::sync::Arc<Event> {
+    sub.wait_for(Duration::from_secs(5), |e| e.tag.starts_with(prefix))
+        .await
+        .unwrap_or_else(|e| panic!("no event {prefix}: {e}"))
+}
+
+/// Asserts that nothing is fired within a short while.
+pub async fn assert_no_event(sub: &mut Subscription) {
+    match tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
+        Err(_) => {}
+        Ok(Some(BusItem::Event(e))) => panic!("unexpected event {}", e.tag),
+        Ok(other) => panic!("unexpected bus item {other:?}"),
+    }
+}
+
+/// The JSON form of an event's data.
+pub fn data_json(event: &Event) -> serde_json::Value {
+    saltgate::salt::wire::payload::to_json(&event.data)
+}
