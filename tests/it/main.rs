@@ -1,4 +1,9 @@
 //! Integration tests: saltgate in-process on an ephemeral port, on the built-in bus.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod hook_pipeline;
 mod listener;
