@@ -1,1 +1,24 @@
-//! Security controls: pure checks over bytes, headers and addresses. No axum types here.
+//! Security controls: pure checks over bytes, headers and addresses.
+//!
+//! Everything here defends the hook and API endpoints against untrusted input: forged
+//! client addresses, unsigned or replayed deliveries, floods, depth bombs and credential
+//! leaks into the event bus or logs. Each check is a plain function or a small type over
+//! `&[u8]`, [`http::HeaderMap`] and [`std::net::IpAddr`]; time is always passed in (`now`),
+//! never read inside a check, so every control is deterministic under test.
+//!
+//! This module must never import axum, `crate::api`, `crate::config` or `crate::salt`: it is a
+//! leaf so it can be fuzzed, benched and reused.
+
+pub mod allowlist;
+pub mod client_ip;
+pub mod limits;
+pub mod rate;
+pub mod redact;
+pub mod replay;
+pub mod secret;
+pub mod signature;
+
+pub use allowlist::AllowList;
+pub use rate::{RateLimiter, RateQuota, RetryAfter};
+pub use replay::{Duplicate, ReplayGuard, Reservation, Stale};
+pub use secret::{EmptySecret, Secret, SecretSet};
