@@ -21,4 +21,5 @@ pub mod signature;
 pub use allowlist::AllowList;
 pub use rate::{RateLimiter, RateQuota, RetryAfter};
 pub use replay::{Duplicate, ReplayGuard, Reservation, Stale};
-pub use secret::{EmptySecret, Secret, SecretSet};
+pub use secret::{EmptySecret, NoSecrets, Secret, SecretSet};
+pub use signature::{SignError, Verified, Verifier, VerifyError};
