@@ -8,7 +8,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use http::HeaderMap;
 use ipnet::IpNet;
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// The most hops walked. Longer chains stop at the last trusted hop seen, which bounds the
 /// work an attacker can cause with a huge header.
@@ -48,6 +52,17 @@ pub fn resolve(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpNet]) -> IpAdd
         last_trusted = ip;
     }
     last_trusted
+}
+
+/// [`resolve`] with the `X-Forwarded-For` values taken from `headers`, in order. A value that is
+/// not visible ASCII counts as a malformed hop (it stops the walk when reached).
+pub fn resolve_from_headers(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let values: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    resolve(peer, &values, trusted)
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -157,6 +172,40 @@ mod tests {
         let trusted = nets(&["::ffff:10.0.0.0/104"]);
         let got = resolve("10.0.0.2".parse().unwrap(), &["198.51.100.1"], &trusted);
         assert_eq!(got, "198.51.100.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn from_headers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut map = HeaderMap::new();
+        map.append(X_FORWARDED_FOR, "1.2.3.4, 198.51.100.1".parse().unwrap());
+        map.append(X_FORWARDED_FOR, "10.0.0.3".parse().unwrap());
+        let peer = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            resolve_from_headers(peer, &map, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        map.append(
+            X_FORWARDED_FOR,
+            http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        assert_eq!(resolve_from_headers(peer, &map, &trusted), peer);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn untrusted_peer_always_wins(peer in proptest::prelude::any::<u32>(), xff in "\\PC{0,64}") {
+            let peer = IpAddr::V4(std::net::Ipv4Addr::from(peer));
+            let trusted = nets(&["10.0.0.0/8"]);
+            let got = resolve(peer, &[&xff], &trusted);
+            if !is_trusted(peer, &trusted) {
+                proptest::prop_assert_eq!(got, peer);
+            } else {
+                // the answer is the peer or an address that appears in the header
+                let named = xff.split(',').filter_map(parse_hop).any(|ip| ip == got);
+                proptest::prop_assert!(got == peer || named);
+            }
+        }
     }
 
     #[test]

@@ -23,3 +23,30 @@ pub use rate::{RateLimiter, RateQuota, RetryAfter};
 pub use replay::{Duplicate, ReplayGuard, Reservation, Stale};
 pub use secret::{EmptySecret, NoSecrets, Secret, SecretSet};
 pub use signature::{SignError, Verified, Verifier, VerifyError};
+
+#[cfg(test)]
+mod tests {
+    fn shared_across_tasks<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn controls_are_send_and_sync() {
+        shared_across_tasks::<super::RateLimiter>();
+        shared_across_tasks::<super::ReplayGuard>();
+        shared_across_tasks::<super::Reservation>();
+        shared_across_tasks::<super::Verifier>();
+        shared_across_tasks::<super::AllowList>();
+        shared_across_tasks::<super::SecretSet>();
+    }
+
+    #[test]
+    fn default_clock_limiter_works() {
+        let q = super::RateQuota {
+            per_second: std::num::NonZeroU32::MIN,
+            burst: std::num::NonZeroU32::MIN,
+        };
+        let l = super::RateLimiter::new(&[q]);
+        let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+        assert!(l.check(0, ip).is_ok());
+        assert!(l.check(0, ip).is_err());
+    }
+}

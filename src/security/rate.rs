@@ -5,13 +5,13 @@
 //! [`IpAddr`], never by a header value an attacker could vary freely.
 //!
 //! Memory is bounded twice: the server calls [`RateLimiter::housekeep`] on a timer, which drops
-//! keys whose buckets are full again (`retain_recent`), and each rule holds at most `max_keys`
-//! addresses. At the cap, requests from addresses the limiter would have to add are *not* keyed:
-//! they all share one overflow bucket per rule, with the rule's quota, until housekeeping frees
-//! room. Memory stays bounded and the rule stays limited; the price is that, during a flood from
-//! more than `max_keys` addresses, new clients are limited together. Addresses already tracked
-//! keep their own bucket. The cap is approximate under concurrency (it may be exceeded by the
-//! number of requests racing at that moment).
+//! keys whose buckets are full again (`retain_recent`), and each rule tracks at most `max_keys`
+//! addresses. At the cap the rule stops keying: every request on it, from any address, is
+//! charged to one shared overflow bucket with the rule's quota, and nothing new is stored,
+//! until housekeeping frees room. Memory stays bounded and the rule stays limited; the price
+//! is that during a flood from more than `max_keys` addresses all clients of that rule are
+//! limited together (fail closed rather than grow without bound). The cap is approximate
+//! under concurrency: it may be exceeded by the number of requests racing at that moment.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -111,7 +111,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         };
         let ip = ip.to_canonical();
         let outcome = if r.keyed.len() >= self.max_keys {
-            // Full: only the overflow bucket, so the key set cannot grow.
+            // Full: the shared overflow bucket only, so the key set cannot grow.
             r.overflow.check()
         } else {
             r.keyed.check_key(&ip)
@@ -195,7 +195,7 @@ mod tests {
         assert!(l.check(0, ip("192.0.2.1")).is_ok());
         assert!(l.check(0, ip("192.0.2.2")).is_ok());
         assert_eq!(l.tracked(0), 2);
-        // at the cap: new addresses share one bucket of burst 2 and are not tracked
+        // at the cap: every request shares one overflow bucket of burst 2; nothing new is tracked
         assert!(l.check(0, ip("192.0.2.3")).is_ok());
         assert!(l.check(0, ip("192.0.2.4")).is_ok());
         assert!(matches!(l.check(0, ip("192.0.2.5")), Err(RetryAfter(_))));

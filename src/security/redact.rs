@@ -5,8 +5,8 @@
 //! cookies and authorization headers are always stripped; a hook rule adds its verifier's
 //! signature or token headers (`Verifier::credential_headers`).
 
-use http::HeaderName;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+use http::{HeaderMap, HeaderName};
 
 /// `X-Auth-Token`: salt-api's session token header.
 pub const X_AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
@@ -25,6 +25,13 @@ pub const ALWAYS_REDACTED: [HeaderName; 5] = [
 /// lower-case.
 pub fn is_sensitive(name: &HeaderName, extra: &[HeaderName]) -> bool {
     ALWAYS_REDACTED.contains(name) || extra.contains(name)
+}
+
+/// Removes every sensitive header (see [`is_sensitive`]) from `headers`.
+pub fn strip(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    for name in ALWAYS_REDACTED.iter().chain(extra) {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +55,18 @@ mod tests {
         check("X-Hub-Signature-256", true);
         check("X-GitHub-Event", false);
         check("content-type", false);
+    }
+
+    #[test]
+    fn strip_removes_all_values() {
+        let mut map = HeaderMap::new();
+        map.append(COOKIE, "a=1".parse().unwrap());
+        map.append(COOKIE, "b=2".parse().unwrap());
+        map.append(X_AUTH_TOKEN, "t".parse().unwrap());
+        map.append("x-hub-signature-256", "sha256=00".parse().unwrap());
+        map.append("x-github-event", "push".parse().unwrap());
+        strip(&mut map, &[HeaderName::from_static("x-hub-signature-256")]);
+        let left: Vec<_> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-github-event"]);
     }
 }
