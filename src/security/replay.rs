@@ -116,6 +116,10 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     /// A guard remembering at most `capacity` ids (at least 1), each for `ttl` after commit.
+    ///
+    /// In-flight reservations count against the capacity and are evicted like committed ids, so
+    /// `capacity` should comfortably exceed the number of deliveries processed concurrently
+    /// plus the ids expected within `ttl`; an evicted id can be accepted once more.
     pub fn new(capacity: usize, ttl: Duration) -> ReplayGuard {
         ReplayGuard {
             inner: Arc::new(Mutex::new(Inner::default())),
@@ -125,6 +129,10 @@ impl ReplayGuard {
     }
 
     /// Reserves `key`; refuses it when committed within the TTL or in flight.
+    ///
+    /// Include the hook rule in `key` (e.g. `github/deploy:<delivery id>`) so that ids from
+    /// different senders cannot collide, and use only ids the scheme returned in
+    /// [`crate::security::Verified`], i.e. after the signature passed.
     pub fn begin(&self, key: &str, now: SystemTime) -> Result<Reservation, Duplicate> {
         let hash: KeyHash = Sha256::digest(key.as_bytes()).into();
         let mut inner = lock(&self.inner);
