@@ -1,0 +1,318 @@
+//! Duplicate-delivery guard and timestamp window.
+//!
+//! Defends against replays and double firing. Senders retry deliveries (and attackers can
+//! resend captured ones), so a delivery id already fired within the TTL is refused, and a
+//! delivery still being processed is refused too, so two concurrent retries cannot both fire.
+//! A reservation dropped without [`Reservation::commit`] releases its id, so a delivery that
+//! failed to fire can be retried by the sender. Memory is bounded: at capacity the oldest entry
+//! is evicted. Ids are stored as SHA-256 digests, so a long attacker-chosen id costs 32 bytes.
+//!
+//! [`check_timestamp`] refuses signed timestamps outside a window in both directions. Time is
+//! always an argument.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+type KeyHash = [u8; 32];
+
+/// Why [`ReplayGuard::begin`] refused a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Duplicate {
+    /// The key was fired (committed) within the TTL.
+    #[error("delivery already processed")]
+    Committed,
+    /// The key is reserved by a delivery that has not finished yet.
+    #[error("delivery already in progress")]
+    InProgress,
+}
+
+/// A signed timestamp outside the allowed window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    /// Older than the window allows; `age_secs` past `now`.
+    #[error("timestamp is {age_secs}s old")]
+    TooOld {
+        /// Seconds between the timestamp and now.
+        age_secs: u64,
+    },
+    /// Further in the future than the window allows.
+    #[error("timestamp is {ahead_secs}s in the future")]
+    InFuture {
+        /// Seconds between now and the timestamp.
+        ahead_secs: u64,
+    },
+}
+
+/// Refuses `ts_unix` when it is more than `window` before or after `now_unix`.
+pub fn check_timestamp(ts_unix: i64, now_unix: i64, window: Duration) -> Result<(), Stale> {
+    let diff = i128::from(now_unix) - i128::from(ts_unix);
+    let window = i128::from(window.as_secs());
+    let secs = u64::try_from(diff.unsigned_abs()).unwrap_or(u64::MAX);
+    if diff > window {
+        Err(Stale::TooOld { age_secs: secs })
+    } else if -diff > window {
+        Err(Stale::InFuture { ahead_secs: secs })
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    InFlight,
+    Committed(SystemTime),
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    state: State,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<KeyHash, Entry>,
+    /// Insertion order (by sequence number) for eviction of the oldest entry.
+    order: BTreeMap<u64, KeyHash>,
+    next_seq: u64,
+}
+
+impl Inner {
+    fn insert(&mut self, key: KeyHash, state: State, capacity: usize) -> u64 {
+        if let Some(old) = self.entries.remove(&key) {
+            self.order.remove(&old.seq);
+        }
+        while self.entries.len() >= capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(key, Entry { seq, state });
+        self.order.insert(seq, key);
+        seq
+    }
+
+    fn remove_if(&mut self, key: &KeyHash, seq: u64) {
+        if self.entries.get(key).is_some_and(|e| e.seq == seq) {
+            self.entries.remove(key);
+            self.order.remove(&seq);
+        }
+    }
+}
+
+/// The seen-id cache. Cheap to clone (shared state); thread-safe.
+#[derive(Debug, Clone)]
+pub struct ReplayGuard {
+    inner: Arc<Mutex<Inner>>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl ReplayGuard {
+    /// A guard remembering at most `capacity` ids (at least 1), each for `ttl` after commit.
+    ///
+    /// In-flight reservations count against the capacity and are evicted like committed ids, so
+    /// `capacity` should comfortably exceed the number of deliveries processed concurrently
+    /// plus the ids expected within `ttl`; an evicted id can be accepted once more.
+    pub fn new(capacity: usize, ttl: Duration) -> ReplayGuard {
+        ReplayGuard {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    /// Reserves `key`; refuses it when committed within the TTL or in flight.
+    ///
+    /// Include the hook rule in `key` (e.g. `github/deploy:<delivery id>`) so that ids from
+    /// different senders cannot collide, and use only ids the scheme returned in
+    /// [`crate::security::Verified`], i.e. after the signature passed.
+    pub fn begin(&self, key: &str, now: SystemTime) -> Result<Reservation, Duplicate> {
+        let hash: KeyHash = Sha256::digest(key.as_bytes()).into();
+        let mut inner = lock(&self.inner);
+        if let Some(entry) = inner.entries.get(&hash) {
+            match entry.state {
+                State::InFlight => return Err(Duplicate::InProgress),
+                State::Committed(at) if self.fresh(at, now) => return Err(Duplicate::Committed),
+                State::Committed(_) => {}
+            }
+        }
+        let seq = inner.insert(hash, State::InFlight, self.capacity);
+        Ok(Reservation {
+            guard: self.clone(),
+            key: hash,
+            seq,
+            done: false,
+        })
+    }
+
+    /// Number of ids held (in flight or committed, expired ones included until evicted).
+    pub fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+
+    /// True when no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn fresh(&self, committed_at: SystemTime, now: SystemTime) -> bool {
+        // A clock that went backwards counts as zero elapsed: still a duplicate.
+        now.duration_since(committed_at).unwrap_or(Duration::ZERO) < self.ttl
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // The map stays consistent at every await-free step, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A reserved delivery id. Call [`Reservation::commit`] once the event was fired; dropping it
+/// uncommitted releases the id so the sender's retry is accepted.
+#[derive(Debug)]
+#[must_use = "dropping a reservation releases the id; commit it after firing"]
+pub struct Reservation {
+    guard: ReplayGuard,
+    key: KeyHash,
+    seq: u64,
+    done: bool,
+}
+
+impl Reservation {
+    /// Marks the id as processed at `now`; it is a duplicate until `now + ttl`.
+    pub fn commit(mut self, now: SystemTime) {
+        self.done = true;
+        let mut inner = lock(&self.guard.inner);
+        // If the reservation was evicted meanwhile, it is re-inserted as committed.
+        inner.remove_if(&self.key, self.seq);
+        inner.insert(self.key, State::Committed(now), self.guard.capacity);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.guard.inner).remove_if(&self.key, self.seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn committed_key_is_duplicate_within_ttl() {
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        g.begin("a", at(100)).unwrap().commit(at(100));
+        assert!(matches!(g.begin("a", at(159)), Err(Duplicate::Committed)));
+        assert!(g.begin("a", at(160)).is_ok());
+        assert!(g.begin("b", at(101)).is_ok());
+    }
+
+    #[test]
+    fn in_flight_key_is_refused_then_released_on_drop() {
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        let r = g.begin("a", at(100)).unwrap();
+        assert!(matches!(g.begin("a", at(100)), Err(Duplicate::InProgress)));
+        drop(r);
+        assert!(g.is_empty());
+        let r = g.begin("a", at(101)).unwrap();
+        r.commit(at(101));
+        assert!(matches!(g.begin("a", at(102)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn clock_going_backwards_is_still_duplicate() {
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        g.begin("a", at(100)).unwrap().commit(at(100));
+        assert!(matches!(g.begin("a", at(50)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn capacity_evicts_oldest() {
+        let g = ReplayGuard::new(2, Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            g.begin(k, at(100)).unwrap().commit(at(100));
+        }
+        assert_eq!(g.len(), 2);
+        assert!(g.begin("a", at(101)).is_ok(), "oldest evicted");
+        assert!(matches!(g.begin("c", at(101)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn evicted_reservation_commits_and_does_not_remove_newer() {
+        let g = ReplayGuard::new(1, Duration::from_secs(60));
+        let r1 = g.begin("a", at(100)).unwrap();
+        let r2 = g.begin("b", at(100)).unwrap(); // evicts "a"
+        let r3 = g.begin("a", at(100)).unwrap(); // evicts "b"
+        drop(r2); // "b" no longer present: nothing removed
+        assert_eq!(g.len(), 1);
+        drop(r1); // stale reservation of "a" must not release r3's entry
+        assert!(matches!(g.begin("a", at(100)), Err(Duplicate::InProgress)));
+        r3.commit(at(100));
+        assert!(matches!(g.begin("a", at(100)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn long_keys_are_bounded() {
+        let g = ReplayGuard::new(4, Duration::from_secs(60));
+        let key = "x".repeat(1 << 20);
+        g.begin(&key, at(1)).unwrap().commit(at(1));
+        assert!(matches!(g.begin(&key, at(2)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn concurrent_begin_admits_one() {
+        let g = ReplayGuard::new(16, Duration::from_secs(60));
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let g = g.clone();
+                    s.spawn(move || g.begin("same", at(1)).map(std::mem::forget).is_ok())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(admitted, 1);
+    }
+
+    #[track_caller]
+    fn check(ts: i64, now: i64, expected: Result<(), Stale>) {
+        assert_eq!(check_timestamp(ts, now, Duration::from_secs(300)), expected);
+    }
+
+    #[test]
+    fn timestamp_window() {
+        check(1000, 1000, Ok(()));
+        check(700, 1000, Ok(()));
+        check(699, 1000, Err(Stale::TooOld { age_secs: 301 }));
+        check(1300, 1000, Ok(()));
+        check(1301, 1000, Err(Stale::InFuture { ahead_secs: 301 }));
+        check(
+            i64::MIN,
+            i64::MAX,
+            Err(Stale::TooOld { age_secs: u64::MAX }),
+        );
+        check(
+            i64::MAX,
+            i64::MIN,
+            Err(Stale::InFuture {
+                ahead_secs: u64::MAX,
+            }),
+        );
+    }
+}
