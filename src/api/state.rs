@@ -19,6 +19,8 @@ pub struct App {
     pub salt: Option<SaltClients>,
     /// Recently validated tokens.
     pub tokens: TokenCache,
+    /// The hook pipeline's rules, limiter and replay guard.
+    pub hooks: crate::api::hook::Hooks,
 }
 
 /// The state handle handlers receive.

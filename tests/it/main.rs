@@ -6,5 +6,6 @@
 )]
 
 mod hook_pipeline;
+mod hook_security;
 mod listener;
 mod support;
