@@ -322,7 +322,8 @@ fn tolerance(raw: &RawVerifier) -> Duration {
     Duration::from_secs(raw.tolerance_secs.unwrap_or(300))
 }
 
-fn verifier(
+/// Builds one scheme's verifier from its settings; `key` names it in errors.
+pub fn verifier(
     key: &str,
     scheme: &str,
     raw: &RawVerifier,

@@ -334,3 +334,33 @@ async fn a_gigabyte_upload_is_refused_without_buffering_it() {
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
+
+#[tokio::test]
+async fn saltgate_sign_output_passes_the_rule() {
+    let app = TestApp::builder()
+        .with_hooks(GITHUB_RULE, &[("GH_SECRET", "s3cret")])
+        .spawn()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "s3cret\n").unwrap();
+    std::fs::write(dir.path().join("body.json"), br#"{"signed":"by the cli"}"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saltgate"))
+        .args(["sign", "--provider", "github", "--secret-file"])
+        .arg(dir.path().join("secret"))
+        .arg(dir.path().join("body.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut req = reqwest::Client::new()
+        .post(app.url("/hook/github"))
+        .body(br#"{"signed":"by the cli"}"#.to_vec());
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (k, v) = line.split_once(": ").unwrap();
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), StatusCode::OK);
+}
