@@ -5,6 +5,7 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+mod config_files;
 mod hook_pipeline;
 mod hook_security;
 mod listener;
