@@ -31,6 +31,7 @@ pub const HOOK_TAG: &str = "salt/netapi/hook/e2e/*";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const MINION_GRACE: Duration = Duration::from_secs(2);
 const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes `{{ data | json }}` to `<root>/reactor-out/<name>.json` on the minion, where `<name>`
@@ -195,6 +196,7 @@ impl SaltSandbox {
 
     fn start(opts: SaltSandboxBuilder) -> SaltSandbox {
         let venv = venv().to_owned();
+        let t0 = Instant::now();
         let keep = std::env::var_os("SALTGATE_E2E_KEEP").is_some_and(|v| !v.is_empty() && v != "0");
         let tempdir = tempfile::Builder::new()
             .prefix("sge-")
@@ -228,6 +230,12 @@ impl SaltSandbox {
             sandbox.write_pgids(&procs);
         }
         sandbox.wait_minion_ready("start");
+        eprintln!(
+            "salt sandbox {} (Salt {}): minion ready after {:?}",
+            sandbox.root.display(),
+            sandbox.salt_version(),
+            t0.elapsed()
+        );
         if let Some((kind, port)) = sandbox.api {
             {
                 let mut procs = sandbox.lock_procs();
@@ -689,6 +697,15 @@ impl SaltSandbox {
     fn wait_minion_ready(&self, what: &str) {
         let started = Instant::now();
         let deadline = started + READY_TIMEOUT;
+        // Each test.ping costs a Python start plus up to `-t` seconds, so first wait (cheaply)
+        // for auto_accept to file the minion's key.
+        let key = self.root.join("pki/master/minions").join(MINION_ID);
+        while !key.exists() && Instant::now() < deadline {
+            if let Some(dead) = self.exited_process() {
+                self.fail(&format!("{what}: salt-{dead} exited"));
+            }
+            sleep(Duration::from_millis(100));
+        }
         loop {
             if let Some(dead) = self.exited_process() {
                 self.fail(&format!("{what}: salt-{dead} exited"));
@@ -785,32 +802,37 @@ impl Drop for SaltSandbox {
     }
 }
 
-/// SIGTERM every process group, wait up to [`STOP_TIMEOUT`] for all of them to be gone, then
-/// SIGKILL what is left.
+/// SIGTERM every process group, wait for all of them to be gone, and SIGKILL a group still
+/// alive after its grace period: [`STOP_TIMEOUT`], but [`MINION_GRACE`] for the minion, which
+/// takes 5-30 s to act on SIGTERM and has nothing worth a clean exit.
 fn terminate(mut procs: Vec<Proc>) {
     for p in &procs {
         kill_group(p.pgid(), "TERM");
     }
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let started = Instant::now();
+    let mut killed = vec![false; procs.len()];
     loop {
         let mut alive = false;
-        for p in &mut procs {
+        for (p, killed) in procs.iter_mut().zip(&mut killed) {
             let leader_done = !matches!(p.child.try_wait(), Ok(None));
-            if !leader_done || group_alive(p.pgid()) {
-                alive = true;
+            if leader_done && !group_alive(p.pgid()) {
+                continue;
+            }
+            alive = true;
+            let grace = if p.name == "minion" {
+                MINION_GRACE
+            } else {
+                STOP_TIMEOUT
+            };
+            if !*killed && started.elapsed() >= grace {
+                kill_group(p.pgid(), "KILL");
+                *killed = true;
             }
         }
         if !alive {
             return;
         }
-        if Instant::now() >= deadline {
-            break;
-        }
         sleep(Duration::from_millis(100));
-    }
-    for p in &mut procs {
-        kill_group(p.pgid(), "KILL");
-        let _ = p.child.wait();
     }
 }
 
