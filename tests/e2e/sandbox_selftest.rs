@@ -98,12 +98,8 @@ fn private_sandbox_survives_master_restart() {
     assert_eq!(ping(&sandbox), json!({ "e2e-minion": true }));
 }
 
-#[test]
-fn private_sandbox_runs_rest_cherrypy() {
-    let sandbox = SaltSandbox::builder()
-        .with_salt_api(SaltApi::RestCherrypy)
-        .with_master_config("rest_cherrypy:\n  debug: false\n")
-        .start();
+/// POSTs `{"id": id}` to the real salt-api's `/hook/e2e/via-api` and waits for the Reactor.
+fn hook_through_salt_api(sandbox: &SaltSandbox, id: &str) {
     let port = sandbox.salt_api_port();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,7 +110,7 @@ fn private_sandbox_runs_rest_cherrypy() {
         let resp = client
             .post(format!("http://127.0.0.1:{port}/hook/e2e/via-api"))
             .header("Accept", "application/json")
-            .json(&json!({ "id": "via-cherrypy" }))
+            .json(&json!({ "id": id }))
             .send()
             .await
             .expect("POST /hook");
@@ -127,6 +123,38 @@ fn private_sandbox_runs_rest_cherrypy() {
         "POST /hook: {body}\n{}",
         sandbox.api_log_tail(40)
     );
-    let data = sandbox.wait_reactor_file("via-cherrypy", Duration::from_secs(30));
-    assert_eq!(data["post"]["id"], "via-cherrypy");
+    let data = sandbox.wait_reactor_file(id, Duration::from_secs(30));
+    assert_eq!(data["post"]["id"], id);
+}
+
+#[test]
+fn private_sandbox_runs_rest_cherrypy() {
+    let sandbox = SaltSandbox::builder()
+        .with_salt_api(SaltApi::RestCherrypy)
+        .with_master_config("rest_cherrypy:\n  debug: false\n")
+        .start();
+    hook_through_salt_api(&sandbox, "via-cherrypy");
+}
+
+/// rest_tornado, with the master event bus on loopback TCP (`ipc_mode: tcp`) on the
+/// sandbox's own ports rather than Salt's fixed defaults.
+#[test]
+fn private_sandbox_runs_rest_tornado_over_tcp_bus() {
+    let sandbox = SaltSandbox::builder()
+        .with_salt_api(SaltApi::RestTornado)
+        .with_master_config("ipc_mode: tcp")
+        .start();
+    let pull = sandbox.master_config()["tcp_master_pull_port"]
+        .as_u64()
+        .expect("tcp_master_pull_port");
+    assert_ne!(
+        pull, 4513,
+        "the default port would collide between sandboxes"
+    );
+    let pull = u16::try_from(pull).expect("a port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", pull)).is_ok(),
+        "nothing listens on tcp_master_pull_port {pull}"
+    );
+    hook_through_salt_api(&sandbox, "via-tornado");
 }

@@ -183,6 +183,11 @@ pub struct SaltSandbox {
     publish_port: u16,
     ret_port: u16,
     api: Option<(SaltApi, u16)>,
+    /// tcp_master_{pub,pull}_port, tcp_master_publish_pull, tcp_master_workers, and the
+    /// minion's tcp_{pub,pull}_port: used only with `ipc_mode: tcp`, but never the defaults,
+    /// so that parallel sandboxes in that mode do not collide.
+    tcp_ports: [u16; 6],
+    master_config: OnceLock<Mapping>,
     procs: Mutex<Procs>,
     watchdog: Mutex<Option<Child>>,
     keep: bool,
@@ -208,13 +213,25 @@ impl SaltSandbox {
         } else {
             (Some(tempdir), root)
         };
-        let [publish_port, ret_port, api_port] = free_ports();
+        let [
+            publish_port,
+            ret_port,
+            api_port,
+            t0p,
+            t1p,
+            t2p,
+            t3p,
+            t4p,
+            t5p,
+        ] = free_ports();
         let sandbox = SaltSandbox {
             root,
             venv,
             publish_port,
             ret_port,
             api: opts.salt_api.map(|kind| (kind, api_port)),
+            tcp_ports: [t0p, t1p, t2p, t3p, t4p, t5p],
+            master_config: OnceLock::new(),
             procs: Mutex::new(Procs::default()),
             watchdog: Mutex::new(None),
             keep,
@@ -282,6 +299,14 @@ impl SaltSandbox {
     /// The master's request port (ZeroMQ ROUTER, clear and aes channels).
     pub fn ret_port(&self) -> u16 {
         self.ret_port
+    }
+
+    /// The master config as written to [`Self::master_config_file`] (after the merges), e.g.
+    /// to read `tcp_master_pull_port` in `ipc_mode: tcp`.
+    pub fn master_config(&self) -> &Mapping {
+        self.master_config
+            .get()
+            .expect("the master config is written in start()")
     }
 
     /// The master's publish port.
@@ -552,6 +577,10 @@ impl SaltSandbox {
             ("interface", Yaml::from("127.0.0.1")),
             ("publish_port", Yaml::from(self.publish_port)),
             ("ret_port", Yaml::from(self.ret_port)),
+            ("tcp_master_pub_port", Yaml::from(self.tcp_ports[0])),
+            ("tcp_master_pull_port", Yaml::from(self.tcp_ports[1])),
+            ("tcp_master_publish_pull", Yaml::from(self.tcp_ports[2])),
+            ("tcp_master_workers", Yaml::from(self.tcp_ports[3])),
             ("user", Yaml::from("root")),
             ("auto_accept", Yaml::from(true)),
             ("worker_threads", Yaml::from(2)),
@@ -604,6 +633,8 @@ impl SaltSandbox {
             ("master", Yaml::from("127.0.0.1")),
             ("master_port", Yaml::from(self.ret_port)),
             ("publish_port", Yaml::from(self.publish_port)),
+            ("tcp_pub_port", Yaml::from(self.tcp_ports[4])),
+            ("tcp_pull_port", Yaml::from(self.tcp_ports[5])),
             ("root_dir", p("")),
             ("conf_file", p("etc/salt/minion")),
             ("pki_dir", p("pki/minion")),
@@ -633,6 +664,7 @@ impl SaltSandbox {
             fs::write(conf.join(name), text).expect("write config");
         };
         write("master", &master);
+        let _ = self.master_config.set(master);
         write("minion", &minion);
     }
 
