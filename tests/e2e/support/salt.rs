@@ -742,7 +742,16 @@ impl SaltSandbox {
             if let Some(dead) = self.exited_process() {
                 self.fail(&format!("{what}: salt-{dead} exited"));
             }
-            let out = self.salt(&["-t", "5", MINION_ID, "test.ping", "--out=json"]);
+            // `timeout`: a wedged master must not hang the readiness loop past its deadline.
+            let out = Command::new("timeout")
+                .args(["-k", "5", "30"])
+                .arg(self.venv.join("bin/salt"))
+                .arg("-c")
+                .arg(self.config_dir())
+                .args(["-t", "5", MINION_ID, "test.ping", "--out=json"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run timeout(1) + salt");
             let stdout = String::from_utf8_lossy(&out.stdout);
             let answered = serde_json::from_str::<Json>(&stdout)
                 .ok()
