@@ -78,7 +78,10 @@ fn shared_sandbox_reactor_writes_hook_data() {
 #[test]
 fn private_sandbox_survives_master_restart() {
     let started = Instant::now();
-    let sandbox = SaltSandbox::builder().start();
+    let sandbox = SaltSandbox::builder()
+        .with_file("custom/marker.sls", &custom_sls_writing("custom-marker"))
+        .with_reactor("e2e/custom/*", &["salt://custom/marker.sls"])
+        .start();
     eprintln!("sandbox started in {:?}", started.elapsed());
     let ret_port = sandbox.ret_port();
 
@@ -96,6 +99,20 @@ fn private_sandbox_survives_master_restart() {
     eprintln!("master restarted, minion answering, in {:?}", t.elapsed());
     assert_eq!(sandbox.ret_port(), ret_port);
     assert_eq!(ping(&sandbox), json!({ "e2e-minion": true }));
+
+    // The Reactor runs again after the restart, extra mappings and files included.
+    sandbox.send_event("e2e/custom/after-restart", &json!({ "n": 1 }));
+    let data = sandbox.wait_reactor_file("custom-marker", Duration::from_secs(30));
+    assert_eq!(data, json!({ "tag": "e2e/custom/after-restart" }));
+}
+
+/// A Reactor SLS (for `with_file`) writing `{"tag": <event tag>}` to `reactor-out/<name>.json`.
+fn custom_sls_writing(name: &str) -> String {
+    format!(
+        "custom_marker:\n  local.file.write:\n    - tgt: e2e-minion\n    - args:\n      \
+         - path: {{{{ opts['root_dir'] }}}}/reactor-out/{name}.json\n      \
+         - args: {{{{ {{'tag': tag}} | json | yaml_dquote }}}}\n"
+    )
 }
 
 /// POSTs `{"id": id}` to the real salt-api's `/hook/e2e/via-api` and waits for the Reactor.
