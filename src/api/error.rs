@@ -41,6 +41,18 @@ pub enum ApiError {
     Timeout,
     /// 500: a bug or an unexpected master answer.
     Internal,
+    /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
+    /// without `fun`, an unknown client).
+    BadLowstate(String),
+    /// 400: the client is not listed in `netapi_enable_clients` (or not served by saltgate).
+    ClientDisabled(String),
+    /// One chunk of a lowstate failed: the chunk's own error, its index in the message.
+    Chunk {
+        /// The chunk's position, from 0.
+        index: usize,
+        /// What went wrong.
+        error: Box<ApiError>,
+    },
 }
 
 impl ApiError {
@@ -64,6 +76,9 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "salt_unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
+            Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
+            Self::Chunk { error, .. } => error.status_code(),
         }
     }
 
@@ -87,6 +102,8 @@ impl ApiError {
             Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
             Self::Timeout => "The Salt master did not answer in time".into(),
             Self::Internal => "An unexpected error occurred".into(),
+            Self::BadLowstate(why) | Self::ClientDisabled(why) => why.clone(),
+            Self::Chunk { index, error } => format!("chunk {index}: {}", error.message()),
         }
     }
 

@@ -9,4 +9,5 @@ mod config_files;
 mod hook_pipeline;
 mod hook_security;
 mod listener;
+mod lowstate;
 mod support;
