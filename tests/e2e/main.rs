@@ -8,5 +8,6 @@
     reason = "test code: a failed step is a failed test, and the panic message says which"
 )]
 
+mod lowstate;
 mod sandbox_selftest;
 mod support;
