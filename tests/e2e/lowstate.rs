@@ -318,3 +318,59 @@ fn disabled_client_refused_and_logout_revokes() {
     let (s, v) = gate.post("/", Some(&token), &ping_chunk(sandbox));
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
 }
+
+/// Runs the real `pepper` CLI (salt-pepper, from the Salt venv) against `gate`.
+fn pepper(sandbox: &SaltSandbox, gate: &Gate, args: &[&str]) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    std::process::Command::new(sandbox.venv().join("bin/pepper"))
+        .env("HOME", home.path())
+        .env_remove("PEPPERRC")
+        .args([
+            "--saltapi-url",
+            &format!("http://{}", gate.addr),
+            "-a",
+            "file",
+            "--username",
+            "saltdev",
+            "--password",
+            "saltdev",
+            "--non-interactive",
+            "--out",
+            "json",
+        ])
+        .args(args)
+        .output()
+        .expect("pepper runs")
+}
+
+#[test]
+fn real_pepper_cli_works_against_saltgate() {
+    let sandbox = shared();
+    let gate = Gate::start(sandbox, |_| {});
+    let out = pepper(sandbox, &gate, &[sandbox.minion_id(), "test.ping"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pepper: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&stdout).expect("pepper --out json prints JSON");
+    assert_eq!(v, json!({"e2e-minion": true}));
+
+    let out = pepper(
+        sandbox,
+        &gate,
+        &["--client", "runner", "test.arg", "x", "y=z"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pepper runner: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"x\"") && stdout.contains("\"y\""),
+        "{stdout}"
+    );
+}
