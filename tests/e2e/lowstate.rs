@@ -374,3 +374,118 @@ fn real_pepper_cli_works_against_saltgate() {
         "{stdout}"
     );
 }
+
+/// The same requests to saltgate and to the real rest_cherrypy on one master give the same
+/// `return` bodies (errors aside: those are intended differences). Also prints the latency of
+/// a `local` `test.ping` round trip through each.
+#[test]
+fn same_returns_as_rest_cherrypy() {
+    let sandbox = SaltSandbox::builder()
+        .with_salt_api(crate::support::SaltApi::RestCherrypy)
+        .start();
+    let gate = Gate::start(&sandbox, |_| {});
+    let cherry = format!("127.0.0.1:{}", sandbox.salt_api_port());
+    let call = |base: &str, path: &str, token: Option<&str>, body: &Value| -> (StatusCode, Value) {
+        gate.rt.block_on(async {
+            let mut req = reqwest::Client::new()
+                .post(format!("http://{base}{path}"))
+                .header("accept", "application/json")
+                .timeout(Duration::from_secs(60))
+                .json(body);
+            if let Some(t) = token {
+                req = req.header("x-auth-token", t);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    };
+    let login = |base: &str| -> String {
+        let (s, v) = call(
+            base,
+            "/login",
+            None,
+            &json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}),
+        );
+        assert_eq!(s, StatusCode::OK, "{base}: {v}");
+        v["return"][0]["token"].as_str().unwrap().to_owned()
+    };
+    let ours = gate.addr.to_string();
+    let (t_ours, t_cherry) = (login(&ours), login(&cherry));
+    let mid = sandbox.minion_id();
+    let same = [
+        json!([{"client": "local", "tgt": mid, "fun": "test.ping"}]),
+        json!([{"client": "local", "tgt": mid, "fun": "test.arg", "arg": ["a", 1, "k=v"], "kwarg": {"x": {"y": 1}}},
+               {"client": "local", "tgt": "nomatch*", "fun": "test.ping"},
+               {"client": "local", "tgt": mid, "fun": "nope.nope"}]),
+        json!([{"client": "runner", "fun": "test.arg", "arg": ["x", "y=z"], "kwarg": {"a": 1}, "b": 2}]),
+        json!([{"client": "local_batch", "tgt": "*", "fun": "test.ping", "batch": "1"}]),
+    ];
+    for body in same {
+        let (s1, mut a) = call(&ours, "/", Some(&t_ours), &body);
+        let (s2, mut b) = call(&cherry, "/", Some(&t_cherry), &body);
+        assert_eq!(
+            (s1, s2),
+            (StatusCode::OK, StatusCode::OK),
+            "{body}: {a} / {b}"
+        );
+        // Per-job values differ between the two runs.
+        for v in [&mut a, &mut b] {
+            if let Some(kwargs) = v.pointer_mut(&format!("/return/0/{mid}/kwargs")) {
+                for k in ["__pub_jid", "__pub_user"] {
+                    kwargs.as_object_mut().unwrap().remove(k);
+                }
+            }
+        }
+        assert_eq!(a, b, "{body}");
+    }
+    // Shapes whose values differ by run: compare keys.
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    for chunk in [
+        json!({"client": "local_async", "tgt": mid, "fun": "test.ping"}),
+        json!({"client": "runner_async", "fun": "test.arg"}),
+        json!({"client": "wheel", "fun": "key.list_all"}),
+    ] {
+        let (_, a) = call(&ours, "/", Some(&t_ours), &chunk);
+        let (_, b) = call(&cherry, "/", Some(&t_cherry), &chunk);
+        assert_eq!(
+            keys(&a["return"][0]),
+            keys(&b["return"][0]),
+            "{chunk}: {a} / {b}"
+        );
+        if chunk["client"] == "wheel" {
+            assert_eq!(keys(&a["return"][0]["data"]), keys(&b["return"][0]["data"]));
+            assert_eq!(
+                a["return"][0]["data"]["return"],
+                b["return"][0]["data"]["return"]
+            );
+        }
+    }
+    // Latency of one local test.ping, median of 15, each way.
+    let ping = json!([{"client": "local", "tgt": mid, "fun": "test.ping"}]);
+    let median = |base: &str, token: &str| -> Duration {
+        let mut times: Vec<Duration> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                let (s, _) = call(base, "/", Some(token), &ping);
+                assert_eq!(s, StatusCode::OK);
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (m_ours, m_cherry) = (median(&ours, &t_ours), median(&cherry, &t_cherry));
+    println!("local test.ping median: saltgate {m_ours:?}, rest_cherrypy {m_cherry:?}");
+}
