@@ -30,8 +30,10 @@
 //! missing `tgt`/`fun` is 400 (rest_cherrypy: 500); YAML parse errors are 400 (rest_cherrypy:
 //! 500); the `ssh` client is not served (400).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
@@ -39,6 +41,7 @@ use http::{HeaderMap, StatusCode};
 use rand::seq::SliceRandom;
 use rmpv::Value as Mp;
 use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
 
 use super::body;
 use super::error::{ApiError, render_body};
@@ -56,6 +59,25 @@ use crate::salt::{SaltClients, SaltError};
 pub const REST_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest `batch_wait` honoured between batches.
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(60);
+/// `wheel_async` calls running in the background at once; more are refused with 503.
+pub const MAX_BACKGROUND: usize = 64;
+
+/// The bound on background (`wheel_async`) calls, shared by the router's handlers.
+#[derive(Debug, Clone)]
+pub struct Background(Arc<Semaphore>);
+
+impl Background {
+    /// Room for [`MAX_BACKGROUND`] calls.
+    pub fn new() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_BACKGROUND)))
+    }
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The clients saltgate serves, as named in a chunk's `client`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,11 +286,15 @@ fn is_target(v: Option<&Value>) -> bool {
 }
 
 /// Runs prepared chunks in order; the first failure ends the run (see the module doc).
-pub async fn execute(salt: &SaltClients, chunks: Vec<Prepared>) -> Result<Vec<Value>, ApiError> {
+pub async fn execute(
+    salt: &SaltClients,
+    background: &Background,
+    chunks: Vec<Prepared>,
+) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::with_capacity(chunks.len());
     for (index, chunk) in chunks.into_iter().enumerate() {
         let client = chunk.client.name();
-        match run_chunk(salt, chunk, &mut out).await {
+        match run_chunk(salt, background, chunk, &mut out).await {
             Ok(()) => {}
             Err(e) => {
                 tracing::info!(chunk = index, client, error = %e, "Lowstate chunk failed");
@@ -284,6 +310,7 @@ pub async fn execute(salt: &SaltClients, chunks: Vec<Prepared>) -> Result<Vec<Va
 
 async fn run_chunk(
     salt: &SaltClients,
+    background: &Background,
     chunk: Prepared,
     out: &mut Vec<Value>,
 ) -> Result<(), SaltError> {
@@ -361,9 +388,13 @@ async fn run_chunk(
             let (fun, args) = wheel_args(low);
             // The master runs wheel calls synchronously and picks the jid itself, so as in
             // rest_cherrypy the call runs after the answer and the jid given here is ours.
+            let permit = Arc::clone(&background.0).try_acquire_owned().map_err(|_| {
+                SaltError::Unavailable("too many wheel_async calls in flight".into())
+            })?;
             let jid = new_jid();
             let salt = salt.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = salt.wheel(&fun, args, &auth).await {
                     tracing::warn!(fun = %fun, error = %e, "wheel_async call failed");
                 }
@@ -687,21 +718,37 @@ pub enum Mode {
 }
 
 /// `POST /` and `POST /index`.
-pub async fn root(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(&app, &headers, body, Mode::Session).await
+pub async fn root(
+    State(app): State<AppState>,
+    Extension(bg): Extension<Background>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&app, &bg, &headers, body, Mode::Session).await
 }
 
 /// `POST /run`.
-pub async fn run(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(&app, &headers, body, Mode::Run).await
+pub async fn run(
+    State(app): State<AppState>,
+    Extension(bg): Extension<Background>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(&app, &bg, &headers, body, Mode::Run).await
 }
 
 /// The whole lowstate request, rendered.
-pub async fn handle(app: &AppState, headers: &HeaderMap, body: Body, mode: Mode) -> Response {
+pub async fn handle(
+    app: &AppState,
+    background: &Background,
+    headers: &HeaderMap,
+    body: Body,
+    mode: Mode,
+) -> Response {
     let Some(format) = response_format(headers) else {
         return ApiError::NotAcceptable.render(Format::Json);
     };
-    match respond(app, headers, body, mode).await {
+    match respond(app, background, headers, body, mode).await {
         Ok((status, value)) => render_body(status, format, &value),
         Err(e) => e.render(format),
     }
@@ -709,6 +756,7 @@ pub async fn handle(app: &AppState, headers: &HeaderMap, body: Body, mode: Mode)
 
 async fn respond(
     app: &AppState,
+    background: &Background,
     headers: &HeaderMap,
     body: Body,
     mode: Mode,
@@ -730,7 +778,7 @@ async fn respond(
     if let Credentials::Session(token) = &creds {
         require_valid(app, salt, token).await?;
     }
-    let results = execute(salt, prepared).await?;
+    let results = execute(salt, background, prepared).await?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()

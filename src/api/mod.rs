@@ -63,7 +63,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(resources::count))
-        .layer(axum::Extension(stats));
+        .layer(axum::Extension(stats))
+        .layer(axum::Extension(lowstate::Background::new()));
     let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
         Some(cors) => routes.layer(cors),
         None => routes,

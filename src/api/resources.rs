@@ -51,7 +51,8 @@ async fn one_chunk(app: &AppState, headers: &HeaderMap, chunk: Value) -> Result<
     )?;
     let salt = master(app)?;
     require_valid(app, salt, &token).await?;
-    let mut out = execute(salt, prepared).await?;
+    // These views never use wheel_async, so they need no shared background bound.
+    let mut out = execute(salt, &lowstate::Background::new(), prepared).await?;
     Ok(out.pop().unwrap_or(Value::Null))
 }
 
@@ -103,8 +104,13 @@ async fn minion_grains(app: AppState, headers: HeaderMap, mid: Option<String>) -
 }
 
 /// `POST /minions`: publish without waiting; 202 with links to the jobs.
-pub async fn minions_post(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    lowstate::handle(&app, &headers, body, Mode::Minions).await
+pub async fn minions_post(
+    State(app): State<AppState>,
+    Extension(bg): Extension<lowstate::Background>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    lowstate::handle(&app, &bg, &headers, body, Mode::Minions).await
 }
 
 /// `GET /jobs`.
