@@ -8,5 +8,8 @@
     reason = "test code: a failed step is a failed test, and the panic message says which"
 )]
 
+mod gate;
+mod hooks;
 mod sandbox_selftest;
 mod support;
+mod wire;
