@@ -10,6 +10,7 @@
 
 mod gate;
 mod hooks;
+mod reactor_examples;
 mod sandbox_selftest;
 mod support;
 mod wire;
