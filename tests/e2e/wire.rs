@@ -294,3 +294,32 @@ async fn master_outage_fails_fast_and_recovers_without_restart() {
         .await;
     assert_eq!(ret.unwrap().returns.len(), 1);
 }
+
+#[tokio::test]
+async fn credentials_in_master_error_events_never_reach_subscribers() {
+    let sandbox = blocking(salt::shared).await;
+    let gate = Gate::start(sandbox, "", &[], |_| {}).await;
+    let salt = gate.salt();
+    let mut sub = salt.bus.subscribe();
+    let auth = Auth::Eauth {
+        eauth: "file".into(),
+        username: "limited".into(),
+        password: "wrong-password-e2e".into(),
+    };
+    let mut req = PublishRequest::new(MINION_ID, "test.arg");
+    req.jid = saltgate::salt::client::new_jid();
+    let err = salt.channel.publish(&req, &auth).await.unwrap_err();
+    assert!(matches!(err, SaltError::AuthRefused(_)), "{err:?}");
+    // The master echoes the whole load, password included, on salt/job/<jid>/error.
+    let tag = format!("salt/job/{}/error", req.jid);
+    let ev = sub
+        .wait_for(Duration::from_secs(15), |e| e.tag == tag)
+        .await
+        .unwrap();
+    let text = to_json(&ev.data).to_string();
+    assert!(
+        !text.contains("wrong-password-e2e"),
+        "password reached a subscriber: {text}"
+    );
+    assert!(text.contains("redacted by saltgate"), "{text}");
+}
