@@ -323,3 +323,30 @@ async fn credentials_in_master_error_events_never_reach_subscribers() {
     );
     assert!(text.contains("redacted by saltgate"), "{text}");
 }
+
+#[tokio::test]
+async fn tcp_ipc_mode_bus_delivers_hooks_to_the_reactor() {
+    let sandbox = Arc::new(
+        blocking(|| {
+            SaltSandbox::builder()
+                .with_master_config("ipc_mode: tcp\n")
+                .start()
+        })
+        .await,
+    );
+    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    let (publisher, _) = gate.state.config.master.bus_endpoints();
+    assert!(publisher.to_string().starts_with("tcp:"), "{publisher}");
+    let id = format!("tcp-mode-{}", std::process::id());
+    let resp = reqwest::Client::new()
+        .post(gate.url("/hook/e2e/tcp"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"id": id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (s, id2) = (Arc::clone(&sandbox), id.clone());
+    let written = blocking(move || s.wait_reactor_file(&id2, Duration::from_secs(60))).await;
+    assert_eq!(written["post"]["id"], id);
+}

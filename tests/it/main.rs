@@ -10,3 +10,4 @@ mod hook_pipeline;
 mod hook_security;
 mod listener;
 mod support;
+mod tls;
