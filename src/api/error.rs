@@ -13,6 +13,8 @@ use crate::salt::SaltError;
 pub enum ApiError {
     /// 400: the body could not be parsed.
     BadBody(String),
+    /// 400: the URL path holds characters no Salt tag may carry.
+    BadPath,
     /// 401: no valid credentials.
     Unauthorized(&'static str),
     /// 401: a signature or shared secret did not verify.
@@ -60,6 +62,7 @@ impl ApiError {
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            Self::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "bad_signature"),
             Self::Stale => (StatusCode::UNAUTHORIZED, "stale_request"),
@@ -86,6 +89,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             Self::BadBody(why) => format!("Could not parse the request body: {why}"),
+            Self::BadPath => "The path holds control characters".into(),
             Self::Unauthorized(why) | Self::BadSignature(why) | Self::Unavailable(why) => {
                 (*why).to_owned()
             }

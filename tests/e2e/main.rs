@@ -8,6 +8,10 @@
     reason = "test code: a failed step is a failed test, and the panic message says which"
 )]
 
+mod gate;
+mod hooks;
 mod lowstate;
+mod reactor_examples;
 mod sandbox_selftest;
 mod support;
+mod wire;

@@ -11,3 +11,4 @@ mod hook_security;
 mod listener;
 mod lowstate;
 mod support;
+mod tls;
