@@ -490,6 +490,11 @@ fn canonical(msg: &Message<'_>, kind: MessageType) -> Result<Vec<u8>, VerifyErro
     let mut out = Vec::with_capacity(message.map_or(0, str::len) + 512);
     for (field, value) in fields {
         match value {
+            // Only Message may span lines; a newline elsewhere could shift field boundaries, so
+            // one signed string would read as two messages (e.g. another MessageId).
+            Some(v) if field != "Message" && v.contains('\n') => {
+                return Err(VerifyError::MalformedBody("newline in a signed field"));
+            }
             Some(v) => {
                 out.extend_from_slice(field.as_bytes());
                 out.push(b'\n');
@@ -859,6 +864,56 @@ mod tests {
                 Err(VerifyError::MalformedBody(
                     "Signature is not base64 of the key size",
                 )),
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_input_never_panics_and_accepted_urls_stay_on_sns(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            tail in "[a-z0-9./@:?#%\\\\-]{0,40}",
+        ) {
+            let _ = sns().verify(&HeaderMap::new(), &bytes, NOW, &bytes);
+            let suffixes = [String::from("amazonaws.com")];
+            for url in [format!("https://sns.us-east-1.amazonaws.com{tail}"), format!("https://sns.{tail}")] {
+                for kind in [UrlKind::Certificate, UrlKind::Action] {
+                    if let Some(ok) = check_url(&url, &suffixes, kind) {
+                        let rest = &ok.as_str()["https://".len()..];
+                        let host = rest.split(['/', '?']).next().unwrap_or_default();
+                        proptest::prop_assert!(
+                            host == "sns.us-east-1.amazonaws.com" || host == "sns.us-east-1.amazonaws.com:443",
+                            "{url}"
+                        );
+                        proptest::prop_assert!(!ok.as_str().contains(['@', '#', '\\']));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_message_may_hold_newlines() {
+        // "Message\nx\nMessageId\nA\nSubject\n..." must not re-split into another MessageId
+        for (key, value) in [
+            ("MessageId", "a\nSubject\nb"),
+            ("Subject", "s\nt"),
+            ("Token", "t\n"),
+        ] {
+            let kind = if key == "Token" {
+                "SubscriptionConfirmation"
+            } else {
+                "Notification"
+            };
+            let m = sign(set(message(kind, "2"), key, json!(value)));
+            check(
+                &body(&m),
+                &[],
+                NOW,
+                LEAF_PEM,
+                Err(VerifyError::MalformedBody("newline in a signed field")),
             );
         }
     }
