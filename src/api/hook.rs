@@ -28,13 +28,16 @@ use super::error::{ApiError, render_body};
 use super::extract::{read_capped, session_token};
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
+use crate::api::sns::{CertCache, ReqwestHttp, confirm_subscription, verify_sns};
 use crate::config::hooks::route;
 use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
 use crate::salt::event::{hook_tag, stamp_now};
 use crate::security::rate::{RateLimiter, RateQuota};
 use crate::security::replay::{Duplicate, ReplayGuard, Reservation};
-use crate::security::{VerifyError, client_ip, redact};
+use crate::security::signature::sns::SnsVerified;
+use crate::security::{Verified, Verifier, VerifyError, client_ip, redact};
+use std::sync::Arc;
 
 /// The hook pipeline's shared state: rules, limiter, replay guard.
 #[derive(Debug)]
@@ -49,6 +52,8 @@ pub struct Hooks {
     /// Rule index → limiter slot.
     rate_slots: Vec<Option<usize>>,
     replay: ReplayGuard,
+    /// SNS signing certificates, fetched over HTTPS and cached; only when a rule verifies SNS.
+    sns_certs: Option<CertCache>,
 }
 
 impl Hooks {
@@ -68,6 +73,20 @@ impl Hooks {
                 })
             })
             .collect();
+        let wants_sns = rules
+            .iter()
+            .any(|r| matches!(r.verifier, Some(Verifier::Sns(_))));
+        let sns_certs = if wants_sns {
+            match ReqwestHttp::new() {
+                Ok(http) => Some(CertCache::new(Arc::new(http))),
+                Err(e) => {
+                    tracing::error!(error = ?e, "No HTTPS client for SNS certificates; SNS hooks will answer 503");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Self {
             rules,
             refuse_unmatched,
@@ -75,6 +94,7 @@ impl Hooks {
             limiter: RateLimiter::new(&quotas),
             rate_slots,
             replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
+            sns_certs,
         }
     }
 
@@ -181,10 +201,13 @@ async fn run(
     }
     let mut reservation: Option<Reservation> = None;
     if let Some(verifier) = &rule.verifier {
-        let verified = verifier.verify(headers, &raw, unix_now()).map_err(|e| {
+        let (verified, sns) = verify(hooks, verifier, headers, &raw).await.map_err(|e| {
             tracing::info!(client_ip = %client, hook = %path, scheme = verifier.name(), reason = %e, "Hook signature refused");
             match e {
                 VerifyError::StaleTimestamp(_) => ApiError::Stale,
+                VerifyError::CertUnavailable => {
+                    ApiError::Unavailable("The sender's signing certificate cannot be fetched")
+                }
                 _ => ApiError::BadSignature("The request signature or token is not valid"),
             }
         })?;
@@ -196,7 +219,11 @@ async fn run(
                 Err(Duplicate::InProgress) => return Err(ApiError::InProgress),
             }
         }
-        if let Some(answer) = built_in_answer(rule, headers, &raw) {
+        let answer = match sns {
+            Some(sns) => confirm_sns(hooks, verifier, &sns).await?,
+            None => built_in_answer(rule, headers, &raw),
+        };
+        if let Some(answer) = answer {
             if let Some(r) = reservation {
                 r.commit(SystemTime::now());
             }
@@ -223,6 +250,53 @@ async fn run(
     }
     tracing::debug!(client_ip = %client, hook = %path, "Hook fired");
     Ok(Outcome::Fired)
+}
+
+/// Runs the rule's verifier; SNS needs its signing certificate, fetched (and cached) first.
+async fn verify(
+    hooks: &Hooks,
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    raw: &[u8],
+) -> Result<(Verified, Option<SnsVerified>), VerifyError> {
+    match verifier {
+        Verifier::Sns(sns) => {
+            let cache = hooks
+                .sns_certs
+                .as_ref()
+                .ok_or(VerifyError::CertUnavailable)?;
+            let verified = verify_sns(sns, cache, headers, raw, unix_now()).await?;
+            Ok((verified.verified(), Some(verified)))
+        }
+        other => Ok((other.verify(headers, raw, unix_now())?, None)),
+    }
+}
+
+/// An SNS `SubscriptionConfirmation` is confirmed here when the rule opts in (GET of the
+/// checked `SubscribeURL`), and then not fired; otherwise it is fired for the Reactor.
+async fn confirm_sns(
+    hooks: &Hooks,
+    verifier: &Verifier,
+    sns: &SnsVerified,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let (Verifier::Sns(rule), Some(url)) = (verifier, &sns.subscribe_url) else {
+        return Ok(None);
+    };
+    if !rule.confirm_subscriptions() {
+        return Ok(None);
+    }
+    let cache = hooks
+        .sns_certs
+        .as_ref()
+        .ok_or(ApiError::Unavailable("No HTTPS client for SNS"))?;
+    confirm_subscription(cache, url).await.map_err(|e| {
+        tracing::warn!(topic = %sns.topic_arn, error = ?e, "SNS subscription could not be confirmed");
+        ApiError::Unavailable("The SNS subscription could not be confirmed")
+    })?;
+    tracing::info!(topic = %sns.topic_arn, "Confirmed an SNS subscription");
+    Ok(Some(
+        serde_json::json!({"success": true, "confirmed": true}),
+    ))
 }
 
 /// Answers senders expect without the Reactor: GitHub `ping` (unless the rule fires pings) and

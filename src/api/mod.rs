@@ -10,6 +10,7 @@ pub mod lowstate;
 pub mod negotiate;
 pub mod resources;
 pub mod session;
+pub mod sns;
 pub mod state;
 
 use axum::Router;

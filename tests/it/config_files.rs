@@ -36,7 +36,7 @@ fn example_config_validates() {
     )])
     .collect();
     let config = saltgate::config::Config::load(dir.path(), &env).unwrap();
-    assert_eq!(config.hooks.len(), 12, "11 rules and the default");
+    assert_eq!(config.hooks.len(), 13, "12 rules and the default");
     assert_eq!(config.hooks[0].verifier.as_ref().unwrap().name(), "github");
     let shown = saltgate::config::render_effective(&config);
     assert!(!shown.contains("a-test-secret"), "a secret was printed");

@@ -364,3 +364,53 @@ async fn saltgate_sign_output_passes_the_rule() {
     }
     assert_eq!(req.send().await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn sns_rule_refuses_foreign_certificate_urls_and_reports_fetch_failures() {
+    let rule = "- path: sns\n  auth: none\n  verify: {sns: {topic_arns: [\"arn:aws:sns:eu-west-1:123456789012:alerts\"]}}\n";
+    let app = TestApp::builder().with_hooks(rule, &[]).spawn().await;
+    let c = reqwest::Client::new();
+    let mut sub = app.subscribe();
+    let message = |cert_url: &str| {
+        json!({
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:eu-west-1:123456789012:alerts",
+            "Message": "disk full",
+            "Timestamp": "2026-11-23T12:00:00.000Z",
+            "SignatureVersion": "2",
+            "Signature": "AAAA",
+            "SigningCertURL": cert_url,
+        })
+        .to_string()
+    };
+    // A certificate URL off AWS's SNS hosts is refused before any fetch.
+    let resp = c
+        .post(app.url("/hook/sns"))
+        .header("x-amz-sns-message-type", "Notification")
+        .body(message(
+            "https://sns.eu-west-1.amazonaws.com.evil.example/cert.pem",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_code(resp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_signature"))
+    );
+    // A well-formed URL whose certificate cannot be fetched (no network here): 503, so SNS
+    // retries later, and nothing fired.
+    let resp = c
+        .post(app.url("/hook/sns"))
+        .header("x-amz-sns-message-type", "Notification")
+        .body(message(
+            "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_code(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_no_event(&mut sub).await;
+}
