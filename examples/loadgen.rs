@@ -1,0 +1,544 @@
+//! Load generator and bus counter for `scripts/bench`.
+//!
+//! - `http`: fixed concurrency over keep-alive HTTP/1.1 connections (one per worker), for a
+//!   fixed time, optionally paced to a total rate. Each request's body carries a unique `id`
+//!   (`<prefix>-<worker>-<seq>`), padded to `--body-size` bytes; with `--github-secret-file` each
+//!   request is signed (`X-Hub-Signature-256`) with a unique `X-GitHub-Delivery`. A fixed body
+//!   (`--body`) is sent as is instead (lowstate). Prints one JSON line: count, ok, errors (non-2xx
+//!   + connection errors), rps, p50/p99 latency.
+//! - `count`: subscribes to the master's event bus and counts distinct hook events whose
+//!   `post.id` starts with `--prefix`; stops once `--stop-file` exists and no matching event came
+//!   for `--idle-ms`, or at `--max-secs`. Prints one JSON line.
+//! - `push`: fires events straight into the master's pull socket as fast as the pusher takes
+//!   them, and counts those that come back on the publisher: the master's own ceiling.
+//!
+//! Latency in `http` is measured from when a request is sent, so when pacing the figure does not
+//! include time a request waited behind a slow predecessor (no coordinated-omission correction).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use saltgate::salt::bus::ipc::{Endpoint, IpcBus, IpcBusConfig};
+use saltgate::salt::event::{map_get, text_like};
+use saltgate::salt::{BusItem, Event, EventBus};
+use saltgate::security::Secret;
+use saltgate::security::signature::github;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "saltgate benchmark load generator and bus counter")]
+struct Cli {
+    /// Tokio worker threads.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Drive an HTTP endpoint.
+    Http(HttpArgs),
+    /// Count hook events on the master bus.
+    Count(CountArgs),
+    /// Push raw events into the master's pull socket.
+    Push(PushArgs),
+}
+
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Target, e.g. http://127.0.0.1:8000/hook/bench/github
+    #[arg(long)]
+    url: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Total requests per second over all connections (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Size of the generated JSON body in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+    /// Prefix of every body's unique id.
+    #[arg(long, default_value = "b")]
+    id_prefix: String,
+    /// Sign each request as GitHub does with the secret in this file.
+    #[arg(long)]
+    github_secret_file: Option<PathBuf>,
+    /// Send this body as is (no id, no signature).
+    #[arg(long)]
+    body: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// A label copied into the JSON output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Args, Debug)]
+struct CountArgs {
+    /// The master's sock_dir (holds master_event_pub.ipc / master_event_pull.ipc).
+    #[arg(long)]
+    sock_dir: PathBuf,
+    /// Count events whose post.id starts with this.
+    #[arg(long)]
+    prefix: String,
+    /// Created once the bus connection is up.
+    #[arg(long)]
+    ready_file: PathBuf,
+    /// The load is over once this file exists.
+    #[arg(long)]
+    stop_file: PathBuf,
+    /// After the stop file, stop when no matching event came for this long.
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+    /// Give up after this many seconds in all.
+    #[arg(long, default_value_t = 120)]
+    max_secs: u64,
+}
+
+#[derive(Args, Debug)]
+struct PushArgs {
+    /// The master's sock_dir.
+    #[arg(long)]
+    sock_dir: PathBuf,
+    /// Seconds to push.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Fires in flight at once.
+    #[arg(long, default_value_t = 256)]
+    inflight: usize,
+    /// Size of each event's padding in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_size: usize,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()?;
+    let line = rt.block_on(async move {
+        match cli.mode {
+            Mode::Http(a) => http(a).await,
+            Mode::Count(a) => count(a).await,
+            Mode::Push(a) => push(a).await,
+        }
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+// ---- http ------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Target {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target> {
+    let uri: http::Uri = url.parse().context("--url")?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--url: only http:// is supported");
+    }
+    let host = uri.host().context("--url: no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    Ok(Target { host, port, path })
+}
+
+/// One worker's tally.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    non2xx: u64,
+    conn_errors: u64,
+    latencies_us: Vec<u32>,
+}
+
+fn make_body(prefix: &str, worker: usize, seq: u64, size: usize) -> (String, Vec<u8>) {
+    let id = format!("{prefix}-{worker}-{seq}");
+    let head = format!(r#"{{"id":"{id}","kind":"bench","pad":""#);
+    let tail = r#""}"#;
+    let pad = size.saturating_sub(head.len() + tail.len());
+    let mut body = Vec::with_capacity(head.len() + pad + tail.len());
+    body.extend_from_slice(head.as_bytes());
+    body.resize(head.len() + pad, b'x');
+    body.extend_from_slice(tail.as_bytes());
+    (id, body)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(t: &Target) -> Result<Sender> {
+    let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+struct Job {
+    target: Arc<Target>,
+    secret: Option<Arc<Secret>>,
+    fixed_body: Option<Bytes>,
+    headers: Arc<Vec<(http::HeaderName, http::HeaderValue)>>,
+    prefix: Arc<str>,
+    body_size: usize,
+    timeout: Duration,
+    /// Seconds between this worker's requests (0: none).
+    interval: f64,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+async fn worker(w: usize, job: Job) -> Tally {
+    let mut tally = Tally::default();
+    let mut sender: Option<Sender> = None;
+    let mut seq: u64 = 0;
+    let start = Instant::now();
+    let host = format!("{}:{}", job.target.host, job.target.port);
+    loop {
+        let now = Instant::now();
+        if now >= job.deadline || job.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if job.interval > 0.0 {
+            let due = start + Duration::from_secs_f64(job.interval * seq as f64);
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        seq += 1;
+        let mut s = match sender.take() {
+            Some(s) => s,
+            None => match tokio::time::timeout(job.timeout, connect(&job.target)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tally.conn_errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let mut req = http::Request::post(job.target.path.as_str())
+            .header(http::header::HOST, host.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json");
+        for (k, v) in job.headers.iter() {
+            req = req.header(k, v);
+        }
+        let body = match &job.fixed_body {
+            Some(b) => b.clone(),
+            None => {
+                let (id, body) = make_body(&job.prefix, w, seq, job.body_size);
+                if let Some(secret) = &job.secret {
+                    for (k, v) in github::sign(secret, &body) {
+                        req = req.header(k, v);
+                    }
+                    req = req
+                        .header("X-GitHub-Event", "push")
+                        .header("X-GitHub-Delivery", id);
+                }
+                Bytes::from(body)
+            }
+        };
+        let Ok(req) = req.body(Full::new(body)) else {
+            tally.conn_errors += 1;
+            continue;
+        };
+        let t0 = Instant::now();
+        let result = tokio::time::timeout(job.timeout, async {
+            if s.ready().await.is_err() {
+                return None;
+            }
+            let resp = s.send_request(req).await.ok()?;
+            let status = resp.status();
+            let keep = !resp
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            resp.into_body().collect().await.ok()?;
+            Some((status, keep))
+        })
+        .await;
+        let elapsed = t0.elapsed();
+        match result {
+            Ok(Some((status, keep))) => {
+                tally
+                    .latencies_us
+                    .push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+                if status.is_success() {
+                    tally.ok += 1;
+                } else {
+                    tally.non2xx += 1;
+                }
+                if keep {
+                    sender = Some(s);
+                }
+            }
+            _ => tally.conn_errors += 1,
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
+}
+
+async fn http(a: HttpArgs) -> Result<String> {
+    let target = Arc::new(parse_url(&a.url)?);
+    let secret = match &a.github_secret_file {
+        Some(f) => Some(Arc::new(
+            Secret::trimmed(&std::fs::read(f).with_context(|| f.display().to_string())?)
+                .map_err(|_| anyhow::anyhow!("empty secret"))?,
+        )),
+        None => None,
+    };
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').context("--header: want `Name: value`")?;
+        headers.push((k.trim().parse()?, v.trim().parse()?));
+    }
+    let headers = Arc::new(headers);
+    let prefix: Arc<str> = a.id_prefix.clone().into();
+    let conns = a.conns.max(1);
+    let interval = if a.rate > 0.0 {
+        conns as f64 / a.rate
+    } else {
+        0.0
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(a.duration);
+    let mut tasks = Vec::with_capacity(conns);
+    for w in 0..conns {
+        let job = Job {
+            target: Arc::clone(&target),
+            secret: secret.clone(),
+            fixed_body: a.body.clone().map(Bytes::from),
+            headers: Arc::clone(&headers),
+            prefix: Arc::clone(&prefix),
+            body_size: a.body_size,
+            timeout: Duration::from_secs_f64(a.timeout),
+            interval,
+            deadline,
+            stop: Arc::clone(&stop),
+        };
+        tasks.push(tokio::spawn(worker(w, job)));
+    }
+    let mut total = Tally::default();
+    for t in tasks {
+        let t = t.await?;
+        total.ok += t.ok;
+        total.non2xx += t.non2xx;
+        total.conn_errors += t.conn_errors;
+        total.latencies_us.extend(t.latencies_us);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    let answered = total.ok + total.non2xx;
+    Ok(json!({
+        "mode": "http",
+        "label": a.label,
+        "conns": conns,
+        "rate_target": a.rate,
+        "secs": (elapsed * 1000.0).round() / 1000.0,
+        "count": answered + total.conn_errors,
+        "ok": total.ok,
+        "non2xx": total.non2xx,
+        "conn_errors": total.conn_errors,
+        "errors": total.non2xx + total.conn_errors,
+        "rps": (total.ok as f64 / elapsed * 10.0).round() / 10.0,
+        "p50_ms": percentile(&total.latencies_us, 0.50),
+        "p99_ms": percentile(&total.latencies_us, 0.99),
+    })
+    .to_string())
+}
+
+// ---- count -----------------------------------------------------------------------------------
+
+fn bus(sock_dir: &std::path::Path) -> IpcBus {
+    IpcBus::start(IpcBusConfig::new(
+        Endpoint::Unix(sock_dir.join("master_event_pub.ipc")),
+        Endpoint::Unix(sock_dir.join("master_event_pull.ipc")),
+    ))
+}
+
+fn hook_id(event: &Event) -> Option<String> {
+    if !event.tag.starts_with("salt/netapi/hook") {
+        return None;
+    }
+    map_get(map_get(&event.data, "post")?, "id").and_then(text_like)
+}
+
+async fn count(a: CountArgs) -> Result<String> {
+    let bus = bus(&a.sock_dir);
+    let mut sub = bus.subscribe();
+    bus.wait_connected(Duration::from_secs(30))
+        .await
+        .context("connect to the master's event publisher")?;
+    std::fs::write(&a.ready_file, b"ready\n")?;
+    let started = Instant::now();
+    let max = started + Duration::from_secs(a.max_secs);
+    let idle = Duration::from_millis(a.idle_ms);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut dups: u64 = 0;
+    let mut lagged: u64 = 0;
+    let mut last = Instant::now();
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= max {
+            break;
+        }
+        if stopped_at.is_none() && a.stop_file.exists() {
+            stopped_at = Some(now);
+        }
+        if let Some(s) = stopped_at
+            && now.duration_since(last.max(s)) >= idle
+        {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
+            Err(_) => {}
+            Ok(None) => break,
+            Ok(Some(BusItem::Event(ev))) => {
+                if let Some(id) = hook_id(&ev)
+                    && id.starts_with(&a.prefix)
+                {
+                    last = Instant::now();
+                    if !seen.insert(id) {
+                        dups += 1;
+                    }
+                }
+            }
+            Ok(Some(BusItem::Lagged(n))) => lagged += n,
+            Ok(Some(_)) => {}
+        }
+    }
+    Ok(json!({
+        "mode": "count",
+        "prefix": a.prefix,
+        "events": seen.len(),
+        "duplicates": dups,
+        "lagged": lagged,
+    })
+    .to_string())
+}
+
+// ---- push ------------------------------------------------------------------------------------
+
+async fn push(a: PushArgs) -> Result<String> {
+    let bus = Arc::new(bus(&a.sock_dir));
+    let mut sub = bus.subscribe();
+    bus.wait_connected(Duration::from_secs(30))
+        .await
+        .context("connect to the master's event publisher")?;
+    let prefix = format!("push{}", std::process::id());
+    let received = Arc::new(AtomicU64::new(0));
+    let lagged = Arc::new(AtomicU64::new(0));
+    let stop_count = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let received = Arc::clone(&received);
+        let lagged = Arc::clone(&lagged);
+        let stop_count = Arc::clone(&stop_count);
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            while !stop_count.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
+                    Ok(Some(BusItem::Event(ev)))
+                        if hook_id(&ev).is_some_and(|id| id.starts_with(&prefix)) =>
+                    {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(BusItem::Lagged(n))) => {
+                        lagged.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Ok(None) => break,
+                    _ => {}
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(a.duration);
+    let fired = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..a.inflight.max(1) {
+        let bus = Arc::clone(&bus);
+        let fired = Arc::clone(&fired);
+        let failed = Arc::clone(&failed);
+        let prefix = prefix.clone();
+        let pad = "x".repeat(a.body_size);
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let data = saltgate::salt::wire::payload::from_json(&json!({
+                    "post": {"id": format!("{prefix}-{w}-{seq}"), "pad": pad},
+                }));
+                match bus
+                    .fire(Event::new("salt/netapi/hook/bench/push", data))
+                    .await
+                {
+                    Ok(()) => fired.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let push_secs = started.elapsed().as_secs_f64();
+    // Let the publisher drain: stop once nothing new arrived for a second.
+    let mut prev = u64::MAX;
+    while received.load(Ordering::Relaxed) != prev {
+        prev = received.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop_count.store(true, Ordering::Relaxed);
+    counter.await?;
+    let fired = fired.load(Ordering::Relaxed);
+    let received = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "mode": "push",
+        "secs": (push_secs * 1000.0).round() / 1000.0,
+        "fired": fired,
+        "failed": failed.load(Ordering::Relaxed),
+        "received": received,
+        "lagged": lagged.load(Ordering::Relaxed),
+        "fired_per_s": (fired as f64 / push_secs).round(),
+        "received_per_s": (received as f64 / push_secs).round(),
+    })
+    .to_string())
+}
