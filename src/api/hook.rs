@@ -65,16 +65,26 @@ async fn handle(
 ) -> Response {
     let Some(format) = response_format(&headers) else {
         tracing::info!(client_ip = %peer.ip(), hook = %path, status = 406, "Hook refused: no acceptable format");
+        app.record_hook(
+            &path,
+            peer.ip(),
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+        );
         return ApiError::NotAcceptable.render(Format::Json);
     };
     match run(&app, peer, &path, &headers, body).await {
-        Ok(()) => render_body(
-            StatusCode::OK,
-            format,
-            &serde_json::json!({"success": true}),
-        ),
+        Ok(()) => {
+            app.record_hook(&path, peer.ip(), StatusCode::OK, "accepted");
+            render_body(
+                StatusCode::OK,
+                format,
+                &serde_json::json!({"success": true}),
+            )
+        }
         Err(e) => {
             let (status, code) = e.status_code();
+            app.record_hook(&path, peer.ip(), status, code);
             tracing::info!(client_ip = %peer.ip(), hook = %path, status = status.as_u16(), code, "Hook refused");
             e.render(format)
         }
