@@ -7,4 +7,5 @@
 
 mod hook_pipeline;
 mod listener;
+mod streams;
 mod support;
