@@ -36,6 +36,30 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the headers a sender would add to BODYFILE, to test a hook rule with curl.
+    Sign {
+        /// The scheme: github, gitlab, gitea, bitbucket, slack, stripe, standard_webhooks, hmac,
+        /// token.
+        #[arg(long)]
+        provider: String,
+        /// A file holding the secret.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// hmac/token: the header carrying the signature or token.
+        #[arg(long)]
+        header: Option<String>,
+        /// hmac: sha256 (default) or sha512.
+        #[arg(long)]
+        algorithm: Option<String>,
+        /// hmac: hex (default) or base64.
+        #[arg(long)]
+        encoding: Option<String>,
+        /// hmac: a prefix such as `sha256=`.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The request body to sign.
+        body_file: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -53,6 +77,36 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("saltgate {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Sign {
+            provider,
+            secret_file,
+            header,
+            algorithm,
+            encoding,
+            prefix,
+            body_file,
+        } => {
+            let settings = saltgate::config::hooks::RawVerifier {
+                secret_file: Some(secret_file),
+                header,
+                algorithm,
+                encoding,
+                prefix,
+                ..Default::default()
+            };
+            let verifier =
+                saltgate::config::hooks::verifier("sign", &provider, &settings, &HashMap::new())?;
+            let body = std::fs::read(&body_file)
+                .with_context(|| format!("reading {}", body_file.display()))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            for (name, value) in verifier.sign(&body, now)? {
+                println!("{name}: {value}");
+            }
             Ok(())
         }
         Command::CheckConfig { config } => {

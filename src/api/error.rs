@@ -25,6 +25,8 @@ pub enum ApiError {
     NotAuthorized,
     /// 404: no such route or hook.
     NotFound,
+    /// 409: a delivery with the same id is being fired right now.
+    InProgress,
     /// 406: no acceptable response format.
     NotAcceptable,
     /// 413: the body is over the limit.
@@ -52,6 +54,7 @@ impl ApiError {
             Self::Forbidden => (StatusCode::FORBIDDEN, "address_not_allowed"),
             Self::NotAuthorized => (StatusCode::FORBIDDEN, "not_authorized"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::InProgress => (StatusCode::CONFLICT, "delivery_in_progress"),
             Self::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::UnsupportedMedia => {
@@ -75,6 +78,7 @@ impl ApiError {
             Self::Forbidden => "Requests from this address are not allowed".into(),
             Self::NotAuthorized => "Not allowed to run this".into(),
             Self::NotFound => "Nothing matches the given URI".into(),
+            Self::InProgress => "A delivery with this id is being processed; retry later".into(),
             Self::NotAcceptable => {
                 "This resource only emits application/json and application/x-yaml".into()
             }

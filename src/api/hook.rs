@@ -1,39 +1,88 @@
 //! `POST /hook/<path>`: a webhook becomes the Salt event `salt/netapi/hook/<path>` with
 //! `{_stamp, headers, post, body}`, the shape salt-api fires, so existing Reactor SLS files work.
 //!
-//! Steps, cheapest rejection first: response format (406, before any side effect) → token auth
-//! unless `webhook_disable_auth` (401) → body read with the size cap (413) → parse by
-//! Content-Type (400) → fire (503 when the bus cannot take it).
+//! Steps, cheapest rejection first (DESIGN.md): response format (406, before any side effect) →
+//! route to the rule with the longest matching path (404 only when unmatched paths are refused)
+//! → IP allowlist on the resolved client address (403) → rate limit per rule and client (429 +
+//! `Retry-After`) → body read with the rule's cap, while streaming (413) → Salt token unless the
+//! rule or `webhook_disable_auth` turns it off (401) → signature over the raw bytes (401) →
+//! timestamp window (401) / delivery id already fired (200 `duplicate`, nothing fired; 409 while
+//! the first delivery with that id is still being fired) → built-in answers (GitHub `ping`, Slack
+//! `url_verification`) → parse by Content-Type (400) → fire (503 when the bus cannot take it).
 //!
 //! Better than salt-api: the body limit is enforced (salt-api ignores `max_request_body_size`),
 //! `Remote-Addr` is the real peer and cannot be overridden by a header, credential headers are
 //! never put on the bus, and a failed fire is a 503 instead of `{"success": false}` with 200.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use rmpv::Value;
 
 use super::error::{ApiError, render_body};
 use super::extract::{read_capped, session_token};
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
+use crate::config::hooks::route;
+use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
 use crate::salt::event::{hook_tag, stamp_now};
+use crate::security::rate::{RateLimiter, RateQuota};
+use crate::security::replay::{Duplicate, ReplayGuard, Reservation};
+use crate::security::{VerifyError, client_ip, redact};
 
-/// Headers never copied into the event: anything on the bus is readable by every `/events`
-/// subscriber and lands in the job cache of reactors that echo it.
-const REDACTED: &[&str] = &[
-    "x-auth-token",
-    "cookie",
-    "authorization",
-    "proxy-authorization",
-    "set-cookie",
-];
+/// The hook pipeline's shared state: rules, limiter, replay guard.
+#[derive(Debug)]
+pub struct Hooks {
+    /// Rules; the last is the default for unmatched paths.
+    pub rules: Vec<HookRule>,
+    /// Refuse paths no configured rule covers.
+    pub refuse_unmatched: bool,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    limiter: RateLimiter,
+    /// Rule index → limiter slot.
+    rate_slots: Vec<Option<usize>>,
+    replay: ReplayGuard,
+}
+
+impl Hooks {
+    /// Builds the pipeline state from validated rules.
+    pub fn new(
+        rules: Vec<HookRule>,
+        refuse_unmatched: bool,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> Self {
+        let mut quotas: Vec<RateQuota> = Vec::new();
+        let rate_slots = rules
+            .iter()
+            .map(|r| {
+                r.rate.map(|q| {
+                    quotas.push(q);
+                    quotas.len() - 1
+                })
+            })
+            .collect();
+        Self {
+            rules,
+            refuse_unmatched,
+            trusted_proxies,
+            limiter: RateLimiter::new(&quotas),
+            rate_slots,
+            replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
+        }
+    }
+
+    /// Frees rate-limiter memory for addresses that went quiet; called on a timer.
+    pub fn housekeep(&self) {
+        self.limiter.housekeep();
+    }
+}
 
 /// `POST <webhook_url>` with no further path.
 pub async fn hook_root(
@@ -56,6 +105,14 @@ pub async fn hook_path(
     handle(state, peer, path, headers, body).await
 }
 
+/// How a delivery that passed every check was answered.
+enum Outcome {
+    Fired,
+    Duplicate,
+    /// Answered without firing (GitHub `ping`, Slack `url_verification`).
+    Answered(serde_json::Value),
+}
+
 async fn handle(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,53 +120,142 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let path = path.trim_matches('/').to_owned();
+    let client = client_ip::resolve_from_headers(peer.ip(), &headers, &app.hooks.trusted_proxies);
     let Some(format) = response_format(&headers) else {
-        tracing::info!(client_ip = %peer.ip(), hook = %path, status = 406, "Hook refused: no acceptable format");
-        app.record_hook(
-            &path,
-            peer.ip(),
-            StatusCode::NOT_ACCEPTABLE,
-            "not_acceptable",
-        );
+        tracing::info!(client_ip = %client, hook = %path, status = 406, "Hook refused: no acceptable format");
+        app.record_hook(&path, client, StatusCode::NOT_ACCEPTABLE, "not_acceptable");
         return ApiError::NotAcceptable.render(Format::Json);
     };
-    match run(&app, peer, &path, &headers, body).await {
-        Ok(()) => {
-            app.record_hook(&path, peer.ip(), StatusCode::OK, "accepted");
+    match run(&app, client, &path, &headers, body).await {
+        Ok(Outcome::Fired) => {
+            app.record_hook(&path, client, StatusCode::OK, "accepted");
             render_body(
                 StatusCode::OK,
                 format,
                 &serde_json::json!({"success": true}),
             )
         }
+        Ok(Outcome::Duplicate) => {
+            app.record_hook(&path, client, StatusCode::OK, "duplicate");
+            tracing::info!(client_ip = %client, hook = %path, "Duplicate delivery answered, nothing fired");
+            render_body(
+                StatusCode::OK,
+                format,
+                &serde_json::json!({"success": true, "duplicate": true}),
+            )
+        }
+        Ok(Outcome::Answered(body)) => {
+            app.record_hook(&path, client, StatusCode::OK, "answered");
+            render_body(StatusCode::OK, format, &body)
+        }
         Err(e) => {
             let (status, code) = e.status_code();
-            app.record_hook(&path, peer.ip(), status, code);
-            tracing::info!(client_ip = %peer.ip(), hook = %path, status = status.as_u16(), code, "Hook refused");
+            app.record_hook(&path, client, status, code);
+            tracing::info!(client_ip = %client, hook = %path, status = status.as_u16(), code, "Hook refused");
             e.render(format)
         }
     }
 }
 
+/// The pipeline of DESIGN.md, in its order.
 async fn run(
     app: &AppState,
-    peer: SocketAddr,
+    client: std::net::IpAddr,
     path: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(), ApiError> {
-    if !app.config.api.webhook_disable_auth {
+) -> Result<Outcome, ApiError> {
+    let hooks = &app.hooks;
+    let rule = route(&hooks.rules, path).ok_or(ApiError::NotFound)?;
+    if rule.path.is_empty() && hooks.refuse_unmatched {
+        return Err(ApiError::NotFound);
+    }
+    if !rule.allow.contains(client) {
+        return Err(ApiError::Forbidden);
+    }
+    if let Some(slot) = hooks.rate_slots.get(rule.index).copied().flatten() {
+        hooks
+            .limiter
+            .check(slot, client)
+            .map_err(|retry| ApiError::RateLimited(retry.as_header_secs()))?;
+    }
+    let raw = read_capped(headers, body, rule.max_body).await?;
+    if rule.auth == AuthMode::Token {
         authenticate(app, headers).await?;
     }
-    let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
+    let mut reservation: Option<Reservation> = None;
+    if let Some(verifier) = &rule.verifier {
+        let verified = verifier.verify(headers, &raw, unix_now()).map_err(|e| {
+            tracing::info!(client_ip = %client, hook = %path, scheme = verifier.name(), reason = %e, "Hook signature refused");
+            match e {
+                VerifyError::StaleTimestamp(_) => ApiError::Stale,
+                _ => ApiError::BadSignature("The request signature or token is not valid"),
+            }
+        })?;
+        if let Some(id) = verified.delivery_id {
+            let key = format!("{}:{}:{id}", rule.path, verifier.name());
+            match hooks.replay.begin(&key, SystemTime::now()) {
+                Ok(r) => reservation = Some(r),
+                Err(Duplicate::Committed) => return Ok(Outcome::Duplicate),
+                Err(Duplicate::InProgress) => return Err(ApiError::InProgress),
+            }
+        }
+        if let Some(answer) = built_in_answer(rule, headers, &raw) {
+            if let Some(r) = reservation {
+                r.commit(SystemTime::now());
+            }
+            return Ok(Outcome::Answered(answer));
+        }
+    }
     let post = parse_body(headers, &raw)?;
-    let event = Event::new(hook_tag(path), event_data(peer, headers, post, &raw));
+    let mut hidden: Vec<HeaderName> = rule
+        .verifier
+        .as_ref()
+        .map(|v| v.credential_headers())
+        .unwrap_or_default();
+    hidden.extend(redact::ALWAYS_REDACTED.iter().cloned());
+    let event = Event::new(
+        hook_tag(path),
+        event_data(client, headers, &hidden, post, &raw),
+    );
     app.bus.fire(event).await.map_err(|e| {
         tracing::warn!(hook = %path, error = %e, "Hook could not be fired");
         ApiError::Unavailable("The event bus cannot take the event")
     })?;
-    tracing::debug!(client_ip = %peer.ip(), hook = %path, "Hook fired");
-    Ok(())
+    if let Some(r) = reservation {
+        r.commit(SystemTime::now());
+    }
+    tracing::debug!(client_ip = %client, hook = %path, "Hook fired");
+    Ok(Outcome::Fired)
+}
+
+/// Answers senders expect without the Reactor: GitHub `ping` (unless the rule fires pings) and
+/// Slack's `url_verification` challenge. Only called after the signature passed.
+fn built_in_answer(rule: &HookRule, headers: &HeaderMap, raw: &[u8]) -> Option<serde_json::Value> {
+    let verifier = rule.verifier.as_ref()?;
+    match verifier.name() {
+        "github" if !rule.fire_ping => {
+            let event = headers.get("x-github-event")?.to_str().ok()?;
+            (event == "ping").then(|| serde_json::json!({"success": true, "ping": true}))
+        }
+        "slack" => {
+            let body: serde_json::Value = serde_json::from_slice(raw).ok()?;
+            if body.get("type")?.as_str()? != "url_verification" {
+                return None;
+            }
+            let challenge = body.get("challenge")?.as_str()?;
+            Some(serde_json::json!({"challenge": challenge}))
+        }
+        _ => None,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 /// Token auth as salt-api: `X-Auth-Token` or the `session_id` cookie, checked with the master.
@@ -131,17 +277,20 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiErro
 }
 
 /// The event data: `{_stamp, headers, post, body}`.
-fn event_data(peer: SocketAddr, headers: &HeaderMap, post: Value, raw: &Bytes) -> Value {
+fn event_data(
+    client: std::net::IpAddr,
+    headers: &HeaderMap,
+    hidden: &[HeaderName],
+    post: Value,
+    raw: &Bytes,
+) -> Value {
     let mut hdrs: Vec<(Value, Value)> = Vec::with_capacity(headers.len() + 1);
-    hdrs.push((
-        Value::from("Remote-Addr"),
-        Value::from(peer.ip().to_string()),
-    ));
+    hdrs.push((Value::from("Remote-Addr"), Value::from(client.to_string())));
     for (name, value) in headers {
-        let name = name.as_str();
-        if REDACTED.contains(&name) || name == "remote-addr" {
+        if hidden.contains(name) || name.as_str() == "remote-addr" {
             continue;
         }
+        let name = name.as_str();
         let key = Value::from(title_case(name));
         let value = Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned());
         // Repeated headers: the last one wins, as in CherryPy's dict.
@@ -301,8 +450,14 @@ mod tests {
         h.insert("cookie", "session_id=secret".parse().unwrap());
         h.insert("remote-addr", "6.6.6.6".parse().unwrap());
         h.insert("x-github-event", "push".parse().unwrap());
-        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        let data = event_data(peer, &h, Value::Nil, &Bytes::from_static(b"{}"));
+        let hidden: Vec<HeaderName> = redact::ALWAYS_REDACTED.to_vec();
+        let data = event_data(
+            "10.1.2.3".parse().unwrap(),
+            &h,
+            &hidden,
+            Value::Nil,
+            &Bytes::from_static(b"{}"),
+        );
         let json = crate::salt::wire::payload::to_json(&data);
         let headers = &json["headers"];
         assert_eq!(headers["Remote-Addr"], "10.1.2.3");

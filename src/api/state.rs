@@ -23,6 +23,8 @@ pub struct App {
     pub metrics: super::metrics::Metrics,
     /// Cancelled when the server starts shutting down: event streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The hook pipeline's rules, limiter and replay guard.
+    pub hooks: crate::api::hook::Hooks,
 }
 
 /// The state handle handlers receive.

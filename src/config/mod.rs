@@ -6,6 +6,7 @@
 //! here is async and nothing here touches HTTP.
 
 pub mod error;
+pub mod hooks;
 pub mod master;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use error::ConfigError;
+pub use hooks::{AuthMode, HookRule};
 pub use master::MasterSettings;
 
 use crate::salt::bus::ipc::PullFraming;
@@ -120,6 +122,21 @@ pub struct SaltgateSettings {
     pub streams_disable_auth: bool,
     /// URL of the events page.
     pub ui_path: String,
+    /// Per-hook rules.
+    pub hooks: Vec<hooks::RawHook>,
+    /// What happens to hook paths no rule covers.
+    pub unmatched_hooks: Unmatched,
+}
+
+/// What happens to hook paths no rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Accepted under the default rule (`webhook_disable_auth` decides token auth), as salt-api.
+    #[default]
+    Allow,
+    /// Refused with 404.
+    Refuse,
 }
 
 impl Default for SaltgateSettings {
@@ -135,6 +152,8 @@ impl Default for SaltgateSettings {
             stream_keepalive_secs: 15,
             streams_disable_auth: false,
             ui_path: "/ui".into(),
+            hooks: Vec::new(),
+            unmatched_hooks: Unmatched::Allow,
         }
     }
 }
@@ -152,6 +171,8 @@ pub struct Config {
     pub saltgate: SaltgateSettings,
     /// Whether to attach to the master (false: built-in bus).
     pub use_master: bool,
+    /// Validated hook rules; the last one is the default for unmatched paths.
+    pub hooks: Vec<HookRule>,
 }
 
 impl Config {
@@ -161,7 +182,7 @@ impl Config {
             host: "127.0.0.1".into(),
             ..RestCherrypy::default()
         };
-        Self {
+        let mut config = Self {
             source: None,
             master: MasterSettings::default(),
             api,
@@ -170,13 +191,28 @@ impl Config {
                 ..Default::default()
             },
             use_master: false,
-        }
+            hooks: Vec::new(),
+        };
+        // No rules and no secrets to read: building cannot fail.
+        let _ = config.rebuild_hooks(&HashMap::new());
+        config
+    }
+
+    /// Rebuilds [`Config::hooks`] from the raw rules and the `rest_cherrypy` settings.
+    pub fn rebuild_hooks(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        self.hooks = hooks::build(
+            &self.saltgate.hooks,
+            self.api.webhook_disable_auth,
+            self.api.max_request_body_size,
+            env,
+        )?;
+        Ok(())
     }
 
     /// Loads `path` (a master config file, or a directory holding `master`) with its includes.
-    /// `_env` is the environment secrets may be read from; it is passed in so that loading stays
+    /// `env` is the environment secrets may be read from; it is passed in so that loading stays
     /// a pure function of its inputs.
-    pub fn load(path: &Path, _env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let file = if path.is_dir() {
             path.join("master")
         } else {
@@ -193,14 +229,16 @@ impl Config {
             BusChoice::Builtin => false,
             BusChoice::Auto => master.ipc_mode == "tcp" || master.sock_dir.exists(),
         };
-        let config = Self {
+        let mut config = Self {
             source: Some(file),
             master,
             api,
             saltgate,
             use_master,
+            hooks: Vec::new(),
         };
         config.validate()?;
+        config.rebuild_hooks(env)?;
         Ok(config)
     }
 

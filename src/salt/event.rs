@@ -55,10 +55,53 @@ impl Event {
         Ok(Self { tag, data })
     }
 
+    /// Removes credentials the master echoes in error events. When a publish fails
+    /// authentication or authorization the master fires `salt/job/<jid>/error` (or
+    /// `salt/job/error`) with the whole request load, which holds the caller's password or
+    /// token, or the master's root key. Those values are replaced before any in-process
+    /// subscriber (and so any `/events` client) sees the event. Returns whether it changed.
+    pub fn redact_credentials(&mut self) -> bool {
+        if !self.tag.ends_with("/error") && !self.tag.contains("/error/") {
+            return false;
+        }
+        redact_value(&mut self.data, 0)
+    }
+
     /// Looks up a string-keyed field of the data map.
     pub fn get(&self, key: &str) -> Option<&Value> {
         map_get(&self.data, key)
     }
+}
+
+/// Keys whose values are credentials in a Salt request load.
+const CREDENTIAL_KEYS: &[&str] = &["password", "passwd", "token", "key", "eauth_password"];
+
+fn redact_value(value: &mut Value, depth: usize) -> bool {
+    if depth > 32 {
+        return false;
+    }
+    let mut changed = false;
+    match value {
+        Value::Map(entries) => {
+            for (k, v) in entries.iter_mut() {
+                let is_credential = bytes_like(k)
+                    .is_some_and(|k| CREDENTIAL_KEYS.iter().any(|c| c.as_bytes() == k));
+                if is_credential && !matches!(v, Value::Nil) {
+                    *v = Value::from("[redacted by saltgate]");
+                    changed = true;
+                } else {
+                    changed |= redact_value(v, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items.iter_mut() {
+                changed |= redact_value(v, depth + 1);
+            }
+        }
+        _ => {}
+    }
+    changed
 }
 
 /// Looks up `key` in a msgpack map whose keys are str or bin.
@@ -147,6 +190,38 @@ mod tests {
         let raw = b"t\n\n\x81\xa1k\xa2\xff\xfe";
         let ev = Event::unpack(raw).unwrap();
         assert_eq!(bytes_like(ev.get("k").unwrap()), Some(&[0xff, 0xfe][..]));
+    }
+
+    #[test]
+    fn error_events_lose_their_credentials() {
+        let load = |tag: &str| {
+            Event::new(
+                tag,
+                Value::Map(vec![
+                    ("fun".into(), "test.arg".into()),
+                    ("key".into(), "ROOTKEY".into()),
+                    (
+                        "kwargs".into(),
+                        Value::Map(vec![
+                            ("username".into(), "alice".into()),
+                            ("password".into(), "hunter2".into()),
+                            ("token".into(), "abc".into()),
+                        ]),
+                    ),
+                ]),
+            )
+        };
+        for tag in ["salt/job/20261122193030150800/error", "salt/job/error"] {
+            let mut ev = load(tag);
+            assert!(ev.redact_credentials());
+            let text = format!("{:?}", ev.data);
+            assert!(
+                !text.contains("hunter2") && !text.contains("ROOTKEY") && !text.contains("abc")
+            );
+            assert!(text.contains("alice"));
+        }
+        let mut ev = load("salt/job/1/ret/m");
+        assert!(!ev.redact_credentials());
     }
 
     #[test]

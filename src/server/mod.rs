@@ -61,14 +61,32 @@ pub fn build_state(config: Config) -> AppState {
         (Arc::new(MemoryBus::new(config.saltgate.event_queue)), None)
     };
     let tokens = api::state::TokenCache::new(Duration::from_secs(10), 10_000);
-    AppState(Arc::new(App {
+    let hooks = api::hook::Hooks::new(
+        config.hooks.clone(),
+        config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
+        config.saltgate.trusted_proxies.clone(),
+    );
+    let state = AppState(Arc::new(App {
         config,
         bus,
         salt,
         tokens,
         metrics: api::metrics::Metrics::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
-    }))
+        hooks,
+    }));
+    let weak = Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(app) => app.hooks.housekeep(),
+                None => break,
+            }
+        }
+    });
+    state
 }
 
 /// Serving limits for the listener.

@@ -5,7 +5,9 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+mod config_files;
 mod hook_pipeline;
+mod hook_security;
 mod listener;
 mod streams;
 mod support;

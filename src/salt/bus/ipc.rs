@@ -338,7 +338,10 @@ impl Reader {
     fn publish(&self, frame: &[u8]) {
         let event = frame_body(frame).and_then(|body| Event::unpack(&body));
         match event {
-            Ok(event) => {
+            Ok(mut event) => {
+                if event.redact_credentials() {
+                    tracing::debug!(tag = %event.tag, "Removed credentials from a master error event");
+                }
                 self.shared.events_in.fetch_add(1, Ordering::Relaxed);
                 let _ = self.tx.send(BusItem::Event(Arc::new(event)));
             }

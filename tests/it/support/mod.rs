@@ -20,6 +20,7 @@ pub struct TestApp {
 pub struct Builder {
     config: Config,
     limits: Limits,
+    env: std::collections::HashMap<String, String>,
 }
 
 impl TestApp {
@@ -28,7 +29,11 @@ impl TestApp {
         config.api.webhook_disable_auth = true;
         config.api.disable_ssl = true;
         let limits = Limits::from_config(&config);
-        Builder { config, limits }
+        Builder {
+            config,
+            limits,
+            env: Default::default(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -70,7 +75,16 @@ impl Builder {
         self
     }
 
-    pub async fn spawn(self) -> TestApp {
+    /// Hook rules as YAML (the `saltgate.hooks` list); secrets via `secret_env` from `env`.
+    pub fn with_hooks(mut self, yaml: &str, env: &[(&str, &str)]) -> Self {
+        self.config.saltgate.hooks = serde_yaml::from_str(yaml).unwrap();
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    pub async fn spawn(mut self) -> TestApp {
+        self.config.rebuild_hooks(&self.env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = server::build_state(self.config);

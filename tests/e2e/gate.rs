@@ -1,0 +1,93 @@
+//! saltgate in-process, attached to a sandbox's real master.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use saltgate::api::AppState;
+use saltgate::config::{BusChoice, Config};
+use saltgate::server::{self, Limits};
+use tokio::sync::oneshot;
+
+use crate::support::salt::SaltSandbox;
+
+/// A running saltgate attached to a sandbox master.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Gate {
+    /// Starts saltgate on the sandbox's master config; `tweak` adjusts the loaded config (hook
+    /// rules as YAML go through `hooks_yaml`).
+    pub async fn start(
+        sandbox: &SaltSandbox,
+        hooks_yaml: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Gate {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut config = Config::load(&sandbox.master_config_file(), &env).unwrap();
+        config.saltgate.bus = BusChoice::Master;
+        config.use_master = true;
+        config.api.webhook_disable_auth = true;
+        config.api.host = "127.0.0.1".into();
+        if !hooks_yaml.is_empty() {
+            config.saltgate.hooks = serde_yaml::from_str(hooks_yaml).unwrap();
+        }
+        tweak(&mut config);
+        config.rebuild_hooks(&env).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits::from_config(&config);
+        let state = server::build_state(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::run(state.clone(), listener, None, limits, async {
+            let _ = stopped.await;
+        }));
+        let gate = Gate {
+            addr,
+            state,
+            stop: Some(stop),
+        };
+        gate.wait_bus().await;
+        gate
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until the master's event bus is connected.
+    pub async fn wait_bus(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.state.bus.status().connected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saltgate never reached the master bus"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn salt(&self) -> &saltgate::salt::SaltClients {
+        self.state.salt.as_ref().expect("attached to a master")
+    }
+}
+
+/// Runs blocking sandbox work (starts, stops, file waits) off the async runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}

@@ -1,0 +1,13 @@
+//! Support code for the end-to-end tests: a real Salt master, minion, Reactor and (optionally)
+//! the real salt-api, installed from PyPI and run in a private temp dir with its own ports.
+//!
+//! These tests fail, never skip, when Salt cannot be installed or started.
+
+#[allow(
+    dead_code,
+    reason = "a toolbox: each test binary module uses a different part"
+)]
+pub mod salt;
+
+#[allow(unused_imports, reason = "not every test module uses every item")]
+pub use salt::{SaltApi, SaltSandbox, SaltSandboxBuilder, shared};
