@@ -12,5 +12,6 @@ mod gate;
 mod hooks;
 mod reactor_examples;
 mod sandbox_selftest;
+mod streams;
 mod support;
 mod wire;
