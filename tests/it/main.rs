@@ -10,4 +10,5 @@ mod hook_pipeline;
 mod hook_security;
 mod listener;
 mod streams;
+mod streams_browser;
 mod support;
