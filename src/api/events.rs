@@ -169,6 +169,8 @@ pub struct Feed {
     filter: TagFilter,
     auth: Authorized,
     keepalive: tokio::time::Interval,
+    /// Not reset by traffic, so a busy stream's token is rechecked too.
+    recheck: tokio::time::Interval,
     shutdown: CancellationToken,
     _guard: SubscriberGuard,
 }
@@ -179,7 +181,10 @@ impl Feed {
         let period = Duration::from_secs(app.config.saltgate.stream_keepalive_secs.max(1));
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
+            recheck,
             sub: app.bus.subscribe(),
             shutdown: app.shutdown.clone(),
             _guard: app.stream_opened(kind),
@@ -196,13 +201,14 @@ impl Feed {
             let item = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return None,
-                _ = self.keepalive.tick() => {
+                _ = self.recheck.tick() => {
                     if !self.still_authorized().await {
                         tracing::debug!("Event stream ended: the token is no longer valid");
                         return None;
                     }
-                    return Some(FeedItem::KeepAlive);
+                    continue;
                 }
+                _ = self.keepalive.tick() => return Some(FeedItem::KeepAlive),
                 item = self.sub.recv() => item,
             };
             match item? {
