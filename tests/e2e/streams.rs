@@ -91,6 +91,21 @@ async fn events_match_the_real_salt_api_and_carry_hooks_through_the_master() {
         .await
         .unwrap()
         .token;
+    // Unknown and malformed tokens are refused with a JSON body; the master is asked only for
+    // well-formed ones.
+    for bad in ["00ff00ff00ff", "not-hex"] {
+        let resp = reqwest::Client::new()
+            .get(gate.url("/events"))
+            .header("x-auth-token", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(
+            resp.json::<serde_json::Value>().await.unwrap()["code"],
+            "unauthorized"
+        );
+    }
     let mut ours = Sse::open(gate.url("/events"), Some(&token)).await;
     let mut theirs = Sse::open(
         format!("http://127.0.0.1:{}/events", sandbox.salt_api_port()),

@@ -408,3 +408,27 @@ async fn events_page_lists_recent_deliveries_without_secrets() {
         assert_eq!(r.status(), StatusCode::OK, "{asset}");
     }
 }
+
+#[tokio::test]
+async fn streams_and_page_live_under_root_prefix() {
+    let app = open_streams()
+        .with_config(|c| {
+            c.api.root_prefix = "/api".into();
+            c.saltgate.ui_path = "/console".into();
+        })
+        .spawn()
+        .await;
+    let (_, mut sse) = Sse::open(&app, "/api/events").await;
+    fire(&app, "prefixed").await;
+    assert_eq!(sse.event().await.0, "prefixed");
+    let html = reqwest::get(app.url("/api/console"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(r#"data-events="/api/events""#), "{html}");
+    assert!(html.contains(r#"src="/api/console/app.js""#), "{html}");
+    let js = reqwest::get(app.url("/api/console/app.js")).await.unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+}
