@@ -13,6 +13,8 @@ use crate::salt::SaltError;
 pub enum ApiError {
     /// 400: the body could not be parsed.
     BadBody(String),
+    /// 400: the URL path holds characters no Salt tag may carry.
+    BadPath,
     /// 401: no valid credentials.
     Unauthorized(&'static str),
     /// 401: a signature or shared secret did not verify.
@@ -41,6 +43,18 @@ pub enum ApiError {
     Timeout,
     /// 500: a bug or an unexpected master answer.
     Internal,
+    /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
+    /// without `fun`, an unknown client).
+    BadLowstate(String),
+    /// 400: the client is not listed in `netapi_enable_clients` (or not served by saltgate).
+    ClientDisabled(String),
+    /// One chunk of a lowstate failed: the chunk's own error, its index in the message.
+    Chunk {
+        /// The chunk's position, from 0.
+        index: usize,
+        /// What went wrong.
+        error: Box<ApiError>,
+    },
 }
 
 impl ApiError {
@@ -48,6 +62,7 @@ impl ApiError {
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            Self::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "bad_signature"),
             Self::Stale => (StatusCode::UNAUTHORIZED, "stale_request"),
@@ -64,6 +79,9 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "salt_unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
+            Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
+            Self::Chunk { error, .. } => error.status_code(),
         }
     }
 
@@ -71,6 +89,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             Self::BadBody(why) => format!("Could not parse the request body: {why}"),
+            Self::BadPath => "The path holds control characters".into(),
             Self::Unauthorized(why) | Self::BadSignature(why) | Self::Unavailable(why) => {
                 (*why).to_owned()
             }
@@ -87,6 +106,8 @@ impl ApiError {
             Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
             Self::Timeout => "The Salt master did not answer in time".into(),
             Self::Internal => "An unexpected error occurred".into(),
+            Self::BadLowstate(why) | Self::ClientDisabled(why) => why.clone(),
+            Self::Chunk { index, error } => format!("chunk {index}: {}", error.message()),
         }
     }
 

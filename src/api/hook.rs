@@ -167,6 +167,10 @@ async fn run(
     body: Body,
 ) -> Result<Outcome, ApiError> {
     let hooks = &app.hooks;
+    if path.chars().any(char::is_control) {
+        // A decoded %0A%0A would end the event tag early; no sender needs control characters.
+        return Err(ApiError::BadPath);
+    }
     let rule = route(&hooks.rules, path).ok_or(ApiError::NotFound)?;
     if rule.path.is_empty() && hooks.refuse_unmatched {
         return Err(ApiError::NotFound);

@@ -1,12 +1,17 @@
 //! The HTTP edge: routes, content negotiation, errors. Thin: parse, call `security`, call
 //! `salt`, render. No sockets or wire formats here.
 
+pub mod body;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod hook;
+pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
+pub mod resources;
+pub mod session;
 pub mod state;
 pub mod ui;
 pub mod ws;
@@ -41,9 +46,27 @@ pub fn router(state: AppState) -> Router {
         .ui_path
         .trim_end_matches('/')
         .to_owned();
+    let stats = std::sync::Arc::new(resources::Stats::new(state.config.api.collect_stats));
     let routes = Router::new()
-        .route("/", get(index))
-        .route("/index", get(index))
+        .route("/", get(index).post(lowstate::root))
+        .route("/index", get(index).post(lowstate::root))
+        .route("/run", get(index).post(lowstate::run))
+        .route("/login", get(session::login_info).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/token", get(index).post(session::token))
+        .route(
+            "/minions",
+            get(resources::minions).post(resources::minions_post),
+        )
+        .route("/minions/", get(resources::minions))
+        .route("/minions/{mid}", get(resources::minion))
+        .route("/jobs", get(resources::jobs).post(lowstate::root))
+        .route("/jobs/", get(resources::jobs))
+        .route("/jobs/{jid}", get(resources::job))
+        .route("/keys", get(resources::keys))
+        .route("/keys/", get(resources::keys))
+        .route("/keys/{mid}", get(resources::key))
+        .route("/stats", get(resources::stats))
         .route(&hook_base, post(hook::hook_root))
         .route(&format!("{hook_base}/"), post(hook::hook_root))
         .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
@@ -65,7 +88,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn(resources::count))
+        .layer(axum::Extension(stats))
+        .layer(axum::Extension(lowstate::Background::new()));
+    let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
     let prefix = state
         .config
         .api

@@ -29,8 +29,8 @@ use crate::security::secret::{Secret, SecretSet};
 use crate::security::signature::hmac::{Encoding, GenericHmac, GenericHmacConfig};
 use crate::security::signature::token::TokenSource;
 use crate::security::signature::{
-    HashAlg, Verifier, bitbucket, gitea, github, gitlab, slack, standard_webhooks, stripe, token,
-    travis,
+    HashAlg, Verifier, bitbucket, gitea, github, gitlab, slack, sns, standard_webhooks, stripe,
+    token, travis,
 };
 use ipnet::IpNet;
 
@@ -97,7 +97,8 @@ pub struct RawVerifier {
     /// GitHub: also accept the legacy `X-Hub-Signature` (SHA-1).
     #[serde(default)]
     pub legacy_sha1: bool,
-    /// Slack, Stripe, Standard Webhooks: accepted clock skew in seconds (default 300).
+    /// Slack, Stripe, Standard Webhooks: accepted clock skew in seconds (default 300);
+    /// sns: accepted `Timestamp` age either way (default 3600).
     pub tolerance_secs: Option<u64>,
     /// hmac / token: the header carrying the signature or token.
     pub header: Option<String>,
@@ -115,6 +116,15 @@ pub struct RawVerifier {
     /// travis: PEM files of Travis CI's public keys.
     #[serde(default)]
     pub public_key_files: Vec<PathBuf>,
+    /// sns: the topic ARNs accepted (exact match; at least one).
+    #[serde(default)]
+    pub topic_arns: Vec<String>,
+    /// sns: GET the `SubscribeURL` of a `SubscriptionConfirmation` instead of only firing it.
+    #[serde(default)]
+    pub confirm_subscriptions: bool,
+    /// sns: accept certificate and subscribe URLs on `sns.<region>.<suffix>` instead of
+    /// `amazonaws.com` / `amazonaws.com.cn`.
+    pub cert_host_suffix: Option<String>,
 }
 
 /// One secret source.
@@ -409,12 +419,28 @@ pub fn verifier(
                 ConfigError::invalid(format!("{key}.public_key_files"), e.to_string())
             })?)
         }
+        "sns" => {
+            let topics_key = format!("{key}.topic_arns");
+            let mut v = sns::Sns::new(raw.topic_arns.clone())
+                .map_err(|e| ConfigError::invalid(&topics_key, e.to_string()))?
+                .with_confirm_subscriptions(raw.confirm_subscriptions)
+                .with_tolerance(Duration::from_secs(
+                    raw.tolerance_secs
+                        .unwrap_or(sns::DEFAULT_TOLERANCE.as_secs()),
+                ));
+            if let Some(suffix) = &raw.cert_host_suffix {
+                v = v.with_cert_host_suffix(suffix).map_err(|e| {
+                    ConfigError::invalid(format!("{key}.cert_host_suffix"), e.to_string())
+                })?;
+            }
+            Verifier::Sns(v)
+        }
         other => {
             return Err(ConfigError::invalid(
                 key,
                 format!(
                     "unknown scheme {other:?}: use github, gitlab, gitea, bitbucket, slack, \
-                     stripe, standard_webhooks, hmac, token or travis"
+                     stripe, standard_webhooks, hmac, token, travis or sns"
                 ),
             ));
         }
@@ -432,4 +458,40 @@ pub fn route<'a>(rules: &'a [HookRule], path: &str) -> Option<&'a HookRule> {
         .filter(|r| !r.path.is_empty() && r.covers(path))
         .max_by_key(|r| r.path.len())
         .or_else(|| rules.last())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sns(yaml: &str) -> Result<Verifier, ConfigError> {
+        let raw: RawVerifier = serde_yaml::from_str(yaml).unwrap();
+        verifier("saltgate.hooks[0].verify.sns", "sns", &raw, &HashMap::new())
+    }
+
+    #[test]
+    fn sns_scheme_settings() {
+        let v = sns(
+            "{topic_arns: ['arn:aws:sns:eu-west-1:123456789012:alerts'], \
+             confirm_subscriptions: true, cert_host_suffix: amazonaws.com}",
+        )
+        .unwrap();
+        let Verifier::Sns(v) = v else {
+            panic!("not sns: {v:?}")
+        };
+        assert!(v.confirm_subscriptions());
+        assert_eq!(
+            v.topic_arns(),
+            ["arn:aws:sns:eu-west-1:123456789012:alerts"]
+        );
+
+        let err = |yaml| sns(yaml).unwrap_err().to_string();
+        assert!(err("{}").contains("saltgate.hooks[0].verify.sns.topic_arns"));
+        assert!(err("{topic_arns: [nope]}").contains("topic_arns"));
+        assert!(
+            err("{topic_arns: ['arn:aws:sns:eu-west-1:123456789012:a'], cert_host_suffix: 'evil.com/'}")
+                .contains("cert_host_suffix")
+        );
+        assert!(serde_yaml::from_str::<RawVerifier>("{topic_arn: x}").is_err());
+    }
 }

@@ -50,6 +50,29 @@ pub struct RestCherrypy {
     pub stats_disable_auth: bool,
     /// A prefix for every route.
     pub root_prefix: String,
+    /// Origins allowed to call the API from a browser (rest_tornado's key): `"*"`, one origin,
+    /// or a list. Unset: no CORS headers at all (rest_cherrypy reflects any origin instead).
+    pub cors_origin: Option<CorsOrigin>,
+}
+
+/// `cors_origin`: one origin (or `*`) or a list of them.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CorsOrigin {
+    /// `"*"` or one origin.
+    One(String),
+    /// Several origins.
+    Many(Vec<String>),
+}
+
+impl CorsOrigin {
+    /// The origins as a list.
+    pub fn origins(&self) -> Vec<&str> {
+        match self {
+            Self::One(o) => vec![o.as_str()],
+            Self::Many(os) => os.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl Default for RestCherrypy {
@@ -66,6 +89,7 @@ impl Default for RestCherrypy {
             collect_stats: false,
             stats_disable_auth: false,
             root_prefix: "/".into(),
+            cors_origin: None,
         }
     }
 }
@@ -267,6 +291,20 @@ impl Config {
                 "must be > 0",
             ));
         }
+        if let Some(cors) = &self.api.cors_origin {
+            for origin in cors.origins() {
+                let ok = origin == "*"
+                    || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                        && !origin.ends_with('/')
+                        && http::HeaderValue::from_str(origin).is_ok());
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        "rest_cherrypy.cors_origin",
+                        format!("{origin:?} is not \"*\" nor an origin like https://host[:port]"),
+                    ));
+                }
+            }
+        }
         match (&self.api.ssl_crt, &self.api.ssl_key, self.api.disable_ssl) {
             (Some(_), None, false) => {
                 return Err(ConfigError::invalid(
@@ -448,6 +486,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("rest_cherrypy.ssl_key:"), "{e}");
+        let e = load_text("rest_cherrypy:\n  cors_origin: [https://ok.example, 'javascript:x']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("rest_cherrypy.cors_origin:"), "{e}");
+        let c = load_text("rest_cherrypy:\n  cors_origin: https://ok.example\n").unwrap();
+        assert_eq!(
+            c.api.cors_origin.unwrap().origins(),
+            vec!["https://ok.example"]
+        );
         let e = load_text("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("mapping"), "{e}");
     }

@@ -10,6 +10,7 @@
 
 mod gate;
 mod hooks;
+mod lowstate;
 mod reactor_examples;
 mod sandbox_selftest;
 mod streams;

@@ -152,6 +152,32 @@ async fn hook_reaches_the_real_reactor() {
     assert_eq!(written["headers"]["Remote-Addr"], "127.0.0.1");
     assert!(written["headers"].get("X-Auth-Token").is_none());
     assert!(written["_stamp"].is_string());
+    // Every supported line (3006.30, 3007.17, 3008.5) wants length-prefixed pushes.
+    assert_eq!(gate.state.bus.status().pull_framing, Some("prefixed"));
+}
+
+#[tokio::test]
+async fn local_waits_for_a_minion_still_running_its_job() {
+    let sandbox = blocking(salt::shared).await;
+    let gate = Gate::start(sandbox, "", &[], |_| {}).await;
+    let salt = gate.salt();
+    let auth = Auth::Token(token(&salt.channel, "saltdev").await);
+    let mut req = PublishRequest::new(MINION_ID, "test.sleep");
+    req.arg = vec![Value::from(6)];
+    let started = Instant::now();
+    // Timeout 2 s < the 6 s job: saltutil.find_job sees it running and the wait goes on.
+    let ret = salt
+        .local_sync(req, &auth, Some(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(ret.returns.len(), 1, "missing: {:?}", ret.missing);
+    assert_eq!(
+        ret.returns[MINION_ID].get("return"),
+        Some(&Value::Boolean(true))
+    );
+    assert!(took >= Duration::from_secs(6), "{took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
 }
 
 #[tokio::test]
@@ -322,4 +348,31 @@ async fn credentials_in_master_error_events_never_reach_subscribers() {
         "password reached a subscriber: {text}"
     );
     assert!(text.contains("redacted by saltgate"), "{text}");
+}
+
+#[tokio::test]
+async fn tcp_ipc_mode_bus_delivers_hooks_to_the_reactor() {
+    let sandbox = Arc::new(
+        blocking(|| {
+            SaltSandbox::builder()
+                .with_master_config("ipc_mode: tcp\n")
+                .start()
+        })
+        .await,
+    );
+    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    let (publisher, _) = gate.state.config.master.bus_endpoints();
+    assert!(publisher.to_string().starts_with("tcp:"), "{publisher}");
+    let id = format!("tcp-mode-{}", std::process::id());
+    let resp = reqwest::Client::new()
+        .post(gate.url("/hook/e2e/tcp"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"id": id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (s, id2) = (Arc::clone(&sandbox), id.clone());
+    let written = blocking(move || s.wait_reactor_file(&id2, Duration::from_secs(60))).await;
+    assert_eq!(written["post"]["id"], id);
 }

@@ -140,6 +140,13 @@ async fn each_refusal_has_status_body_and_fires_nothing() {
         "not_found",
     )
     .await;
+    refused(
+        &app,
+        c.post(app.url("/hook/a%0A%0Ab")),
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+    )
+    .await;
 }
 
 #[tokio::test]

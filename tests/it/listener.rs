@@ -69,3 +69,32 @@ async fn shutdown_drains_and_stops_accepting() {
     app.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let app = TestApp::builder()
+        .with_limits(|l| l.header_timeout = Duration::from_secs(1))
+        .spawn()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then nothing: the server must not keep the idle connection forever.
+    let closed = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "idle keep-alive connection still open after 4 s"
+    );
+}

@@ -9,6 +9,8 @@ mod config_files;
 mod hook_pipeline;
 mod hook_security;
 mod listener;
+mod lowstate;
 mod streams;
 mod streams_browser;
 mod support;
+mod tls;

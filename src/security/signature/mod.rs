@@ -14,6 +14,7 @@ pub mod github;
 pub mod gitlab;
 pub mod hmac;
 pub mod slack;
+pub mod sns;
 pub mod standard_webhooks;
 pub mod stripe;
 pub mod token;
@@ -56,6 +57,27 @@ pub enum VerifyError {
     /// The body lacks what the scheme signs (Travis: one `payload` form field).
     #[error("malformed body: {0}")]
     MalformedBody(&'static str),
+    /// SNS: `SigningCertURL`, `SubscribeURL` or `UnsubscribeURL` (the named field) is not an
+    /// `https://sns.<region>.amazonaws.com` URL of the accepted shape.
+    #[error("untrusted {0}")]
+    UntrustedUrl(&'static str),
+    /// SNS: the `TopicArn` is not one of the rule's.
+    #[error("topic not allowed for this hook")]
+    TopicNotAllowed,
+    /// SNS: `SignatureVersion` is neither 1 nor 2.
+    #[error("unsupported signature version")]
+    UnsupportedSignatureVersion,
+    /// SNS: the signing certificate is unusable (unparseable, expired, not RSA, untrusted).
+    #[error("bad signing certificate: {0}")]
+    BadCertificate(&'static str),
+    /// SNS: the signing certificate could not be fetched (network, status, size); the sender
+    /// is not at fault, so the caller may answer 503 and let SNS retry.
+    #[error("signing certificate unavailable")]
+    CertUnavailable,
+    /// SNS was verified through the synchronous entry; it needs its certificate, so use
+    /// `api::sns::verify_sns`.
+    #[error("sns needs its signing certificate: use the async sns path")]
+    NeedsCertificate,
 }
 
 /// What a successful verification learned, for the replay guard.
@@ -98,6 +120,9 @@ pub enum Verifier {
     Token(token::Token),
     /// Travis CI RSA-SHA1 `Signature`.
     Travis(travis::Travis),
+    /// Amazon SNS: signature in the JSON body, by the certificate at `SigningCertURL`. Verify
+    /// with `api::sns::verify_sns`; [`Verifier::verify`] refuses it.
+    Sns(sns::Sns),
 }
 
 impl Verifier {
@@ -119,6 +144,7 @@ impl Verifier {
             Verifier::Hmac(v) => v.verify(headers, body),
             Verifier::Token(v) => v.verify(headers),
             Verifier::Travis(v) => v.verify(headers, body),
+            Verifier::Sns(_) => Err(VerifyError::NeedsCertificate),
         }
     }
 
@@ -135,6 +161,8 @@ impl Verifier {
             Verifier::Hmac(v) => vec![v.header().clone()],
             Verifier::Token(v) => vec![v.header()],
             Verifier::Travis(_) => vec![travis::SIGNATURE],
+            // The signature is in the body; SNS sends no credential headers.
+            Verifier::Sns(_) => vec![],
         }
     }
 
@@ -151,6 +179,7 @@ impl Verifier {
             Verifier::Hmac(_) => "hmac",
             Verifier::Token(_) => "token",
             Verifier::Travis(_) => "travis",
+            Verifier::Sns(_) => "sns",
         }
     }
 
@@ -172,6 +201,7 @@ impl Verifier {
             Verifier::Hmac(v) => v.sign(body),
             Verifier::Token(v) => v.sign(),
             Verifier::Travis(_) => return Err(SignError::NeedsPrivateKey("travis")),
+            Verifier::Sns(_) => return Err(SignError::NeedsPrivateKey("sns")),
         })
     }
 }

@@ -21,6 +21,7 @@ pub struct Builder {
     config: Config,
     limits: Limits,
     env: std::collections::HashMap<String, String>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl TestApp {
@@ -33,6 +34,7 @@ impl TestApp {
             config,
             limits,
             env: Default::default(),
+            tls: None,
         }
     }
 
@@ -83,6 +85,17 @@ impl Builder {
         self
     }
 
+    /// Serve TLS with the certificate in `tests/fixtures/tls`.
+    pub fn with_tls(mut self) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        self.config.api.ssl_crt = Some(dir.join("server.crt"));
+        self.config.api.ssl_key = Some(dir.join("server.key"));
+        self.config.api.disable_ssl = false;
+        self.tls = server::tls_from_config(&self.config).unwrap();
+        assert!(self.tls.is_some());
+        self
+    }
+
     pub async fn spawn(mut self) -> TestApp {
         self.config.rebuild_hooks(&self.env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,7 +105,7 @@ impl Builder {
         let task = tokio::spawn(server::run(
             state.clone(),
             listener,
-            None,
+            self.tls,
             self.limits,
             async {
                 let _ = stopped.await;

@@ -1,0 +1,43 @@
+//! CORS from an allowlist (`rest_cherrypy: cors_origin`, the key rest_tornado reads).
+//!
+//! Unset: no CORS headers, so browsers keep the same-origin rule. rest_cherrypy instead echoes
+//! *any* `Origin` with `Access-Control-Allow-Credentials: true` (API.md §14.2), which lets every
+//! web page a logged-in user visits drive the API. Set: listed origins (or `*`) may call with the
+//! `X-Auth-Token` header; credentials (cookies) are never allowed cross-origin, and the session
+//! cookie is `SameSite=Strict` anyway. Preflights are answered by the layer itself (200, never
+//! 500 as on rest_cherrypy's session routes), for any route.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::CorsOrigin;
+
+/// The CORS layer for `cors_origin`, or `None` when it is unset.
+pub fn layer(origins: Option<&CorsOrigin>) -> Option<CorsLayer> {
+    let origins = origins?.origins();
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::ACCEPT,
+                HeaderName::from_static("x-auth-token"),
+                HeaderName::from_static("x-requested-with"),
+            ])
+            .expose_headers([HeaderName::from_static("x-auth-token")])
+            .max_age(Duration::from_secs(1400)),
+    )
+}

@@ -1,0 +1,286 @@
+//! `/login`, `/logout`, `/token`: Salt eauth sessions.
+//!
+//! `POST /login` sends the credentials to the master (`mk_token` on the clear channel) and
+//! answers rest_cherrypy's body `{"return": [{token, expire, start, user, eauth, perms}]}` with
+//! `X-Auth-Token` and a `session_id` cookie.
+//!
+//! Differences from rest_cherrypy, on purpose:
+//! - the session *is* the Salt token (as rest_tornado): no server-side session store to lose on
+//!   restart or to fixate (rest_cherrypy keeps a client-chosen session id, API.md §14.3), and
+//!   several saltgate processes can serve one client;
+//! - the cookie is `HttpOnly; SameSite=Strict` (and `Secure` under TLS), lives as long as the
+//!   token, and is sent only by `/login` and `/logout`;
+//! - missing or malformed credentials are 400 (rest_cherrypy: 500);
+//! - `perms` are read from saltgate's copy of the master's `external_auth`: the user's entries
+//!   and `*`'s; eauth group (`name%`) entries are not added, because the clear channel's
+//!   `mk_token` reply does not say which groups the user is in (the master still enforces them);
+//! - `POST /token` mints tokens with `mk_token` directly, so it needs no runner rights on
+//!   `auth.mk_token` (rest_cherrypy runs that runner); the user gets nothing `/login` would not
+//!   give them.
+//!
+//! `POST /logout` revokes the token the way rest_cherrypy does (`LoadAuth.rm_token`): by
+//! removing it from the master's `localfs` token store, `<cachedir>/tokens/<token>`, which
+//! needs saltgate to run on the master's host with access to that directory. The clear channel
+//! has no command for it. Other token stores (`eauth_tokens: redis`, ...) are not cleared: the
+//! token then stays valid until it expires, and saltgate only forgets it in its cache. Either
+//! way the cookie is expired.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::body;
+use super::error::{ApiError, render_body};
+use super::extract::read_capped;
+use super::lowstate::{master, session};
+use super::negotiate::{Format, response_format};
+use super::state::{AppState, unix_now};
+use crate::config::Config;
+use crate::salt::channel::Token;
+
+const CREDS_NEEDED: &str = r#"Require "username", "password", and "eauth" params"#;
+
+/// `GET /login`: explains how to log in.
+pub async fn login_info(headers: HeaderMap) -> Response {
+    let Some(format) = response_format(&headers) else {
+        return ApiError::NotAcceptable.render(Format::Json);
+    };
+    let mut r = render_body(
+        StatusCode::OK,
+        format,
+        &json!({"status": null, "return": "Please log in"}),
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Session"),
+    );
+    r
+}
+
+/// `POST /login`.
+pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(format) = response_format(&headers) else {
+        return ApiError::NotAcceptable.render(Format::Json);
+    };
+    match do_login(&app, &headers, body).await {
+        Ok(token) => {
+            let body = json!({"return": [{
+                "token": token.token,
+                "expire": token.expire,
+                "start": token.start,
+                "user": token.name,
+                "eauth": token.eauth,
+                "perms": perms(&app.config, &token.eauth, &token.name),
+            }]});
+            let mut r = render_body(StatusCode::OK, format, &body);
+            if let Ok(v) = HeaderValue::from_str(&token.token) {
+                r.headers_mut().insert("x-auth-token", v);
+            }
+            let max_age = (token.expire - unix_now()).max(0.0) as u64;
+            let cookie = cookie(&app.config, &token.token, max_age);
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            r
+        }
+        Err(e) => e.render(format),
+    }
+}
+
+async fn do_login(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Token, ApiError> {
+    let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
+    let creds = match body::parse(headers, &raw)? {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    };
+    let (eauth, username, password) = credentials(&creds)?;
+    let salt = master(app)?;
+    match salt.channel.mk_token(&eauth, &username, &password).await {
+        Ok(t) => {
+            tracing::info!(user = %t.name, eauth = %t.eauth, "Login");
+            Ok(t)
+        }
+        Err(crate::salt::SaltError::AuthRefused(_) | crate::salt::SaltError::Master(_)) => {
+            tracing::info!(user = %username, eauth = %eauth, "Login refused");
+            Err(ApiError::Unauthorized(
+                "Could not authenticate using provided credentials",
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn credentials(creds: &Value) -> Result<(String, String, String), ApiError> {
+    let field = |k: &str| -> Result<String, ApiError> {
+        match creds.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            _ => Err(ApiError::BadLowstate(CREDS_NEEDED.into())),
+        }
+    };
+    Ok((field("eauth")?, field("username")?, field("password")?))
+}
+
+/// The session cookie: the Salt token, never readable by scripts nor sent cross-site.
+fn cookie(config: &Config, token: &str, max_age: u64) -> String {
+    let secure = if tls(config) { "; Secure" } else { "" };
+    format!("session_id={token}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}")
+}
+
+fn tls(config: &Config) -> bool {
+    !config.api.disable_ssl && config.api.ssl_crt.is_some()
+}
+
+/// rest_cherrypy's `perms`: the eauth's entries for the user and for `*`, de-duplicated,
+/// strings sorted first, then the others (maps) in their written order.
+pub fn perms(config: &Config, eauth: &str, user: &str) -> Value {
+    let Some(backend) = config.master.external_auth.get(eauth) else {
+        return json!({});
+    };
+    let mut strings: Vec<String> = Vec::new();
+    let mut others: Vec<Value> = Vec::new();
+    for who in [user, "*"] {
+        for entry in backend
+            .get(who)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match entry {
+                Value::String(s) if !strings.contains(s) => strings.push(s.clone()),
+                Value::String(_) => {}
+                other if !others.contains(other) => others.push(other.clone()),
+                _ => {}
+            }
+        }
+    }
+    strings.sort();
+    let mut out: Vec<Value> = strings.into_iter().map(Value::String).collect();
+    out.extend(others);
+    Value::Array(out)
+}
+
+/// `POST /logout`.
+pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(format) = response_format(&headers) else {
+        return ApiError::NotAcceptable.render(Format::Json);
+    };
+    let token = match session(&headers) {
+        Ok(t) => t,
+        Err(e) => return e.render(format),
+    };
+    let salt = match master(&app) {
+        Ok(s) => s,
+        Err(e) => return e.render(format),
+    };
+    match app.tokens.validate(salt, &token).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return ApiError::Unauthorized("No permission -- see authorization schemes")
+                .render(format);
+        }
+        Err(e) => return ApiError::from(e).render(format),
+    }
+    app.tokens.forget(&token);
+    remove_token(&app.config, &token);
+    let mut r = render_body(
+        StatusCode::OK,
+        format,
+        &json!({"return": "Your token has been cleared"}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie(&app.config, "", 0)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    r
+}
+
+/// Deletes `<cachedir>/tokens/<token>` (the `localfs` store). `token` is hex (checked by
+/// [`session`]), so it cannot name another file.
+fn remove_token(config: &Config, token: &str) {
+    let path = config.master.cachedir.join("tokens").join(token);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!("Token revoked"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                dir = %path.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+                "Logout: token not found in the localfs token store; it stays valid until it expires"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "Logout: could not remove the token file"),
+    }
+}
+
+/// `POST /token`: a bare list of new tokens, one per credentials map.
+pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(format) = response_format(&headers) else {
+        return ApiError::NotAcceptable.render(Format::Json);
+    };
+    match do_token(&app, &headers, body).await {
+        Ok(v) => render_body(StatusCode::OK, format, &v),
+        Err(e) => e.render(format),
+    }
+}
+
+async fn do_token(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
+    let list = match body::parse(headers, &raw)? {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    let creds: Vec<(String, String, String)> =
+        list.iter().map(credentials).collect::<Result<_, _>>()?;
+    let salt = master(app)?;
+    let mut out = Vec::with_capacity(creds.len());
+    for (eauth, username, password) in creds {
+        let t = salt
+            .channel
+            .mk_token(&eauth, &username, &password)
+            .await
+            .map_err(|e| match e {
+                crate::salt::SaltError::AuthRefused(_) | crate::salt::SaltError::Master(_) => {
+                    ApiError::Unauthorized("Could not authenticate using provided credentials")
+                }
+                other => other.into(),
+            })?;
+        out.push(json!({
+            "start": t.start, "expire": t.expire, "name": t.name, "eauth": t.eauth, "token": t.token,
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perms_merge_user_and_star() {
+        let mut c = Config::builtin();
+        c.master.external_auth = json!({"file": {
+            "^filename": "/x", "saltdev": [".*", "@wheel", "@runner", "@jobs"],
+            "*": ["test.ping", {"web*": ["grains.items"]}, ".*"],
+        }});
+        assert_eq!(
+            perms(&c, "file", "saltdev"),
+            json!([".*", "@jobs", "@runner", "@wheel", "test.ping", {"web*": ["grains.items"]}])
+        );
+        assert_eq!(perms(&c, "pam", "saltdev"), json!({}));
+    }
+
+    #[test]
+    fn cookie_is_locked_down() {
+        let mut c = Config::builtin();
+        let v = cookie(&c, "abc", 10);
+        assert_eq!(
+            v,
+            "session_id=abc; Max-Age=10; Path=/; HttpOnly; SameSite=Strict"
+        );
+        c.api.ssl_crt = Some("/x".into());
+        assert!(cookie(&c, "abc", 10).ends_with("; Secure"));
+    }
+}
