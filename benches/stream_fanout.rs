@@ -97,6 +97,8 @@ async fn main() {
     let subscribers = env_usize("SUBSCRIBERS", 500);
     let events = env_usize("EVENTS", 10_000) as u64;
     let senders = env_usize("SENDERS", 8);
+    // Subscribers that connect and never read: they must lag, not grow the server.
+    let stalled = env_usize("STALLED", 20);
 
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -137,6 +139,14 @@ async fn main() {
     for _ in 0..subscribers {
         ready_rx.recv().await.unwrap();
     }
+    let mut stalled_conns = Vec::with_capacity(stalled);
+    for _ in 0..stalled {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /events HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await
+            .unwrap();
+        stalled_conns.push(s);
+    }
     let connected = memory(pid);
 
     let body = r#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/widgets"}, "pusher": {"name": "ci"}}"#;
@@ -176,11 +186,12 @@ async fn main() {
     }
     let drained_in = started.elapsed();
     let end = memory(pid);
+    drop(stalled_conns);
     let _ = server.kill().await;
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "stream fan-out: {subscribers} SSE subscribers x {events} hook events ({senders} senders)"
+        "stream fan-out: {subscribers} SSE subscribers (+{stalled} that never read) x {events} hook events ({senders} senders)"
     );
     println!(
         "  hooks fired in {:.2?} ({:.0}/s); all subscribers done in {:.2?} ({:.0} events delivered/s)",
