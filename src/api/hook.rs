@@ -144,15 +144,20 @@ async fn handle(
     let client = client_ip::resolve_from_headers(peer.ip(), &headers, &app.hooks.trusted_proxies);
     let Some(format) = response_format(&headers) else {
         tracing::info!(client_ip = %client, hook = %path, status = 406, "Hook refused: no acceptable format");
+        app.record_hook(&path, client, StatusCode::NOT_ACCEPTABLE, "not_acceptable");
         return ApiError::NotAcceptable.render(Format::Json);
     };
     match run(&app, client, &path, &headers, body).await {
-        Ok(Outcome::Fired) => render_body(
-            StatusCode::OK,
-            format,
-            &serde_json::json!({"success": true}),
-        ),
+        Ok(Outcome::Fired) => {
+            app.record_hook(&path, client, StatusCode::OK, "accepted");
+            render_body(
+                StatusCode::OK,
+                format,
+                &serde_json::json!({"success": true}),
+            )
+        }
         Ok(Outcome::Duplicate) => {
+            app.record_hook(&path, client, StatusCode::OK, "duplicate");
             tracing::info!(client_ip = %client, hook = %path, "Duplicate delivery answered, nothing fired");
             render_body(
                 StatusCode::OK,
@@ -160,9 +165,13 @@ async fn handle(
                 &serde_json::json!({"success": true, "duplicate": true}),
             )
         }
-        Ok(Outcome::Answered(body)) => render_body(StatusCode::OK, format, &body),
+        Ok(Outcome::Answered(body)) => {
+            app.record_hook(&path, client, StatusCode::OK, "answered");
+            render_body(StatusCode::OK, format, &body)
+        }
         Err(e) => {
             let (status, code) = e.status_code();
+            app.record_hook(&path, client, status, code);
             tracing::info!(client_ip = %client, hook = %path, status = status.as_u16(), code, "Hook refused");
             e.render(format)
         }

@@ -4,14 +4,18 @@
 pub mod body;
 pub mod cors;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod hook;
 pub mod lowstate;
+pub mod metrics;
 pub mod negotiate;
 pub mod resources;
 pub mod session;
 pub mod sns;
 pub mod state;
+pub mod ui;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::State;
@@ -37,6 +41,12 @@ pub fn router(state: AppState) -> Router {
     } else {
         hook_base
     };
+    let ui_base = state
+        .config
+        .saltgate
+        .ui_path
+        .trim_end_matches('/')
+        .to_owned();
     let stats = std::sync::Arc::new(resources::Stats::new(state.config.api.collect_stats));
     let routes = Router::new()
         .route("/", get(index).post(lowstate::root))
@@ -61,7 +71,24 @@ pub fn router(state: AppState) -> Router {
         .route(&hook_base, post(hook::hook_root))
         .route(&format!("{hook_base}/"), post(hook::hook_root))
         .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
+        // streams
+        .route("/events", get(events::events))
+        .route("/ws", get(ws::ws_root))
+        .route("/ws/{token}", get(ws::ws_token))
+        .route("/all_events/{token}", get(ws::all_events))
+        .route(&ui_base, get(ui::page))
+        .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
+        .route(&format!("{ui_base}/app.js"), get(ui::app_js))
+        .route(&format!("{ui_base}/login.js"), get(ui::login_js))
+        .route(&format!("{ui_base}/style.css"), get(ui::style))
+        // stats
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(resources::count))
         .layer(axum::Extension(stats))

@@ -19,6 +19,10 @@ pub struct App {
     pub salt: Option<SaltClients>,
     /// Recently validated tokens.
     pub tokens: TokenCache,
+    /// Counters for `/metrics` and the recent hook deliveries shown on the events page.
+    pub metrics: super::metrics::Metrics,
+    /// Cancelled when the server starts shutting down: event streams end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// The hook pipeline's rules, limiter and replay guard.
     pub hooks: crate::api::hook::Hooks,
 }

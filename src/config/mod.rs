@@ -136,6 +136,16 @@ pub struct SaltgateSettings {
     pub header_timeout_secs: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Events each stream subscriber (`/events`, `/ws`) may fall behind by before it is told how
+    /// many it missed; memory per subscriber is bounded by this queue.
+    pub event_queue: usize,
+    /// Seconds between keep-alive comments on `/events` (pings on `/ws`); token recheck period.
+    pub stream_keepalive_secs: u64,
+    /// Serve `/events`, `/ws` and the events page without a Salt token. The built-in bus has no
+    /// master to check tokens, so there streams are refused unless this is set.
+    pub streams_disable_auth: bool,
+    /// URL of the events page.
+    pub ui_path: String,
     /// Per-hook rules.
     pub hooks: Vec<hooks::RawHook>,
     /// What happens to hook paths no rule covers.
@@ -162,6 +172,10 @@ impl Default for SaltgateSettings {
             max_connections: 4096,
             header_timeout_secs: 10,
             trusted_proxies: Vec::new(),
+            event_queue: 8192,
+            stream_keepalive_secs: 15,
+            streams_disable_auth: false,
+            ui_path: "/ui".into(),
             hooks: Vec::new(),
             unmatched_hooks: Unmatched::Allow,
         }
@@ -312,6 +326,23 @@ impl Config {
         if self.saltgate.request_pool == 0 {
             return Err(ConfigError::invalid("saltgate.request_pool", "must be > 0"));
         }
+        if self.saltgate.event_queue == 0 {
+            return Err(ConfigError::invalid("saltgate.event_queue", "must be > 0"));
+        }
+        if self.saltgate.stream_keepalive_secs == 0 {
+            return Err(ConfigError::invalid(
+                "saltgate.stream_keepalive_secs",
+                "must be > 0",
+            ));
+        }
+        if !self.saltgate.ui_path.starts_with('/')
+            || self.saltgate.ui_path.trim_end_matches('/').is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "saltgate.ui_path",
+                "must start with / and not be /",
+            ));
+        }
         if self.saltgate.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "saltgate.max_connections",
@@ -400,6 +431,10 @@ pub fn render_effective(config: &Config) -> String {
             "max_connections": config.saltgate.max_connections,
             "header_timeout_secs": config.saltgate.header_timeout_secs,
             "trusted_proxies": config.saltgate.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "event_queue": config.saltgate.event_queue,
+            "stream_keepalive_secs": config.saltgate.stream_keepalive_secs,
+            "streams_disable_auth": config.saltgate.streams_disable_auth,
+            "ui_path": config.saltgate.ui_path,
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

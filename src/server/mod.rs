@@ -34,6 +34,7 @@ pub fn build_state(config: Config) -> AppState {
         let (publisher, puller) = config.master.bus_endpoints();
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
         bus_config.pull_framing = config.pull_framing();
+        bus_config.subscriber_capacity = config.saltgate.event_queue;
         let bus: SharedBus = Arc::new(IpcBus::start(bus_config));
         let channel = MasterChannel::new(
             config.master.ret_endpoint(),
@@ -57,7 +58,7 @@ pub fn build_state(config: Config) -> AppState {
             "No Salt master configured or found: serving on the built-in event bus. \
              Hooks are accepted and visible on this saltgate's own bus only; no Reactor sees them"
         );
-        (Arc::new(MemoryBus::new(8192)), None)
+        (Arc::new(MemoryBus::new(config.saltgate.event_queue)), None)
     };
     let tokens = api::state::TokenCache::new(Duration::from_secs(10), 10_000);
     let hooks = api::hook::Hooks::new(
@@ -70,6 +71,8 @@ pub fn build_state(config: Config) -> AppState {
         bus,
         salt,
         tokens,
+        metrics: api::metrics::Metrics::default(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
         hooks,
     }));
     let weak = Arc::downgrade(&state.0);
@@ -138,6 +141,7 @@ pub async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let streams_stop = state.shutdown.clone();
     let router = api::router(state);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -214,6 +218,8 @@ pub async fn run(
         });
     }
     drop(listener);
+    // Event streams never finish on their own; end them so the drain below can complete.
+    streams_stop.cancel();
     tracing::info!("Shutting down: no new connections; waiting for in-flight requests");
     match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("All connections closed"),

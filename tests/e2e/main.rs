@@ -13,5 +13,6 @@ mod hooks;
 mod lowstate;
 mod reactor_examples;
 mod sandbox_selftest;
+mod streams;
 mod support;
 mod wire;

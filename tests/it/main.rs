@@ -10,5 +10,7 @@ mod hook_pipeline;
 mod hook_security;
 mod listener;
 mod lowstate;
+mod streams;
+mod streams_browser;
 mod support;
 mod tls;

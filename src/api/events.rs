@@ -1,0 +1,472 @@
+//! `GET /events`: the event bus as Server-Sent Events, in salt-api's framing.
+//!
+//! The first chunk is `retry: 400\n` (no blank line, as salt-api), then per event
+//! `tag: <tag>\ndata: {"data": <data>, "tag": <tag>}\n\n` with the JSON written as Python's
+//! `json.dumps` writes it (`", "` and `": "` separators, non-ASCII unescaped, keys in bus order).
+//!
+//! Differences from salt-api, on purpose:
+//! - a subscriber that falls behind gets the event `saltgate/stream/lagged` with
+//!   `{"missed": N}` and the stream goes on; a lost or restored master bus is announced as
+//!   `saltgate/stream/bus_disconnected` / `saltgate/stream/bus_connected`. These use the same
+//!   `tag:`/`data:` framing, so salt-api clients parse them like any event, and they are sent
+//!   whatever the tag filter.
+//! - `: keep-alive` comments every `saltgate.stream_keepalive_secs` (SSE parsers ignore them), so
+//!   proxies do not cut an idle stream. The token is rechecked on the same tick, not per event.
+//! - `?tag=<prefix>` (repeatable) keeps only events whose tag starts with one of the prefixes.
+//!   Any other query parameter is refused with 400, and `?token=`/`?salt_token=` are refused
+//!   with a message saying why (salt-api 3007.x refuses them too: URLs end up in access logs).
+//! - a CR or LF inside a tag is written as `\r`/`\n` on the `tag:` line, so a tag cannot
+//!   forge SSE fields.
+//! - refusals are `ApiError` bodies (JSON/YAML) rather than CherryPy HTML pages.
+//!
+//! Memory per subscriber: the bus queue is bounded (`saltgate.event_queue`), and the body is a
+//! pull stream: hyper asks for the next chunk only when its write buffer has room, so a reader
+//! that stops reading makes this subscriber lag, not grow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use rmpv::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{ApiError, render_body};
+use super::extract::session_token;
+use super::metrics::{StreamKind, SubscriberGuard};
+use super::negotiate::{Format, response_format};
+use super::state::{App, AppState};
+use crate::salt::event::stamp_now;
+use crate::salt::{BusItem, Event, Subscription};
+
+/// Tag of the notice sent when a subscriber missed events.
+pub const LAGGED_TAG: &str = "saltgate/stream/lagged";
+/// Tag of the notice sent when the master's bus went away.
+pub const DISCONNECTED_TAG: &str = "saltgate/stream/bus_disconnected";
+/// Tag of the notice sent when the master's bus is back.
+pub const CONNECTED_TAG: &str = "saltgate/stream/bus_connected";
+
+/// The most `tag` prefixes one stream may ask for.
+const MAX_FILTERS: usize = 32;
+
+/// Who a stream was opened for.
+#[derive(Debug, Clone)]
+pub enum Authorized {
+    /// `saltgate.streams_disable_auth`: nobody in particular.
+    Open,
+    /// A Salt token the master confirmed; rechecked while the stream runs.
+    Token(String),
+}
+
+/// Checks a stream's credential: a Salt token confirmed by the master (salt-api checks only that
+/// it exists and has not expired, not its rights; so do we). On the built-in bus there is no
+/// master to ask, so streams are refused unless `saltgate.streams_disable_auth` is set.
+pub async fn authorize(app: &App, token: Option<&str>) -> Result<Authorized, ApiError> {
+    if app.config.saltgate.streams_disable_auth {
+        return Ok(Authorized::Open);
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::Unauthorized(
+            "No permission -- see authorization schemes",
+        ));
+    };
+    // As salt-api: a token is hex; anything else is refused without asking the master.
+    if !token.bytes().all(|b| b.is_ascii_hexdigit()) || token.len() > 256 {
+        return Err(ApiError::Unauthorized(
+            "No permission -- see authorization schemes",
+        ));
+    }
+    let Some(salt) = &app.salt else {
+        return Err(ApiError::Unauthorized(
+            "Event streams need a Salt master to check tokens; on the built-in bus set \
+             saltgate.streams_disable_auth: true to serve them without auth",
+        ));
+    };
+    match app.tokens.validate(salt, token).await? {
+        Some(_) => Ok(Authorized::Token(token.to_owned())),
+        None => Err(ApiError::Unauthorized(
+            "No permission -- see authorization schemes",
+        )),
+    }
+}
+
+/// 400: a query parameter `/events` does not take. Same body shape as [`ApiError`], code
+/// `bad_query`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadQuery(pub &'static str);
+
+impl BadQuery {
+    /// Renders the refusal in `format`.
+    pub fn render(&self, format: Format) -> Response {
+        render_body(
+            StatusCode::BAD_REQUEST,
+            format,
+            &serde_json::json!({"status": 400, "code": "bad_query", "message": self.0}),
+        )
+    }
+}
+
+/// Tag prefixes a stream keeps; empty keeps everything.
+#[derive(Debug, Clone, Default)]
+pub struct TagFilter(Vec<String>);
+
+impl TagFilter {
+    /// Whether `tag` passes.
+    pub fn keeps(&self, tag: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| tag.starts_with(p.as_str()))
+    }
+
+    /// Reads `?tag=...` (repeatable); refuses anything else.
+    pub fn from_query(query: Option<&str>) -> Result<Self, BadQuery> {
+        let Some(query) = query.filter(|q| !q.is_empty()) else {
+            return Ok(Self::default());
+        };
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|_| BadQuery("the query string could not be parsed"))?;
+        let mut prefixes = Vec::new();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "tag" if prefixes.len() < MAX_FILTERS => prefixes.push(value),
+                "tag" => return Err(BadQuery("too many tag filters")),
+                "token" | "salt_token" => {
+                    return Err(BadQuery(
+                        "Tokens must not be passed in the query string: they end up in access \
+                         logs and the Referer header. Use the X-Auth-Token header or the \
+                         session_id cookie",
+                    ));
+                }
+                _ => {
+                    return Err(BadQuery(
+                        "Unknown query parameter; only tag=<prefix> is accepted",
+                    ));
+                }
+            }
+        }
+        Ok(Self(prefixes))
+    }
+}
+
+/// One thing for a stream to send.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// An event from the bus.
+    Event(Arc<Event>),
+    /// A notice saltgate itself makes (lag, bus state), already an event.
+    Notice(Event),
+    /// Nothing happened for a keep-alive period.
+    KeepAlive,
+}
+
+/// A subscriber's view of the bus: filtered, with lag and bus state turned into notices,
+/// keep-alive ticks, token rechecks, and an end on shutdown.
+#[derive(Debug)]
+pub struct Feed {
+    app: AppState,
+    sub: Subscription,
+    filter: TagFilter,
+    auth: Authorized,
+    keepalive: tokio::time::Interval,
+    /// Not reset by traffic, so a busy stream's token is rechecked too.
+    recheck: tokio::time::Interval,
+    shutdown: CancellationToken,
+    _guard: SubscriberGuard,
+}
+
+impl Feed {
+    /// Subscribes now.
+    pub fn new(app: AppState, filter: TagFilter, auth: Authorized, kind: StreamKind) -> Self {
+        let period = Duration::from_secs(app.config.saltgate.stream_keepalive_secs.max(1));
+        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            recheck,
+            sub: app.bus.subscribe(),
+            shutdown: app.shutdown.clone(),
+            _guard: app.stream_opened(kind),
+            app,
+            filter,
+            auth,
+            keepalive,
+        }
+    }
+
+    /// The next item; `None` ends the stream (shutdown, bus gone, token no longer valid).
+    pub async fn next(&mut self) -> Option<FeedItem> {
+        loop {
+            let item = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                _ = self.recheck.tick() => {
+                    if !self.still_authorized().await {
+                        tracing::debug!("Event stream ended: the token is no longer valid");
+                        return None;
+                    }
+                    continue;
+                }
+                _ = self.keepalive.tick() => return Some(FeedItem::KeepAlive),
+                item = self.sub.recv() => item,
+            };
+            match item? {
+                BusItem::Event(ev) if self.filter.keeps(&ev.tag) => {
+                    self.keepalive.reset();
+                    return Some(FeedItem::Event(ev));
+                }
+                BusItem::Event(_) => {}
+                BusItem::Lagged(n) => {
+                    tracing::info!(missed = n, "Event stream subscriber fell behind");
+                    self.app.metrics.lagged(n);
+                    return Some(FeedItem::Notice(notice(
+                        LAGGED_TAG,
+                        vec![("missed", Value::from(n))],
+                    )));
+                }
+                BusItem::Disconnected => {
+                    return Some(FeedItem::Notice(notice(DISCONNECTED_TAG, Vec::new())));
+                }
+                BusItem::Connected => {
+                    return Some(FeedItem::Notice(notice(CONNECTED_TAG, Vec::new())));
+                }
+            }
+        }
+    }
+
+    /// Counts an event written to the client.
+    pub fn sent(&self) {
+        self.app.metrics.event_sent();
+    }
+
+    /// Rechecks the token. A master that cannot be asked does not end the stream: outages are
+    /// announced as notices and the stream resumes afterwards.
+    async fn still_authorized(&self) -> bool {
+        let Authorized::Token(token) = &self.auth else {
+            return true;
+        };
+        let Some(salt) = &self.app.salt else {
+            return false;
+        };
+        !matches!(self.app.tokens.validate(salt, token).await, Ok(None))
+    }
+}
+
+fn notice(tag: &str, fields: Vec<(&str, Value)>) -> Event {
+    let mut map: Vec<(Value, Value)> = fields
+        .into_iter()
+        .map(|(k, v)| (Value::from(k), v))
+        .collect();
+    map.push((Value::from("_stamp"), Value::from(stamp_now())));
+    Event::new(tag, Value::Map(map))
+}
+
+/// `GET /events`.
+pub async fn events(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let format = response_format(&headers).unwrap_or(Format::Json);
+    let filter = match TagFilter::from_query(query.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return e.render(format),
+    };
+    let auth = match authorize(&app, session_token(&headers).as_deref()).await {
+        Ok(a) => a,
+        Err(e) => return e.render(format),
+    };
+    let feed = Feed::new(app, filter, auth, StreamKind::Sse);
+    let start = futures::stream::once(async {
+        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"retry: 400\n"))
+    });
+    let rest = futures::stream::unfold(feed, |mut feed| async move {
+        let item = feed.next().await?;
+        let bytes = match &item {
+            FeedItem::Event(ev) => sse_event(ev),
+            FeedItem::Notice(ev) => sse_event(ev),
+            FeedItem::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        if matches!(item, FeedItem::Event(_)) {
+            feed.sent();
+        }
+        Some((Ok(bytes), feed))
+    });
+    let mut response = Response::new(Body::from_stream(futures::StreamExt::chain(start, rest)));
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream;charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// One event in salt-api's SSE framing.
+pub fn sse_event(event: &Event) -> Bytes {
+    let json = salt_json(event);
+    let mut out = String::with_capacity(json.len() + event.tag.len() + 16);
+    out.push_str("tag: ");
+    for c in event.tag.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\ndata: ");
+    out.push_str(&json);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+/// `{"data": <data>, "tag": <tag>}` as salt-api writes it.
+pub fn salt_json(event: &Event) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"data\": ");
+    write_py_json(&mut out, &event.data);
+    out.push_str(", \"tag\": ");
+    push_str_json(&mut out, &event.tag);
+    out.push('}');
+    out
+}
+
+/// Writes `value` as Python's `json.dumps(value, ensure_ascii=False)` does.
+pub fn write_py_json(out: &mut String, value: &Value) {
+    match value {
+        Value::Nil => out.push_str("null"),
+        Value::Boolean(true) => out.push_str("true"),
+        Value::Boolean(false) => out.push_str("false"),
+        Value::Integer(i) => out.push_str(&i.to_string()),
+        Value::F32(f) => push_float(out, f64::from(*f)),
+        Value::F64(f) => push_float(out, *f),
+        Value::String(s) => push_str_json(out, &String::from_utf8_lossy(s.as_bytes())),
+        Value::Binary(b) => push_str_json(out, &String::from_utf8_lossy(b)),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_py_json(out, item);
+            }
+            out.push(']');
+        }
+        Value::Map(entries) => {
+            out.push('{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                push_str_json(out, &key_text(k));
+                out.push_str(": ");
+                write_py_json(out, v);
+            }
+            out.push('}');
+        }
+        Value::Ext(..) => out.push_str("null"),
+    }
+}
+
+/// Python turns int, float, bool and None keys into strings.
+fn key_text(key: &Value) -> String {
+    match key {
+        Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Value::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Nil => "null".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(i) => i.to_string(),
+        other => {
+            let mut s = String::new();
+            write_py_json(&mut s, other);
+            s
+        }
+    }
+}
+
+fn push_float(out: &mut String, f: f64) {
+    if f.is_nan() {
+        out.push_str("NaN");
+    } else if f.is_infinite() {
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        // serde_json writes the shortest round-trip form with a `.0` on whole numbers, as
+        // Python's repr does (exponents differ in form: 1e+20 vs 1e20).
+        out.push_str(
+            &serde_json::Number::from_f64(f).map_or_else(|| "null".into(), |n| n.to_string()),
+        );
+    }
+}
+
+fn push_str_json(out: &mut String, s: &str) {
+    // serde_json escapes exactly what Python's ensure_ascii=False does.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_written_as_python_writes_it() {
+        let data = Value::Map(vec![
+            (Value::from("jid"), Value::from("2026")),
+            (
+                Value::from("minions"),
+                Value::Array(vec![Value::from("m1"), Value::from("é\n\"")]),
+            ),
+            (Value::from(1), Value::from(1.5)),
+            (Value::from("ok"), Value::Boolean(true)),
+            (Value::from("none"), Value::Nil),
+            (Value::from("empty"), Value::Map(vec![])),
+        ]);
+        let ev = Event::new("salt/job/2026/new", data);
+        assert_eq!(
+            salt_json(&ev),
+            r#"{"data": {"jid": "2026", "minions": ["m1", "é\n\""], "1": 1.5, "ok": true, "none": null, "empty": {}}, "tag": "salt/job/2026/new"}"#
+        );
+        let mut s = String::new();
+        write_py_json(&mut s, &Value::from(2.0));
+        assert_eq!(s, "2.0");
+    }
+
+    #[test]
+    fn sse_framing_matches_salt_api_and_tags_cannot_forge_fields() {
+        let ev = Event::new("a/b", Value::Map(vec![]));
+        assert_eq!(
+            &sse_event(&ev)[..],
+            b"tag: a/b\ndata: {\"data\": {}, \"tag\": \"a/b\"}\n\n"
+        );
+        let ev = Event::new("x\ndata: forged", Value::Map(vec![]));
+        let text = String::from_utf8(sse_event(&ev).to_vec()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with("data: {\"data\""), "{text}");
+        assert!(text.starts_with("tag: x\\ndata: forged\n"));
+    }
+
+    #[test]
+    fn query_takes_tag_prefixes_only() {
+        let f = TagFilter::from_query(Some("tag=salt/job/&tag=salt/netapi/")).unwrap();
+        assert!(f.keeps("salt/job/1/new"));
+        assert!(f.keeps("salt/netapi/hook/x"));
+        assert!(!f.keeps("salt/auth"));
+        assert!(TagFilter::from_query(None).unwrap().keeps("anything"));
+        assert!(matches!(
+            TagFilter::from_query(Some("token=abc")),
+            Err(BadQuery(m)) if m.contains("query string")
+        ));
+        assert!(matches!(
+            TagFilter::from_query(Some("salt_token=abc")),
+            Err(BadQuery(_))
+        ));
+        assert!(matches!(
+            TagFilter::from_query(Some("colour=red")),
+            Err(BadQuery(_))
+        ));
+    }
+}

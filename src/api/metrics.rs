@@ -1,0 +1,439 @@
+//! `/metrics` in the Prometheus text format (0.0.4), and the ring of recent hook deliveries the
+//! events page shows.
+//!
+//! Hand-written: a handful of counters behind one mutex per family. Every label value comes from
+//! a finite set (matched route templates, HTTP methods, status codes, `ApiError` codes), so the
+//! series count is bounded whatever clients send. The deliveries ring holds tag, client address,
+//! status and time only: never headers or bodies, which may carry secrets.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+
+use super::negotiate::{Format, response_format};
+use super::state::{App, AppState};
+use crate::salt::bus::BusStatus;
+use crate::salt::event::{hook_tag, stamp_now};
+
+/// Upper bounds of the request-latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Recent deliveries kept for the events page.
+const DELIVERIES: usize = 200;
+
+/// Longest tag kept in the deliveries ring (the path is client-chosen).
+const MAX_TAG: usize = 256;
+
+/// Which event stream a subscriber uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `GET /events`.
+    Sse,
+    /// `/ws`, `/all_events`.
+    Ws,
+}
+
+/// The process's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    hooks: Mutex<BTreeMap<&'static str, u64>>,
+    sse_subscribers: AtomicI64,
+    ws_subscribers: AtomicI64,
+    stream_events_sent: AtomicU64,
+    stream_events_missed: AtomicU64,
+    stream_lag_notices: AtomicU64,
+    deliveries: Mutex<VecDeque<Delivery>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// One hook delivery as the events page shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// When it was answered (Salt's `_stamp` format, UTC).
+    pub time: String,
+    /// The tag it fired (or would have fired).
+    pub tag: String,
+    /// The resolved client address.
+    pub client_ip: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `accepted` or the `ApiError` code.
+    pub outcome: &'static str,
+}
+
+/// Decrements a subscriber gauge when a stream ends, however it ends.
+#[derive(Debug)]
+pub struct SubscriberGuard {
+    app: AppState,
+    kind: StreamKind,
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.app
+            .metrics
+            .gauge(self.kind)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    fn gauge(&self, kind: StreamKind) -> &AtomicI64 {
+        match kind {
+            StreamKind::Sse => &self.sse_subscribers,
+            StreamKind::Ws => &self.ws_subscribers,
+        }
+    }
+
+    /// Counts an event written to a stream subscriber.
+    pub fn event_sent(&self) {
+        self.stream_events_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a lag notice and the events it reports missed.
+    pub fn lagged(&self, missed: u64) {
+        self.stream_lag_notices.fetch_add(1, Ordering::Relaxed);
+        self.stream_events_missed
+            .fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// The recent deliveries, newest first.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries
+            .lock()
+            .map(|d| d.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn observe_request(&self, route: String, method: &'static str, status: u16, secs: f64) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.clone(), method, status)).or_default() += 1;
+        }
+        if let Ok(mut m) = self.latency.lock() {
+            let h = m.entry(route).or_default();
+            for (slot, bound) in h.counts.iter_mut().zip(BUCKETS) {
+                if secs <= bound {
+                    *slot += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += secs;
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self, bus: &BusStatus) -> String {
+        let mut out = String::with_capacity(4096);
+        family(
+            &mut out,
+            "saltgate_http_requests_total",
+            "counter",
+            "HTTP requests answered, by matched route, method and status.",
+        );
+        if let Ok(m) = self.requests.lock() {
+            for ((route, method, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "saltgate_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "saltgate_http_request_duration_seconds",
+            "histogram",
+            "Time to the response head, by matched route (streams: time to the stream's start).",
+        );
+        if let Ok(m) = self.latency.lock() {
+            for (route, h) in m.iter() {
+                let route = escape(route);
+                for (count, bound) in h.counts.iter().zip(BUCKETS) {
+                    let _ = writeln!(
+                        out,
+                        "saltgate_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "saltgate_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n\
+                     saltgate_http_request_duration_seconds_sum{{route=\"{route}\"}} {}\n\
+                     saltgate_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count, h.sum, h.count
+                );
+            }
+        }
+        family(
+            &mut out,
+            "saltgate_hooks_total",
+            "counter",
+            "Hook deliveries by outcome: accepted, or the error code answered (salt_unavailable: the bus or master could not take it).",
+        );
+        if let Ok(m) = self.hooks.lock() {
+            for (outcome, n) in m.iter() {
+                let _ = writeln!(out, "saltgate_hooks_total{{outcome=\"{outcome}\"}} {n}");
+            }
+        }
+        family(
+            &mut out,
+            "saltgate_bus_connected",
+            "gauge",
+            "1 when the event bus can be read, else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_bus_connected{{kind=\"{}\"}} {}",
+            bus.kind,
+            u8::from(bus.connected)
+        );
+        family(
+            &mut out,
+            "saltgate_bus_events_received_total",
+            "counter",
+            "Events read from the bus.",
+        );
+        let _ = writeln!(out, "saltgate_bus_events_received_total {}", bus.events_in);
+        family(
+            &mut out,
+            "saltgate_bus_events_fired_total",
+            "counter",
+            "Events fired onto the bus by saltgate.",
+        );
+        let _ = writeln!(out, "saltgate_bus_events_fired_total {}", bus.events_out);
+        family(
+            &mut out,
+            "saltgate_bus_subscribers",
+            "gauge",
+            "In-process bus subscriptions (streams and waiting requests).",
+        );
+        let _ = writeln!(out, "saltgate_bus_subscribers {}", bus.subscribers);
+        family(
+            &mut out,
+            "saltgate_stream_subscribers",
+            "gauge",
+            "Open event streams by kind.",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_stream_subscribers{{kind=\"sse\"}} {}\nsaltgate_stream_subscribers{{kind=\"ws\"}} {}",
+            self.sse_subscribers.load(Ordering::Relaxed),
+            self.ws_subscribers.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "saltgate_stream_events_sent_total",
+            "counter",
+            "Events written to stream subscribers.",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_stream_events_sent_total {}",
+            self.stream_events_sent.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "saltgate_stream_events_missed_total",
+            "counter",
+            "Events stream subscribers missed because they fell behind (each was told).",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_stream_events_missed_total {}",
+            self.stream_events_missed.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "saltgate_stream_lag_notices_total",
+            "counter",
+            "Lag notices sent to stream subscribers.",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_stream_lag_notices_total {}",
+            self.stream_lag_notices.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+impl App {
+    /// Records a hook's outcome: the counter and the deliveries ring.
+    pub fn record_hook(
+        &self,
+        path: &str,
+        client_ip: IpAddr,
+        status: StatusCode,
+        outcome: &'static str,
+    ) {
+        if let Ok(mut m) = self.metrics.hooks.lock() {
+            *m.entry(outcome).or_default() += 1;
+        }
+        let mut tag = hook_tag(path);
+        if tag.len() > MAX_TAG {
+            let mut cut = MAX_TAG;
+            while !tag.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            tag.truncate(cut);
+        }
+        let delivery = Delivery {
+            time: stamp_now(),
+            tag,
+            client_ip: client_ip.to_string(),
+            status: status.as_u16(),
+            outcome,
+        };
+        if let Ok(mut ring) = self.metrics.deliveries.lock() {
+            if ring.len() >= DELIVERIES {
+                ring.pop_front();
+            }
+            ring.push_back(delivery);
+        }
+    }
+}
+
+impl AppState {
+    /// Counts a new stream subscriber until the guard is dropped.
+    pub fn stream_opened(&self, kind: StreamKind) -> SubscriberGuard {
+        self.metrics.gauge(kind).fetch_add(1, Ordering::Relaxed);
+        SubscriberGuard {
+            app: self.clone(),
+            kind,
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Route layer: copies the matched route template onto the response, where [`track`] (outside
+/// routing, so that unmatched requests are counted too) reads it.
+pub async fn label_route(request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(m) = matched {
+        response.extensions_mut().insert(m);
+    }
+    response
+}
+
+/// Outer layer: counts every request by route, method and status, and times it.
+pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let method = method_label(request.method());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    app.metrics.observe_request(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`: open when `stats_disable_auth` is set (the same switch as salt-api's
+/// `/stats`, the other operator endpoint), else the same token check as the event streams.
+pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if !app.config.api.stats_disable_auth {
+        if let Err(e) =
+            super::events::authorize(&app, super::extract::session_token(&headers).as_deref()).await
+        {
+            return e.render(response_format(&headers).unwrap_or(Format::Json));
+        }
+    }
+    let body = app.metrics.render(&app.bus.status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> BusStatus {
+        BusStatus {
+            kind: "builtin",
+            connected: true,
+            pull_framing: None,
+            events_in: 3,
+            events_out: 2,
+            subscribers: 1,
+        }
+    }
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.observe_request("/hook/{*path}".into(), "POST", 200, 0.003);
+        m.observe_request("/hook/{*path}".into(), "POST", 200, 2.0);
+        m.lagged(7);
+        let text = m.render(&status());
+        assert!(text.contains(
+            "saltgate_http_requests_total{route=\"/hook/{*path}\",method=\"POST\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "saltgate_http_request_duration_seconds_bucket{route=\"/hook/{*path}\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "saltgate_http_request_duration_seconds_bucket{route=\"/hook/{*path}\",le=\"+Inf\"} 2"
+        ));
+        assert!(text.contains("saltgate_bus_connected{kind=\"builtin\"} 1"));
+        assert!(text.contains("saltgate_stream_events_missed_total 7"));
+        assert!(text.contains("saltgate_bus_events_received_total 3"));
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
