@@ -239,7 +239,12 @@ async fn run(
             return Ok(Outcome::Answered(answer));
         }
     }
-    let post = parse_body(headers, &raw)?;
+    let post = if rule.yaml && is_yaml(headers) {
+        // Bounded while it parses: alias expansion cannot outgrow the node budget.
+        crate::salt::wire::payload::from_json(&super::body::parse_yaml(&raw)?)
+    } else {
+        parse_body(headers, &raw)?
+    };
     let mut hidden: Vec<HeaderName> = rule
         .verifier
         .as_ref()
@@ -435,6 +440,13 @@ pub fn parse_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
         // YAML is not parsed on hooks: kept as text (alias bombs never reach a parser).
         _ => Ok(text_value(raw)),
     }
+}
+
+fn is_yaml(headers: &HeaderMap) -> bool {
+    matches!(
+        super::body::media_type(headers).as_deref(),
+        Some("application/x-yaml" | "application/yaml" | "text/yaml" | "text/x-yaml")
+    )
 }
 
 fn text_value(raw: &[u8]) -> Value {

@@ -60,6 +60,9 @@ pub struct RawHook {
     /// Fire GitHub `ping` deliveries instead of answering them directly.
     #[serde(default)]
     pub fire_ping: bool,
+    /// Parse YAML bodies into `post` (bounded in nodes and depth); off: YAML stays text.
+    #[serde(default)]
+    pub yaml: bool,
 }
 
 /// How a hook proves it may fire.
@@ -156,6 +159,8 @@ pub struct HookRule {
     pub max_body: u64,
     /// Fire GitHub pings.
     pub fire_ping: bool,
+    /// Parse YAML bodies (bounded).
+    pub yaml: bool,
 }
 
 impl HookRule {
@@ -239,6 +244,7 @@ pub fn build(
             rate,
             max_body,
             fire_ping: r.fire_ping,
+            yaml: r.yaml,
         });
     }
     rules.push(HookRule {
@@ -250,6 +256,7 @@ pub fn build(
         rate: None,
         max_body: max_request_body_size,
         fire_ping: true,
+        yaml: false,
     });
     Ok(rules)
 }

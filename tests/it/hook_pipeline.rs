@@ -235,3 +235,47 @@ async fn a_thousand_hooks_on_32_connections_all_reach_the_bus() {
     }
     assert_eq!(seen.len(), 1000);
 }
+
+#[tokio::test]
+async fn yaml_bodies_stay_text_unless_the_rule_parses_them_bounded() {
+    let rule = "- path: yml\n  auth: none\n  yaml: true\n";
+    let app = TestApp::builder().with_hooks(rule, &[]).spawn().await;
+    let c = reqwest::Client::new();
+    let mut sub = app.subscribe();
+    let send = |path: &str, body: &str| {
+        c.post(app.url(path))
+            .header("content-type", "application/x-yaml")
+            .body(body.to_owned())
+    };
+    assert_eq!(
+        send("/hook/other", "a: 1\n").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let ev = recv_event(&mut sub, "salt/netapi/hook/other").await;
+    assert_eq!(data_json(&ev)["post"], "a: 1\n");
+    assert_eq!(
+        send("/hook/yml", "a: [1, 2]\n")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let ev = recv_event(&mut sub, "salt/netapi/hook/yml").await;
+    assert_eq!(data_json(&ev)["post"], json!({"a": [1, 2]}));
+    // A billion-laughs document is refused, not expanded.
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for pair in names.windows(2) {
+        let (prev, name) = (pair[0], pair[1]);
+        let refs = vec![format!("*{prev}"); 10].join(", ");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    refused(
+        &app,
+        send("/hook/yml", &bomb),
+        StatusCode::BAD_REQUEST,
+        "bad_body",
+    )
+    .await;
+}
