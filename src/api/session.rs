@@ -19,7 +19,8 @@
 //!   give them.
 //!
 //! `POST /logout` revokes the token the way rest_cherrypy does (`LoadAuth.rm_token`): by
-//! removing it from the master's `localfs` token store, `<cachedir>/tokens/<token>`, which
+//! removing it from the master's file token store, `<cachedir>/tokens/<token>` (3006, 3007) or
+//! `<cachedir>/tokens/<token>.p` (3008's `salt.cache`), which
 //! needs saltgate to run on the master's host with access to that directory. The clear channel
 //! has no command for it. Other token stores (`eauth_tokens: redis`, ...) are not cleared: the
 //! token then stays valid until it expires, and saltgate only forgets it in its cache. Either
@@ -199,19 +200,27 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response
     r
 }
 
-/// Deletes `<cachedir>/tokens/<token>` (the `localfs` store). `token` is hex (checked by
-/// [`session`]), so it cannot name another file.
+/// Deletes the token from the master's file token store: `<cachedir>/tokens/<token>` (the
+/// `localfs` token module of 3006 and 3007) or `<cachedir>/tokens/<token>.p` (3008 keeps tokens
+/// in `salt.cache`'s `localfs` driver, bank `tokens`). `token` is hex (checked by [`session`]),
+/// so it cannot name another file.
 fn remove_token(config: &Config, token: &str) {
-    let path = config.master.cachedir.join("tokens").join(token);
-    match std::fs::remove_file(&path) {
-        Ok(()) => tracing::info!("Token revoked"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(
-                dir = %path.parent().map(|p| p.display().to_string()).unwrap_or_default(),
-                "Logout: token not found in the localfs token store; it stays valid until it expires"
-            );
+    let dir = config.master.cachedir.join("tokens");
+    let mut removed = false;
+    for path in [dir.join(token), dir.join(format!("{token}.p"))] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "Logout: could not remove the token file"),
         }
-        Err(e) => tracing::warn!(error = %e, "Logout: could not remove the token file"),
+    }
+    if removed {
+        tracing::info!("Token revoked");
+    } else {
+        tracing::warn!(
+            dir = %dir.display(),
+            "Logout: token not found in the file token store; it stays valid until it expires"
+        );
     }
 }
 
