@@ -11,6 +11,7 @@
 mod gate;
 mod hooks;
 mod lowstate;
+mod lowstate_diff;
 mod reactor_examples;
 mod sandbox_selftest;
 mod streams;

@@ -1,0 +1,230 @@
+//! Differential test: the same request set against saltgate and the real rest_cherrypy on one
+//! master. Status codes must match, and so must `return` payloads where they are deterministic,
+//! except for the differences listed in `INTENDED` (each one is saltgate refusing earlier or
+//! with a more accurate status than rest_cherrypy).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::gate::{Gate, blocking};
+use crate::support::{SaltApi, SaltSandbox};
+
+/// (case, saltgate, rest_cherrypy, why).
+const INTENDED: &[(&str, u16, u16, &str)] = &[
+    (
+        "limited user runs test.arg",
+        403,
+        401,
+        "authenticated but not allowed is 403 Forbidden",
+    ),
+    (
+        "chunk without tgt",
+        400,
+        500,
+        "a client mistake, not a server error",
+    ),
+    (
+        "malformed YAML body",
+        400,
+        500,
+        "a client mistake, not a server error",
+    ),
+    (
+        "unsupported Content-Type",
+        415,
+        406,
+        "415 names the request body, 406 is about Accept",
+    ),
+];
+
+struct Case {
+    name: &'static str,
+    method: reqwest::Method,
+    path: String,
+    token: Option<&'static str>,
+    content_type: Option<&'static str>,
+    body: Option<String>,
+    accept: &'static str,
+    /// The expected status on both sides (unless listed in `INTENDED`).
+    status: u16,
+    /// Compare the `return` payloads.
+    compare_return: bool,
+}
+
+fn case(name: &'static str, path: &str, status: u16) -> Case {
+    Case {
+        name,
+        method: reqwest::Method::POST,
+        path: path.to_owned(),
+        token: Some("saltdev"),
+        content_type: Some("application/json"),
+        body: None,
+        accept: "application/json",
+        status,
+        compare_return: false,
+    }
+}
+
+#[tokio::test]
+async fn status_codes_and_returns_match_rest_cherrypy() {
+    let sandbox = blocking(|| {
+        SaltSandbox::builder()
+            .with_salt_api(SaltApi::RestCherrypy)
+            .start()
+    })
+    .await;
+    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    let ours = format!("http://{}", gate.addr);
+    let cherry = format!("http://127.0.0.1:{}", sandbox.salt_api_port());
+    let mid = sandbox.minion_id();
+    let ping = json!([{"client": "local", "tgt": mid, "fun": "test.ping"}]).to_string();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let login = |base: String, user: &'static str| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .post(format!("{base}/login"))
+                .json(&json!({"username": user, "password": user, "eauth": "file"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{base} login {user}");
+            let v: Value = resp.json().await.unwrap();
+            v["return"][0]["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let tokens_ours = [
+        ("saltdev", login(ours.clone(), "saltdev").await),
+        ("limited", login(ours.clone(), "limited").await),
+    ];
+    let tokens_cherry = [
+        ("saltdev", login(cherry.clone(), "saltdev").await),
+        ("limited", login(cherry.clone(), "limited").await),
+    ];
+
+    let cases = vec![
+        Case { body: Some(ping.clone()), compare_return: true, ..case("local test.ping", "/", 200) },
+        Case { body: Some(ping.clone()), token: None, ..case("no token", "/", 401) },
+        Case { body: Some(ping.clone()), token: Some("deadbeef"), ..case("unknown token", "/", 401) },
+        Case {
+            body: Some(json!([{"client": "local", "tgt": mid, "fun": "test.arg"}]).to_string()),
+            token: Some("limited"),
+            ..case("limited user runs test.arg", "/", 403)
+        },
+        Case { body: Some(ping.clone()), token: Some("limited"), compare_return: true, ..case("limited user runs test.ping", "/", 200) },
+        Case {
+            body: Some(json!([{"client": "ssh", "tgt": mid, "fun": "test.ping"}]).to_string()),
+            ..case("ssh client (not enabled)", "/", 400)
+        },
+        Case { body: Some("{bad".into()), ..case("malformed JSON body", "/", 400) },
+        Case {
+            body: Some(format!("- client: local\n  tgt: {mid}\n  fun: test.ping\n")),
+            content_type: Some("application/x-yaml"),
+            compare_return: true,
+            ..case("YAML body", "/", 200)
+        },
+        Case {
+            body: Some("- client: [local\n".into()),
+            content_type: Some("application/x-yaml"),
+            ..case("malformed YAML body", "/", 400)
+        },
+        Case {
+            body: Some(format!("client=local&tgt={mid}&fun=test.ping")),
+            content_type: Some("application/x-www-form-urlencoded"),
+            compare_return: true,
+            ..case("form body", "/", 200)
+        },
+        Case {
+            body: Some("<xml/>".into()),
+            content_type: Some("text/xml"),
+            ..case("unsupported Content-Type", "/", 415)
+        },
+        Case { body: Some(ping.clone()), accept: "text/html", ..case("Accept text/html", "/", 406) },
+        Case {
+            body: Some(json!([{"client": "local", "fun": "test.ping"}]).to_string()),
+            ..case("chunk without tgt", "/", 400)
+        },
+        Case {
+            body: Some(json!([{"client": "local", "tgt": mid, "fun": "test.ping", "eauth": "file", "username": "saltdev", "password": "saltdev"}]).to_string()),
+            token: None,
+            compare_return: true,
+            ..case("/run with eauth", "/run", 200)
+        },
+        Case {
+            body: Some(json!([{"client": "local", "tgt": mid, "fun": "test.ping", "eauth": "file", "username": "saltdev", "password": "wrong"}]).to_string()),
+            token: None,
+            ..case("/run with a wrong password", "/run", 401)
+        },
+        Case {
+            body: Some(json!({"username": "saltdev", "password": "wrong", "eauth": "file"}).to_string()),
+            token: None,
+            ..case("login with a wrong password", "/login", 401)
+        },
+        Case { method: reqwest::Method::GET, token: None, compare_return: true, ..case("GET /login", "/login", 200) },
+        Case { method: reqwest::Method::GET, ..case("GET /minions/<mid>", &format!("/minions/{mid}"), 200) },
+        Case { method: reqwest::Method::GET, ..case("GET /jobs", "/jobs", 200) },
+        Case { method: reqwest::Method::GET, compare_return: true, ..case("GET /keys", "/keys", 200) },
+        Case { method: reqwest::Method::GET, token: None, ..case("GET /jobs without token", "/jobs", 401) },
+        Case { method: reqwest::Method::GET, ..case("unknown path", "/nope", 404) },
+    ];
+
+    let mut report = Vec::new();
+    for case in &cases {
+        let mut results = Vec::new();
+        for (base, tokens) in [(&ours, &tokens_ours), (&cherry, &tokens_cherry)] {
+            let mut req = c
+                .request(case.method.clone(), format!("{base}{}", case.path))
+                .header("accept", case.accept);
+            if let Some(user) = case.token {
+                let token = tokens
+                    .iter()
+                    .find(|(u, _)| *u == user)
+                    .map_or(user.to_owned(), |(_, t)| t.clone());
+                req = req.header("x-auth-token", token);
+            }
+            if let Some(ct) = case.content_type {
+                req = req.header("content-type", ct);
+            }
+            if let Some(body) = &case.body {
+                req = req.body(body.clone());
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            results.push((
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)),
+            ));
+        }
+        let ((s_ours, v_ours), (s_cherry, v_cherry)) = (&results[0], &results[1]);
+        let intended = INTENDED.iter().find(|(n, ..)| *n == case.name);
+        let (want_ours, want_cherry) = match intended {
+            Some((_, o, c, _)) => (*o, *c),
+            None => (case.status, case.status),
+        };
+        report.push(format!(
+            "{}: saltgate {s_ours}, rest_cherrypy {s_cherry}",
+            case.name
+        ));
+        assert_eq!(
+            (*s_ours, *s_cherry),
+            (want_ours, want_cherry),
+            "{}: saltgate {v_ours} / rest_cherrypy {v_cherry}",
+            case.name
+        );
+        if case.compare_return {
+            assert_eq!(v_ours["return"], v_cherry["return"], "{}", case.name);
+        }
+    }
+    for (name, ..) in INTENDED {
+        assert!(
+            cases.iter().any(|c| c.name == *name),
+            "intended difference {name} has no case"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
