@@ -14,6 +14,7 @@ mod lowstate;
 mod lowstate_diff;
 mod reactor_examples;
 mod sandbox_selftest;
+mod shutdown;
 mod streams;
 mod support;
 mod wire;
