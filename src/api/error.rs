@@ -29,6 +29,8 @@ pub enum ApiError {
     NotFound,
     /// 409: a delivery with the same id is being fired right now.
     InProgress,
+    /// 409: the minion already has an accepted key.
+    KeyExists,
     /// 406: no acceptable response format.
     NotAcceptable,
     /// 413: the body is over the limit.
@@ -70,6 +72,7 @@ impl ApiError {
             Self::NotAuthorized => (StatusCode::FORBIDDEN, "not_authorized"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InProgress => (StatusCode::CONFLICT, "delivery_in_progress"),
+            Self::KeyExists => (StatusCode::CONFLICT, "key_exists"),
             Self::NotAcceptable => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::UnsupportedMedia => {
@@ -98,6 +101,7 @@ impl ApiError {
             Self::NotAuthorized => "Not allowed to run this".into(),
             Self::NotFound => "Nothing matches the given URI".into(),
             Self::InProgress => "A delivery with this id is being processed; retry later".into(),
+            Self::KeyExists => "This minion already has an accepted key".into(),
             Self::NotAcceptable => {
                 "This resource only emits application/json and application/x-yaml".into()
             }

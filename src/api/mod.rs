@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", get(resources::jobs).post(lowstate::root))
         .route("/jobs/", get(resources::jobs))
         .route("/jobs/{jid}", get(resources::job))
-        .route("/keys", get(resources::keys))
+        .route("/keys", get(resources::keys).post(resources::keys_post))
         .route("/keys/", get(resources::keys))
         .route("/keys/{mid}", get(resources::key))
         .route("/stats", get(resources::stats))

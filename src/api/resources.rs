@@ -284,3 +284,150 @@ mod tests {
         assert!(names.contains(&"local") && names.contains(&"runner") && names.contains(&"wheel"));
     }
 }
+
+/// `POST /keys`: generate a key pair for `mid` on the master (`wheel key.gen_accept`), accept
+/// its public half, and answer both halves as a tar archive (`minion.pem`, `minion.pub`), as
+/// rest_cherrypy does for pre-seeding a minion. Credentials (`username`, `password`, `eauth`)
+/// come in the body, never a session: the private key leaves the master only for someone who
+/// proves who they are on this request. Unlike rest_cherrypy (500 HTML for every failure),
+/// failures are JSON errors with their own status; an already accepted minion is 409.
+pub async fn keys_post(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let format = response_format(&headers).unwrap_or(Format::Json);
+    match key_pair(&app, &headers, body).await {
+        Ok((mid, tar)) => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/x-tar")
+            .header(
+                http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"saltkeys-{mid}.tar\""),
+            )
+            .header(http::header::CACHE_CONTROL, "no-cache")
+            .body(Body::from(tar))
+            .unwrap_or_else(|_| ApiError::Internal.render(format)),
+        Err(e) => e.render(format),
+    }
+}
+
+async fn key_pair(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let raw =
+        super::extract::read_capped(headers, body, app.config.api.max_request_body_size).await?;
+    let parsed = super::body::parse(headers, &raw)?;
+    let fields = match parsed {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        other => other,
+    };
+    let text = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_owned);
+    let mid = text("mid").ok_or(ApiError::BadBody("`mid` is required".into()))?;
+    if mid.is_empty()
+        || mid.len() > 255
+        || mid.contains(['/', '\\', '"'])
+        || mid.chars().any(char::is_control)
+    {
+        return Err(ApiError::BadBody("`mid` is not a valid minion id".into()));
+    }
+    let (Some(username), Some(password), Some(eauth)) =
+        (text("username"), text("password"), text("eauth"))
+    else {
+        return Err(ApiError::Unauthorized(
+            "username, password and eauth are required",
+        ));
+    };
+    if !app
+        .config
+        .master
+        .netapi_enable_clients
+        .iter()
+        .any(|c| c == "wheel")
+    {
+        return Err(ApiError::BadBody("Client disabled: 'wheel'".into()));
+    }
+    let salt = master(app)?;
+    let auth = crate::salt::Auth::Eauth {
+        eauth,
+        username,
+        password,
+    };
+    let args = vec![("id_".to_owned(), rmpv::Value::from(mid.as_str()))];
+    let data = salt.wheel("key.gen_accept", args, &auth).await?;
+    let data = crate::salt::wire::payload::to_json(&data);
+    if data.get("success") == Some(&Value::Bool(false)) {
+        tracing::warn!(mid = %mid, "key.gen_accept failed on the master");
+        return Err(ApiError::Internal);
+    }
+    let ret = data.get("return").cloned().unwrap_or(Value::Null);
+    let (Some(public), Some(private)) = (
+        ret.get("pub").and_then(Value::as_str),
+        ret.get("priv").and_then(Value::as_str),
+    ) else {
+        return Err(ApiError::KeyExists);
+    };
+    tracing::info!(mid = %mid, "Generated and accepted a minion key pair");
+    let tar = tar_archive(&[
+        ("minion.pem", private.as_bytes(), 0o600),
+        ("minion.pub", public.as_bytes(), 0o644),
+    ]);
+    Ok((mid, tar))
+}
+
+/// A ustar archive of regular files, in memory (two small key files).
+fn tar_archive(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, content, mode) in files {
+        let mut h = [0u8; 512];
+        let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| {
+            h[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        put(&mut h, 0, &name.as_bytes()[..name.len().min(99)]);
+        put(&mut h, 100, format!("{mode:07o}\0").as_bytes());
+        put(&mut h, 108, b"0000000\0");
+        put(&mut h, 116, b"0000000\0");
+        put(&mut h, 124, format!("{:011o}\0", content.len()).as_bytes());
+        put(&mut h, 136, format!("{mtime:011o}\0").as_bytes());
+        put(&mut h, 148, b"        ");
+        h[156] = b'0';
+        put(&mut h, 257, b"ustar\0");
+        put(&mut h, 263, b"00");
+        put(&mut h, 265, b"root");
+        put(&mut h, 297, b"root");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[cfg(test)]
+mod tar_tests {
+    use super::tar_archive;
+
+    #[test]
+    fn ustar_layout_and_checksums() {
+        let tar = tar_archive(&[
+            ("minion.pem", b"private", 0o600),
+            ("minion.pub", b"public!", 0o644),
+        ]);
+        assert_eq!(tar.len(), 512 * 2 + 512 * 2 + 1024);
+        for header in [&tar[0..512], &tar[1024..1536]] {
+            let stored = std::str::from_utf8(&header[148..154]).unwrap();
+            let mut copy = header.to_vec();
+            copy[148..156].copy_from_slice(b"        ");
+            let sum: u32 = copy.iter().map(|&b| u32::from(b)).sum();
+            assert_eq!(u32::from_str_radix(stored, 8).unwrap(), sum);
+            assert_eq!(&header[257..263], b"ustar\0");
+        }
+        assert_eq!(&tar[512..519], b"private");
+        assert_eq!(&tar[0..10], b"minion.pem");
+        assert_eq!(&tar[100..107], b"0000600");
+    }
+}

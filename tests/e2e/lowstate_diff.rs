@@ -228,3 +228,69 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+#[tokio::test]
+async fn post_keys_hands_out_an_accepted_key_pair_as_a_tar() {
+    let sandbox = blocking(|| SaltSandbox::builder().start()).await;
+    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    let c = reqwest::Client::new();
+    let creds = |mid: &str, password: &str| json!({"mid": mid, "username": "saltdev", "password": password, "eauth": "file"});
+    let resp = c
+        .post(gate.url("/keys"))
+        .json(&creds("seeded-minion", "saltdev"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-tar");
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "attachment; filename=\"saltkeys-seeded-minion.tar\""
+    );
+    let tar = resp.bytes().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys.tar"), &tar).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(dir.path().join("keys.tar"))
+        .arg("-C")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(dir.path().join("minion.pem")).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("minion.pub")).unwrap();
+    assert!(pem.contains("PRIVATE KEY"), "{pem}");
+    assert!(public.contains("PUBLIC KEY"), "{public}");
+    // The master accepted it.
+    let keys = sandbox.salt_key(&["-l", "accepted", "--out=json"]);
+    assert!(String::from_utf8_lossy(&keys.stdout).contains("seeded-minion"));
+    // Again: the key exists. Bad password: 401. Missing mid: 400.
+    let resp = c
+        .post(gate.url("/keys"))
+        .json(&creds("seeded-minion", "saltdev"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let resp = c
+        .post(gate.url("/keys"))
+        .json(&creds("other-minion", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "unauthorized");
+    let resp = c
+        .post(gate.url("/keys"))
+        .json(&json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
