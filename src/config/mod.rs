@@ -50,6 +50,15 @@ pub struct RestCherrypy {
     pub stats_disable_auth: bool,
     /// A prefix for every route.
     pub root_prefix: String,
+    /// A directory of static files to serve (rest_cherrypy's `static`).
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// The URL the static files are served under.
+    pub static_path: String,
+    /// An HTML file served at `app_path` and below (rest_cherrypy's `app`).
+    pub app: Option<PathBuf>,
+    /// The URL of the app page.
+    pub app_path: String,
     /// Origins allowed to call the API from a browser (rest_tornado's key): `"*"`, one origin,
     /// or a list. Unset: no CORS headers at all (rest_cherrypy reflects any origin instead).
     pub cors_origin: Option<CorsOrigin>,
@@ -89,6 +98,10 @@ impl Default for RestCherrypy {
             collect_stats: false,
             stats_disable_auth: false,
             root_prefix: "/".into(),
+            static_dir: None,
+            static_path: "/static".into(),
+            app: None,
+            app_path: "/app".into(),
             cors_origin: None,
         }
     }
@@ -278,6 +291,14 @@ impl Config {
                 "rest_cherrypy.webhook_url",
                 "must start with /",
             ));
+        }
+        for (key, value) in [
+            ("rest_cherrypy.static_path", &self.api.static_path),
+            ("rest_cherrypy.app_path", &self.api.app_path),
+        ] {
+            if !value.starts_with('/') {
+                return Err(ConfigError::invalid(key, "must start with /"));
+            }
         }
         if !self.api.root_prefix.starts_with('/') {
             return Err(ConfigError::invalid(

@@ -6,6 +6,7 @@
 )]
 
 mod config_files;
+mod files;
 mod hook_pipeline;
 mod hook_security;
 mod listener;
