@@ -17,7 +17,8 @@
 //!   subscriber records receive time − send time per event; also counted: events received per
 //!   subscriber, duplicates, and `saltgate/stream/lagged` notices (with the events they report
 //!   missed). Before the timed part, warm-up events are fired until every stream has shown one,
-//!   so a subscription that is still connecting to the master is not counted as lag.
+//!   so a subscription that is still connecting to the master is not counted as lag. Bounded:
+//!   firing stops at `--max-fire-secs` (twice `--duration`) even if the master took fewer events.
 //!
 //! Latency in `http` is measured from when a request is sent, so when pacing the figure does not
 //! include time a request waited behind a slow predecessor (no coordinated-omission correction).
@@ -166,6 +167,10 @@ struct FanoutArgs {
     /// After the firing, seconds the subscribers may still take to catch up.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
+    /// Stop firing after this many seconds even if fewer than rate × duration events went out
+    /// (a master that takes them slowly); default twice --duration.
+    #[arg(long)]
+    max_fire_secs: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -801,11 +806,18 @@ async fn fanout(a: FanoutArgs) -> Result<String> {
     let mut fired = 0u64;
     let mut failed = 0u64;
     let mut late_max_us = 0u64;
+    let fire_deadline =
+        started + Duration::from_secs_f64(a.max_fire_secs.unwrap_or(2.0 * a.duration));
+    let mut cut_short = false;
     while fired + failed < total {
+        if Instant::now() >= fire_deadline {
+            cut_short = true;
+            break;
+        }
         // Fire every event that is due by now, then sleep to the next one.
         let elapsed = started.elapsed().as_secs_f64();
         let due = ((elapsed * a.rate) as u64 + 1).min(total);
-        while fired + failed < due {
+        while fired + failed < due && Instant::now() < fire_deadline {
             let seq = fired + failed;
             let planned = started + Duration::from_secs_f64(seq as f64 / a.rate);
             late_max_us = late_max_us.max(
@@ -819,9 +831,15 @@ async fn fanout(a: FanoutArgs) -> Result<String> {
             let data = saltgate::salt::wire::payload::from_json(&json!({
                 "seq": seq, "sent_us": unix_us(), "pad": pad,
             }));
-            match bus.fire(Event::new(timed_tag.as_str(), data)).await {
-                Ok(()) => fired += 1,
-                Err(_) => failed += 1,
+            // A master that stops reading must not hold the cell past its time limit.
+            let fire = bus.fire(Event::new(timed_tag.as_str(), data));
+            match tokio::time::timeout_at(fire_deadline.into(), fire).await {
+                Ok(Ok(())) => fired += 1,
+                Ok(Err(_)) => failed += 1,
+                Err(_) => {
+                    cut_short = true;
+                    break;
+                }
             }
         }
         let next = started + Duration::from_secs_f64((fired + failed) as f64 / a.rate);
@@ -868,6 +886,7 @@ async fn fanout(a: FanoutArgs) -> Result<String> {
         "fired": fired,
         "failed": failed,
         "fire_late_max_ms": late_max_us as f64 / 1000.0,
+        "fire_cut_short": cut_short,
         "received": received,
         "per_sub_min": per_sub.first().copied().unwrap_or(0),
         "per_sub_median": per_sub.get(per_sub.len() / 2).copied().unwrap_or(0),
