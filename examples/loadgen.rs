@@ -11,6 +11,14 @@
 //!   for `--idle-ms`, or at `--max-secs`. Prints one JSON line.
 //! - `push`: fires events straight into the master's pull socket as fast as the pusher takes
 //!   them, and counts those that come back on the publisher: the master's own ceiling.
+//! - `fanout`: opens `--subs` SSE streams on `GET /events` (token in `X-Auth-Token`), then fires
+//!   events at `--rate` per second for `--duration` seconds straight into the master's pull socket
+//!   (`IpcBus::fire`), each carrying its sequence number and send time (Unix µs). Every
+//!   subscriber records receive time − send time per event; also counted: events received per
+//!   subscriber, duplicates, and `saltgate/stream/lagged` notices (with the events they report
+//!   missed). Before the timed part, warm-up events are fired until every stream has shown one,
+//!   so a subscription that is still connecting to the master is not counted as lag. Bounded:
+//!   firing stops at `--max-fire-secs` (twice `--duration`) even if the master took fewer events.
 //!
 //! Latency in `http` is measured from when a request is sent, so when pacing the figure does not
 //! include time a request waited behind a slow predecessor (no coordinated-omission correction).
@@ -51,6 +59,8 @@ enum Mode {
     Count(CountArgs),
     /// Push raw events into the master's pull socket.
     Push(PushArgs),
+    /// SSE subscribers on /events while events are fired onto the master bus at a fixed rate.
+    Fanout(FanoutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +138,41 @@ struct PushArgs {
     body_size: usize,
 }
 
+#[derive(Args, Debug)]
+struct FanoutArgs {
+    /// The events stream, e.g. http://127.0.0.1:8000/events
+    #[arg(long)]
+    url: String,
+    /// Sent as `X-Auth-Token`.
+    #[arg(long)]
+    token: String,
+    /// The master's sock_dir.
+    #[arg(long)]
+    sock_dir: PathBuf,
+    /// SSE subscribers.
+    #[arg(long, default_value_t = 100)]
+    subs: usize,
+    /// Events fired per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of firing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Size of each event's padding in bytes.
+    #[arg(long, default_value_t = 0)]
+    body_size: usize,
+    /// Seconds to wait for every stream to connect and show a warm-up event.
+    #[arg(long, default_value_t = 20.0)]
+    warmup_secs: f64,
+    /// After the firing, seconds the subscribers may still take to catch up.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Stop firing after this many seconds even if fewer than rate × duration events went out
+    /// (a master that takes them slowly); default twice --duration.
+    #[arg(long)]
+    max_fire_secs: Option<f64>,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +184,7 @@ fn main() -> Result<()> {
             Mode::Http(a) => http(a).await,
             Mode::Count(a) => count(a).await,
             Mode::Push(a) => push(a).await,
+            Mode::Fanout(a) => fanout(a).await,
         }
     })?;
     println!("{line}");
@@ -539,6 +585,321 @@ async fn push(a: PushArgs) -> Result<String> {
         "lagged": lagged.load(Ordering::Relaxed),
         "fired_per_s": (fired as f64 / push_secs).round(),
         "received_per_s": (received as f64 / push_secs).round(),
+    })
+    .to_string())
+}
+
+// ---- fanout ----------------------------------------------------------------------------------
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// One SSE subscriber's tally.
+#[derive(Debug, Default)]
+struct SubTally {
+    /// The stream answered 200.
+    connected: bool,
+    /// A warm-up event came through.
+    warm: bool,
+    /// Distinct timed events received.
+    received: u64,
+    duplicates: u64,
+    lag_notices: u64,
+    /// Events the lag notices said were missed.
+    missed: u64,
+    /// Receive − send, µs, per timed event.
+    lags_us: Vec<u32>,
+    /// Why the stream ended early, if it did.
+    error: Option<String>,
+}
+
+struct SubShared {
+    tag: String,
+    /// Timed events to be fired.
+    total: u64,
+    /// Subscribers that have every timed event, or whose stream ended.
+    finished: AtomicU64,
+    /// Subscribers that have shown a warm-up event.
+    warm: AtomicU64,
+    /// Stop reading.
+    done: AtomicBool,
+}
+
+/// Reads one `/events` stream until `shared.done`.
+async fn subscriber(target: Arc<Target>, token: Arc<str>, shared: Arc<SubShared>) -> SubTally {
+    let mut t = SubTally::default();
+    let host = format!("{}:{}", target.host, target.port);
+    let mut s = match tokio::time::timeout(Duration::from_secs(10), connect(&target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            t.error = Some(format!("connect: {e}"));
+            return t;
+        }
+        Err(_) => {
+            t.error = Some("connect: timeout".into());
+            return t;
+        }
+    };
+    let req = http::Request::get(target.path.as_str())
+        .header(http::header::HOST, host.as_str())
+        .header(http::header::ACCEPT, "text/event-stream")
+        .header("X-Auth-Token", &*token)
+        .body(Full::new(Bytes::new()));
+    let Ok(req) = req else {
+        t.error = Some("bad request".into());
+        return t;
+    };
+    let resp = match tokio::time::timeout(Duration::from_secs(10), async {
+        s.ready().await?;
+        s.send_request(req).await
+    })
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            t.error = Some(format!("request: {e}"));
+            return t;
+        }
+        Err(_) => {
+            t.error = Some("request: timeout".into());
+            return t;
+        }
+    };
+    if !resp.status().is_success() {
+        t.error = Some(format!("status {}", resp.status()));
+        return t;
+    }
+    t.connected = true;
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut seen: Vec<bool> = Vec::new();
+    let timed_tag = format!("{}/e", shared.tag);
+    let warm_tag = format!("{}/warm", shared.tag);
+    loop {
+        if shared.done.load(Ordering::Relaxed) {
+            break;
+        }
+        let frame = match tokio::time::timeout(Duration::from_millis(100), body.frame()).await {
+            Err(_) => continue,
+            Ok(None) => {
+                t.error = Some("stream ended".into());
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                t.error = Some(format!("stream: {e}"));
+                break;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let now = unix_us();
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            let Some(json) = line.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+                continue;
+            };
+            let tag = v.get("tag").and_then(|t| t.as_str()).unwrap_or("");
+            let d = v.get("data");
+            if tag == timed_tag {
+                let seq = d
+                    .and_then(|d| d.get("seq"))
+                    .and_then(serde_json::Value::as_u64);
+                let sent = d
+                    .and_then(|d| d.get("sent_us"))
+                    .and_then(serde_json::Value::as_u64);
+                if let (Some(seq), Some(sent)) = (seq, sent) {
+                    let i = usize::try_from(seq).unwrap_or(usize::MAX);
+                    if i >= seen.len() {
+                        seen.resize(i.saturating_add(1).min(1 << 24), false);
+                    }
+                    if let Some(slot) = seen.get_mut(i) {
+                        if *slot {
+                            t.duplicates += 1;
+                            continue;
+                        }
+                        *slot = true;
+                    }
+                    t.received += 1;
+                    if t.received == shared.total {
+                        shared.finished.fetch_add(1, Ordering::Relaxed);
+                    }
+                    t.lags_us
+                        .push(u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX));
+                }
+            } else if tag == warm_tag {
+                if !t.warm {
+                    t.warm = true;
+                    shared.warm.fetch_add(1, Ordering::Relaxed);
+                }
+            } else if tag == saltgate::api::events::LAGGED_TAG {
+                t.lag_notices += 1;
+                t.missed += d
+                    .and_then(|d| d.get("missed"))
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+            }
+        }
+        buf.drain(..start);
+    }
+    if t.received < shared.total {
+        shared.finished.fetch_add(1, Ordering::Relaxed);
+    }
+    t
+}
+
+async fn fanout(a: FanoutArgs) -> Result<String> {
+    let target = Arc::new(parse_url(&a.url)?);
+    let token: Arc<str> = a.token.clone().into();
+    let bus = bus(&a.sock_dir);
+    bus.wait_connected(Duration::from_secs(30))
+        .await
+        .context("connect to the master's event bus")?;
+    let shared = Arc::new(SubShared {
+        tag: format!("bench/fanout/{}", std::process::id()),
+        total: (a.rate * a.duration).round() as u64,
+        finished: AtomicU64::new(0),
+        warm: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let subs = a.subs.max(1);
+    let mut tasks = Vec::with_capacity(subs);
+    for _ in 0..subs {
+        tasks.push(tokio::spawn(subscriber(
+            Arc::clone(&target),
+            Arc::clone(&token),
+            Arc::clone(&shared),
+        )));
+    }
+    // Warm-up: fire until every stream has shown a warm-up event (or give up).
+    let warm_tag = format!("{}/warm", shared.tag);
+    let warm_started = Instant::now();
+    let warm_deadline = warm_started + Duration::from_secs_f64(a.warmup_secs);
+    while (shared.warm.load(Ordering::Relaxed) as usize) < subs && Instant::now() < warm_deadline {
+        let _ = bus
+            .fire(Event::new(
+                warm_tag.as_str(),
+                saltgate::salt::wire::payload::from_json(&json!({"warm": true})),
+            ))
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let warm_secs = warm_started.elapsed().as_secs_f64();
+    let warmed = shared.warm.load(Ordering::Relaxed);
+    // Let the warm-up events drain before the timed part.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pad = "x".repeat(a.body_size);
+    let timed_tag = format!("{}/e", shared.tag);
+    let total = shared.total;
+    let started = Instant::now();
+    let mut fired = 0u64;
+    let mut failed = 0u64;
+    let mut late_max_us = 0u64;
+    let fire_deadline =
+        started + Duration::from_secs_f64(a.max_fire_secs.unwrap_or(2.0 * a.duration));
+    let mut cut_short = false;
+    while fired + failed < total {
+        if Instant::now() >= fire_deadline {
+            cut_short = true;
+            break;
+        }
+        // Fire every event that is due by now, then sleep to the next one.
+        let elapsed = started.elapsed().as_secs_f64();
+        let due = ((elapsed * a.rate) as u64 + 1).min(total);
+        while fired + failed < due && Instant::now() < fire_deadline {
+            let seq = fired + failed;
+            let planned = started + Duration::from_secs_f64(seq as f64 / a.rate);
+            late_max_us = late_max_us.max(
+                u64::try_from(
+                    Instant::now()
+                        .saturating_duration_since(planned)
+                        .as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+            );
+            let data = saltgate::salt::wire::payload::from_json(&json!({
+                "seq": seq, "sent_us": unix_us(), "pad": pad,
+            }));
+            // A master that stops reading must not hold the cell past its time limit.
+            let fire = bus.fire(Event::new(timed_tag.as_str(), data));
+            match tokio::time::timeout_at(fire_deadline.into(), fire).await {
+                Ok(Ok(())) => fired += 1,
+                Ok(Err(_)) => failed += 1,
+                Err(_) => {
+                    cut_short = true;
+                    break;
+                }
+            }
+        }
+        let next = started + Duration::from_secs_f64((fired + failed) as f64 / a.rate);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let fire_secs = started.elapsed().as_secs_f64();
+    // Drain: until every connected stream has everything, or drain_secs.
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(a.drain_secs);
+    while Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if shared.finished.load(Ordering::Relaxed) as usize >= subs {
+            break;
+        }
+    }
+    shared.done.store(true, Ordering::Relaxed);
+    let mut tallies = Vec::with_capacity(subs);
+    for t in tasks {
+        tallies.push(t.await?);
+    }
+    let connected = tallies.iter().filter(|t| t.connected).count();
+    let mut errors: Vec<String> = tallies.iter().filter_map(|t| t.error.clone()).collect();
+    errors.sort();
+    errors.dedup();
+    let mut per_sub: Vec<u64> = tallies
+        .iter()
+        .filter(|t| t.connected)
+        .map(|t| t.received)
+        .collect();
+    per_sub.sort_unstable();
+    let mut lags: Vec<u32> = tallies
+        .iter_mut()
+        .flat_map(|t| std::mem::take(&mut t.lags_us))
+        .collect();
+    lags.sort_unstable();
+    let received: u64 = per_sub.iter().sum();
+    Ok(json!({
+        "mode": "fanout",
+        "subs": subs,
+        "connected": connected,
+        "warmed": warmed,
+        "warmup_secs": (warm_secs * 1000.0).round() / 1000.0,
+        "rate_target": a.rate,
+        "secs": (fire_secs * 1000.0).round() / 1000.0,
+        "fired": fired,
+        "failed": failed,
+        "fire_late_max_ms": late_max_us as f64 / 1000.0,
+        "fire_cut_short": cut_short,
+        "received": received,
+        "per_sub_min": per_sub.first().copied().unwrap_or(0),
+        "per_sub_median": per_sub.get(per_sub.len() / 2).copied().unwrap_or(0),
+        "per_sub_max": per_sub.last().copied().unwrap_or(0),
+        "subs_complete": per_sub.iter().filter(|&&n| n >= fired).count(),
+        "duplicates": tallies.iter().map(|t| t.duplicates).sum::<u64>(),
+        "lag_notices": tallies.iter().map(|t| t.lag_notices).sum::<u64>(),
+        "lag_missed": tallies.iter().map(|t| t.missed).sum::<u64>(),
+        "subs_with_notices": tallies.iter().filter(|t| t.lag_notices > 0).count(),
+        "p50_ms": percentile(&lags, 0.50),
+        "p99_ms": percentile(&lags, 0.99),
+        "max_ms": lags.last().map_or(0.0, |&m| f64::from(m) / 1000.0),
+        "errors": errors,
     })
     .to_string())
 }
