@@ -420,24 +420,19 @@ pub fn parse_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
     if raw.is_empty() {
         return Ok(Value::Map(Vec::new()));
     }
-    let media = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let media = super::body::media_type(headers).unwrap_or_default();
+    let json = |r: Result<serde_json::Value, ApiError>| {
+        r.map(|v| crate::salt::wire::payload::from_json(&v))
+    };
     match media.as_str() {
-        "application/json" => parse_json(raw),
-        m if m.ends_with("+json") => parse_json(raw),
-        "application/x-www-form-urlencoded" => Ok(parse_form(raw)),
+        "application/json" => json(super::body::parse_json(raw)),
+        m if m.ends_with("+json") => json(super::body::parse_json(raw)),
+        // CherryPy's form processing, as on the lowstate routes: repeated keys become a list,
+        // `arg` is a list and `arg` items and `kwarg` are read as YAML scalars.
+        "application/x-www-form-urlencoded" => json(super::body::parse_form(raw)),
         // salt-api reads text/plain as JSON when it is JSON, else keeps the text.
-        "text/plain" => Ok(parse_json(raw).unwrap_or_else(|_| text_value(raw))),
-        // YAML is not parsed on hooks: kept as text (alias bombs never reach a parser).
+        "text/plain" => Ok(json(super::body::parse_json(raw)).unwrap_or_else(|_| text_value(raw))),
+        // YAML is parsed only when the rule asks for it (see `run`); otherwise it is text.
         _ => Ok(text_value(raw)),
     }
 }
@@ -454,39 +449,6 @@ fn text_value(raw: &[u8]) -> Value {
         Ok(s) => Value::from(s),
         Err(_) => Value::Binary(raw.to_vec()),
     }
-}
-
-fn parse_json(raw: &[u8]) -> Result<Value, ApiError> {
-    // serde_json refuses nesting deeper than 128 levels, so depth bombs fail here.
-    let json: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
-        ApiError::BadBody(format!(
-            "invalid JSON at line {} column {}",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    Ok(crate::salt::wire::payload::from_json(&json))
-}
-
-/// Form fields; a repeated key becomes a list, as CherryPy does.
-fn parse_form(raw: &[u8]) -> Value {
-    let mut fields: Vec<(Value, Value)> = Vec::new();
-    for (k, v) in form_urlencoded_pairs(raw) {
-        let key = Value::from(k);
-        match fields.iter_mut().find(|(fk, _)| *fk == key) {
-            Some((_, Value::Array(items))) => items.push(Value::from(v)),
-            Some((_, existing)) => {
-                let first = std::mem::replace(existing, Value::Nil);
-                *existing = Value::Array(vec![first, Value::from(v)]);
-            }
-            None => fields.push((key, Value::from(v))),
-        }
-    }
-    Value::Map(fields)
-}
-
-fn form_urlencoded_pairs(raw: &[u8]) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(raw).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -517,6 +479,16 @@ mod tests {
         assert_eq!(
             crate::salt::wire::payload::to_json(&v),
             serde_json::json!({"a": ["1", "2"], "b": "x"})
+        );
+        // CherryPy's form processing (API.md §7): `arg` a list, `kwarg` read as YAML.
+        let v = parse_body(
+            &ct("application/x-www-form-urlencoded"),
+            b"a=1&a=2&b=x&arg=hello&kwarg=%7B%22k%22%3A1%7D",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::salt::wire::payload::to_json(&v),
+            serde_json::json!({"a": ["1", "2"], "b": "x", "arg": ["hello"], "kwarg": {"k": 1}})
         );
         let v = parse_body(&ct("text/plain"), b"hello").unwrap();
         assert_eq!(v, Value::from("hello"));
