@@ -28,7 +28,7 @@ use super::error::{ApiError, render_body};
 use super::extract::{read_capped, session_token};
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
-use crate::api::sns::{CertCache, ReqwestHttp, confirm_subscription, verify_sns};
+use crate::api::sns::{CertCache, ReqwestHttp, SnsHttp, confirm_subscription, verify_sns};
 use crate::config::hooks::route;
 use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
@@ -62,6 +62,7 @@ impl Hooks {
         rules: Vec<HookRule>,
         refuse_unmatched: bool,
         trusted_proxies: Vec<ipnet::IpNet>,
+        sns_http: Option<Arc<dyn SnsHttp>>,
     ) -> Self {
         let mut quotas: Vec<RateQuota> = Vec::new();
         let rate_slots = rules
@@ -77,8 +78,12 @@ impl Hooks {
             .iter()
             .any(|r| matches!(r.verifier, Some(Verifier::Sns(_))));
         let sns_certs = if wants_sns {
-            match ReqwestHttp::new() {
-                Ok(http) => Some(CertCache::new(Arc::new(http))),
+            let http = match sns_http {
+                Some(http) => Ok(http),
+                None => ReqwestHttp::new().map(|h| Arc::new(h) as Arc<dyn SnsHttp>),
+            };
+            match http {
+                Ok(http) => Some(CertCache::new(http)),
                 Err(e) => {
                     tracing::error!(error = ?e, "No HTTPS client for SNS certificates; SNS hooks will answer 503");
                     None

@@ -30,6 +30,15 @@ use crate::salt::{SaltClients, SharedBus};
 /// Builds the application state: the master's bus and channel, or the built-in bus.
 /// Must run inside a tokio runtime.
 pub fn build_state(config: Config) -> AppState {
+    build_state_with(config, None)
+}
+
+/// [`build_state`] with the HTTPS client that fetches SNS signing certificates supplied by the
+/// caller (tests serve a test certificate; `None` is the real HTTPS client).
+pub fn build_state_with(
+    config: Config,
+    sns_http: Option<Arc<dyn crate::api::sns::SnsHttp>>,
+) -> AppState {
     let (bus, salt): (SharedBus, Option<SaltClients>) = if config.use_master {
         let (publisher, puller) = config.master.bus_endpoints();
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
@@ -65,6 +74,7 @@ pub fn build_state(config: Config) -> AppState {
         config.hooks.clone(),
         config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
         config.saltgate.trusted_proxies.clone(),
+        sns_http,
     );
     let state = AppState(Arc::new(App {
         config,

@@ -7,9 +7,34 @@ use std::time::Duration;
 use saltgate::api::AppState;
 use saltgate::config::{BusChoice, Config};
 use saltgate::server::{self, Limits};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use saltgate::api::sns::{SnsFetchError, SnsHttp};
+use saltgate::security::signature::sns::SnsUrl;
 use tokio::sync::oneshot;
 
 use crate::support::salt::SaltSandbox;
+
+/// Serves the test SNS signing certificate (`tests/fixtures/sns/leaf.pem`) for any checked SNS
+/// certificate URL: the test machines cannot reach `sns.<region>.amazonaws.com`. The URL has
+/// already passed saltgate's strict check when this is called.
+#[derive(Debug)]
+pub struct FixtureSnsCerts;
+
+impl SnsHttp for FixtureSnsCerts {
+    fn get<'a>(
+        &'a self,
+        _url: &'a SnsUrl,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<u8>, SnsFetchError>> {
+        Box::pin(async {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/sns/leaf.pem");
+            std::fs::read(path).map_err(|e| SnsFetchError::Request(e.to_string()))
+        })
+    }
+}
 
 /// A running saltgate attached to a sandbox master.
 pub struct Gate {
@@ -52,7 +77,7 @@ impl Gate {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = Limits::from_config(&config);
-        let state = server::build_state(config);
+        let state = server::build_state_with(config, Some(Arc::new(FixtureSnsCerts)));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(server::run(state.clone(), listener, None, limits, async {
             let _ = stopped.await;

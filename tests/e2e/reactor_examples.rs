@@ -205,6 +205,18 @@ async fn every_reactor_example_acts_on_a_real_master() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "alerts");
 
+    // Amazon SNS: a CloudWatch alarm notification, signed (v2, SHA-256) with the test key whose
+    // certificate the test fetcher serves for the checked sns.<region>.amazonaws.com URL.
+    let resp = c
+        .post(gate.url("/hook/sns/alerts"))
+        .header("content-type", "text/plain; charset=UTF-8")
+        .header("x-amz-sns-message-type", "Notification")
+        .body(sns_alarm(&format!("cpu{run}"), run))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "sns");
+
     // Unmatched paths are refused, as saltgate.conf says.
     let resp = c.post(gate.url("/hook/elsewhere")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -238,4 +250,47 @@ async fn every_reactor_example_acts_on_a_real_master() {
         let written = blocking(move || s.wait_reactor_file(&m, Duration::from_secs(90))).await;
         assert_eq!(written[key], want.as_str(), "{marker}");
     }
+}
+
+/// An SNS Notification carrying a CloudWatch alarm, signed as SNS signs (SignatureVersion 2:
+/// RSA-SHA256 over the canonical string of AWS's documentation).
+fn sns_alarm(alarm: &str, run: u32) -> String {
+    let message = serde_json::json!({"AlarmName": alarm, "NewStateValue": "ALARM"}).to_string();
+    let now = time::OffsetDateTime::now_utc();
+    let timestamp = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.000Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let id = format!("6d1b5e3a-0000-4000-8000-{run:012}");
+    let topic = "arn:aws:sns:eu-west-1:123456789012:alerts";
+    let subject = "ALARM: CPU";
+    let canonical = format!(
+        "Message\n{message}\nMessageId\n{id}\nSubject\n{subject}\nTimestamp\n{timestamp}\nTopicArn\n{topic}\nType\nNotification\n"
+    );
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sns/leaf.key"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key).sign(canonical.as_bytes());
+    serde_json::json!({
+        "Type": "Notification",
+        "MessageId": id,
+        "TopicArn": topic,
+        "Subject": subject,
+        "Message": message,
+        "Timestamp": timestamp,
+        "SignatureVersion": "2",
+        "Signature": base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+        "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem",
+        "UnsubscribeURL": "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:eu-west-1:123456789012:alerts:c9135db0",
+    })
+    .to_string()
 }
