@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use saltgate::config::Config;
 use saltgate::server;
 
+/// mimalloc instead of glibc's malloc: under a hook flood glibc spent about a fifth of
+/// saltgate's CPU in malloc/free/consolidate (perf, `scripts/bench`), and its per-thread arenas
+/// hold on to freed memory.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "saltgate",

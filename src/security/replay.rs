@@ -5,18 +5,27 @@
 //! delivery still being processed is refused too, so two concurrent retries cannot both fire.
 //! A reservation dropped without [`Reservation::commit`] releases its id, so a delivery that
 //! failed to fire can be retried by the sender. Memory is bounded: at capacity the oldest entry
-//! is evicted. Ids are stored as SHA-256 digests, so a long attacker-chosen id costs 32 bytes.
+//! is evicted. Ids are stored as 128-bit SHA-256 prefixes, so a long attacker-chosen id costs 16 bytes.
 //!
 //! [`check_timestamp`] refuses signed timestamps outside a window in both directions. Time is
 //! always an argument.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-type KeyHash = [u8; 32];
+/// The first 128 bits of the id's SHA-256: 16 bytes per id whatever its length, and a chance
+/// collision (which would answer a fresh delivery as a duplicate) is out of reach.
+type KeyHash = u128;
+
+fn key_hash(key: &str) -> KeyHash {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
+}
 
 /// Why [`ReplayGuard::begin`] refused a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -60,48 +69,57 @@ pub fn check_timestamp(ts_unix: i64, now_unix: i64, window: Duration) -> Result<
     }
 }
 
+/// `committed_ms` is when the delivery was fired (milliseconds since the epoch), or
+/// [`IN_FLIGHT`] while it is being processed.
 #[derive(Debug, Clone, Copy)]
-enum State {
-    InFlight,
-    Committed(SystemTime),
-}
-
-#[derive(Debug)]
-struct Entry {
+struct Slot {
     seq: u64,
-    state: State,
+    committed_ms: u64,
 }
 
+const IN_FLIGHT: u64 = u64::MAX;
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    u64::try_from(ms)
+        .unwrap_or(IN_FLIGHT - 1)
+        .min(IN_FLIGHT - 1)
+}
+
+/// 32 bytes per id in the map plus 16 in the ring: 100,000 ids take about 6 MiB.
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<KeyHash, Entry>,
-    /// Insertion order (by sequence number) for eviction of the oldest entry.
-    order: BTreeMap<u64, KeyHash>,
+    entries: HashMap<KeyHash, Slot>,
+    /// The key given sequence number `seq` sits at `seq % capacity`; when that place is
+    /// reused, the entry still holding that sequence number is the one evicted. Every entry
+    /// holds a distinct number among the last `capacity` handed out, so there are never more
+    /// than `capacity` of them.
+    ring: Vec<KeyHash>,
     next_seq: u64,
 }
 
 impl Inner {
-    fn insert(&mut self, key: KeyHash, state: State, capacity: usize) -> u64 {
-        if let Some(old) = self.entries.remove(&key) {
-            self.order.remove(&old.seq);
-        }
-        while self.entries.len() >= capacity {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
+    fn insert(&mut self, key: KeyHash, committed_ms: u64, capacity: usize) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries.insert(key, Entry { seq, state });
-        self.order.insert(seq, key);
+        // `capacity` fits in u64 and the remainder is below it: both conversions are exact.
+        let place = (seq % capacity as u64) as usize;
+        if let Some(old) = self.ring.get(place).copied() {
+            let evicted_seq = seq - capacity as u64;
+            self.remove_if(&old, evicted_seq);
+            self.ring[place] = key;
+        } else {
+            self.ring.push(key);
+        }
+        self.entries.insert(key, Slot { seq, committed_ms });
         seq
     }
 
     fn remove_if(&mut self, key: &KeyHash, seq: u64) {
         if self.entries.get(key).is_some_and(|e| e.seq == seq) {
             self.entries.remove(key);
-            self.order.remove(&seq);
         }
     }
 }
@@ -134,16 +152,18 @@ impl ReplayGuard {
     /// different senders cannot collide, and use only ids the scheme returned in
     /// [`crate::security::Verified`], i.e. after the signature passed.
     pub fn begin(&self, key: &str, now: SystemTime) -> Result<Reservation, Duplicate> {
-        let hash: KeyHash = Sha256::digest(key.as_bytes()).into();
+        let hash = key_hash(key);
         let mut inner = lock(&self.inner);
-        if let Some(entry) = inner.entries.get(&hash) {
-            match entry.state {
-                State::InFlight => return Err(Duplicate::InProgress),
-                State::Committed(at) if self.fresh(at, now) => return Err(Duplicate::Committed),
-                State::Committed(_) => {}
+        if let Some(entry) = inner.entries.get(&hash).copied() {
+            if entry.committed_ms == IN_FLIGHT {
+                return Err(Duplicate::InProgress);
             }
+            if self.fresh(entry.committed_ms, now) {
+                return Err(Duplicate::Committed);
+            }
+            inner.entries.remove(&hash);
         }
-        let seq = inner.insert(hash, State::InFlight, self.capacity);
+        let seq = inner.insert(hash, IN_FLIGHT, self.capacity);
         Ok(Reservation {
             guard: self.clone(),
             key: hash,
@@ -162,9 +182,10 @@ impl ReplayGuard {
         self.len() == 0
     }
 
-    fn fresh(&self, committed_at: SystemTime, now: SystemTime) -> bool {
+    fn fresh(&self, committed_ms: u64, now: SystemTime) -> bool {
         // A clock that went backwards counts as zero elapsed: still a duplicate.
-        now.duration_since(committed_at).unwrap_or(Duration::ZERO) < self.ttl
+        let elapsed = Duration::from_millis(epoch_ms(now).saturating_sub(committed_ms));
+        elapsed < self.ttl
     }
 }
 
@@ -189,9 +210,14 @@ impl Reservation {
     pub fn commit(mut self, now: SystemTime) {
         self.done = true;
         let mut inner = lock(&self.guard.inner);
-        // If the reservation was evicted meanwhile, it is re-inserted as committed.
-        inner.remove_if(&self.key, self.seq);
-        inner.insert(self.key, State::Committed(now), self.guard.capacity);
+        let at = epoch_ms(now);
+        match inner.entries.get_mut(&self.key) {
+            Some(slot) if slot.seq == self.seq => slot.committed_ms = at,
+            // Evicted meanwhile (or replaced after eviction): remembered anew as committed.
+            _ => {
+                inner.insert(self.key, at, self.guard.capacity);
+            }
+        }
     }
 }
 
@@ -262,6 +288,42 @@ mod tests {
         assert!(matches!(g.begin("a", at(100)), Err(Duplicate::InProgress)));
         r3.commit(at(100));
         assert!(matches!(g.begin("a", at(100)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn commit_keeps_its_place_so_capacity_counts_deliveries() {
+        let g = ReplayGuard::new(3, Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            g.begin(k, at(100)).unwrap().commit(at(100));
+        }
+        for k in ["a", "b", "c"] {
+            assert!(
+                matches!(g.begin(k, at(101)), Err(Duplicate::Committed)),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_holds_more_than_capacity() {
+        let g = ReplayGuard::new(7, Duration::from_secs(60));
+        let mut held = Vec::new();
+        for i in 0..500u64 {
+            let key = format!("k{}", i % 11);
+            if let Ok(r) = g.begin(&key, at(100 + i)) {
+                match i % 3 {
+                    0 => r.commit(at(100 + i)),
+                    1 => held.push(r),
+                    _ => drop(r),
+                }
+            }
+            if i % 5 == 0 {
+                if let Some(r) = held.pop() {
+                    r.commit(at(100 + i));
+                }
+            }
+            assert!(g.len() <= 7, "len {} at {i}", g.len());
+        }
     }
 
     #[test]

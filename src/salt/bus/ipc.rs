@@ -336,6 +336,12 @@ impl Reader {
     }
 
     fn publish(&self, frame: &[u8]) {
+        if self.tx.receiver_count() == 0 {
+            // Nobody listens (no stream, no waiting job, no probe): most of these are the
+            // master's echo of our own hooks, and decoding them would only cost CPU.
+            self.shared.events_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let event = frame_body(frame).and_then(|body| Event::unpack(&body));
         match event {
             Ok(mut event) => {
