@@ -1,8 +1,9 @@
 //! `/events` against a real master: the same event read from saltgate and from the real
 //! rest_cherrypy is byte-for-byte the same record; a hook posted to saltgate comes back through
 //! the master's bus; a master restart is announced and the stream resumes. The formatted views
-//! (`/ws?format_events`, `/formatted_events/<token>`) follow a real job and real grains, and
-//! every kind of stream ends after its token is revoked by `POST /logout`.
+//! (`/ws?format_events`, `/formatted_events/<token>`) follow a real job and real grains, write a
+//! job exactly as the real rest_tornado does, and every kind of stream ends after its token is
+//! revoked by `POST /logout`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::gate::{Gate, blocking};
-use crate::support::{SaltApi, SaltSandbox, shared};
+use crate::support::{SaltApi, SaltSandbox, SaltSandboxBuilder, shared};
 
 /// Blank-line separated records of an SSE body.
 struct Sse {
@@ -223,6 +224,14 @@ async fn login(gate: &Gate) -> String {
     body["return"][0]["token"].as_str().unwrap().to_owned()
 }
 
+/// A sandbox started from `builder`, a saltgate on it, and a session token.
+async fn logged_in(builder: SaltSandboxBuilder) -> (SaltSandbox, Gate, String) {
+    let sandbox = blocking(move || builder.start()).await;
+    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    let token = login(&gate).await;
+    (sandbox, gate, token)
+}
+
 /// Opens a WebSocket (the token in `X-Auth-Token` too) and says `websocket client ready`.
 async fn ws_ready(gate: &Gate, path: &str, token: &str) -> Ws {
     let mut req = format!("ws://{}{path}", gate.addr)
@@ -294,15 +303,11 @@ fn ping_job(view: &Value, state: &str) -> Option<String> {
 #[tokio::test]
 async fn formatted_views_follow_a_real_job_and_the_minions_grains() {
     // Presence events every 2 s, so the rest_cherrypy view learns of the minion from them.
-    let sandbox = blocking(|| {
-        SaltSandbox::builder()
-            .with_master_config("presence_events: true\nloop_interval: 2")
-            .start()
-    })
+    let (sandbox, gate, token) = logged_in(
+        SaltSandbox::builder().with_master_config("presence_events: true\nloop_interval: 2"),
+    )
     .await;
     let mid = sandbox.minion_id();
-    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
-    let token = login(&gate).await;
     // rest_cherrypy's view learns of the minion from a presence event, lists it, and asks for
     // its grains (a `list` target of the arrivals) with the caller's token.
     let mut cherry = ws_ready(&gate, "/ws?format_events", &token).await;
@@ -434,4 +439,94 @@ async fn streams_end_after_their_token_is_revoked() {
         let v: Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["tag"], "saltgate/stream/token_invalid", "{path}");
     }
+}
+
+/// The JSON text of job `jid` inside a jobs frame, as written (key order included).
+fn job_text<'a>(frame: &'a str, jid: &str) -> Option<&'a str> {
+    let start = frame.find(&format!("\"{jid}\": {{"))? + jid.len() + 4;
+    let (mut depth, mut in_str, mut escaped) = (0_usize, false, false);
+    for (i, c) in frame[start..].char_indices() {
+        match (in_str, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (true, false, '"') | (false, _, '"') => in_str = !in_str,
+            (false, _, '{') => depth += 1,
+            (false, _, '}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&frame[start..=start + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The text of job `jid` once complete in the next frames of `ws`; `None` if not seen in time.
+async fn complete_job(ws: &mut Ws, jid: &str, within: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = ws_text(ws, left).await?;
+        if let Some(job) = job_text(&frame, jid) {
+            if job.ends_with(r#""state": "complete"}"#) {
+                return Some(job.to_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn formatted_events_match_the_real_rest_tornado() {
+    let (sandbox, gate, token) = logged_in(
+        SaltSandbox::builder()
+            .with_salt_api(SaltApi::RestTornado)
+            .with_master_config("rest_tornado:\n  websockets: true"),
+    )
+    .await;
+    let mid = sandbox.minion_id();
+    let (mut theirs, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/formatted_events/{token}",
+        sandbox.salt_api_port()
+    ))
+    .await
+    .unwrap();
+    theirs
+        .send(Message::text("websocket client ready"))
+        .await
+        .unwrap();
+    let mut ours = ws_ready(&gate, &format!("/formatted_events/{token}"), &token).await;
+    // rest_tornado's listener hands an event only to a reader waiting at that moment, so a job
+    // it saw only in part is run again.
+    for _ in 0..5 {
+        let resp: Value = reqwest::Client::new()
+            .post(gate.url("/"))
+            .header("x-auth-token", &token)
+            .json(&json!({"client": "local_async", "tgt": mid, "fun": "test.ping"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let jid = resp["return"][0]["jid"].as_str().unwrap().to_owned();
+        let Some(expected) = complete_job(&mut theirs, &jid, Duration::from_secs(20)).await else {
+            continue;
+        };
+        if !expected.starts_with(r#"{"jid": "#) {
+            // It missed the job's `new` event and shows the bare job.
+            continue;
+        }
+        let got = complete_job(&mut ours, &jid, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("job {jid} never complete in saltgate's view"));
+        assert_eq!(got, expected, "saltgate's job differs from rest_tornado's");
+        assert!(
+            expected.contains(r#""return": true, "retcode": 0"#),
+            "{expected}"
+        );
+        return;
+    }
+    panic!("rest_tornado never showed a complete test.ping job");
 }
