@@ -11,7 +11,10 @@
 //!   `tag:`/`data:` framing, so salt-api clients parse them like any event, and they are sent
 //!   whatever the tag filter.
 //! - `: keep-alive` comments every `saltgate.stream_keepalive_secs` (SSE parsers ignore them), so
-//!   proxies do not cut an idle stream. The token is rechecked on the same tick, not per event.
+//!   proxies do not cut an idle stream. The token is rechecked on the same tick, not per event;
+//!   when it has expired or was revoked (`POST /logout`) the stream sends the notice
+//!   `saltgate/stream/token_invalid` and ends (salt-api sends one more event after a logout and
+//!   then ends with no word).
 //! - `?tag=<prefix>` (repeatable) keeps only events whose tag starts with one of the prefixes.
 //!   Any other query parameter is refused with 400, and `?token=`/`?salt_token=` are refused
 //!   with a message saying why (salt-api 3007.x refuses them too: URLs end up in access logs).
@@ -48,6 +51,8 @@ pub const LAGGED_TAG: &str = "saltgate/stream/lagged";
 pub const DISCONNECTED_TAG: &str = "saltgate/stream/bus_disconnected";
 /// Tag of the notice sent when the master's bus is back.
 pub const CONNECTED_TAG: &str = "saltgate/stream/bus_connected";
+/// Tag of the last notice of a stream whose token expired or was revoked.
+pub const TOKEN_INVALID_TAG: &str = "saltgate/stream/token_invalid";
 
 /// The most `tag` prefixes one stream may ask for.
 const MAX_FILTERS: usize = 32;
@@ -172,6 +177,8 @@ pub struct Feed {
     /// Not reset by traffic, so a busy stream's token is rechecked too.
     recheck: tokio::time::Interval,
     shutdown: CancellationToken,
+    /// The token was found invalid and the notice saying so was handed out.
+    ended: bool,
     _guard: SubscriberGuard,
 }
 
@@ -192,11 +199,17 @@ impl Feed {
             filter,
             auth,
             keepalive,
+            ended: false,
         }
     }
 
-    /// The next item; `None` ends the stream (shutdown, bus gone, token no longer valid).
+    /// The next item; `None` ends the stream (shutdown, bus gone, token no longer valid). A
+    /// token found invalid gives the notice `saltgate/stream/token_invalid` first, so a client
+    /// knows to log in again rather than reconnect.
     pub async fn next(&mut self) -> Option<FeedItem> {
+        if self.ended {
+            return None;
+        }
         loop {
             let item = tokio::select! {
                 biased;
@@ -204,7 +217,8 @@ impl Feed {
                 _ = self.recheck.tick() => {
                     if !self.still_authorized().await {
                         tracing::debug!("Event stream ended: the token is no longer valid");
-                        return None;
+                        self.ended = true;
+                        return Some(FeedItem::Notice(notice(TOKEN_INVALID_TAG, Vec::new())));
                     }
                     continue;
                 }
@@ -253,7 +267,8 @@ impl Feed {
     }
 }
 
-fn notice(tag: &str, fields: Vec<(&str, Value)>) -> Event {
+/// A notice event: `fields` and a `_stamp`.
+pub fn notice(tag: &str, fields: Vec<(&str, Value)>) -> Event {
     let mut map: Vec<(Value, Value)> = fields
         .into_iter()
         .map(|(k, v)| (Value::from(k), v))
@@ -402,7 +417,8 @@ fn push_float(out: &mut String, f: f64) {
     }
 }
 
-fn push_str_json(out: &mut String, s: &str) {
+/// Writes `s` as a JSON string, as Python's `json.dumps(s, ensure_ascii=False)` does.
+pub fn push_str_json(out: &mut String, s: &str) {
     // serde_json escapes exactly what Python's ensure_ascii=False does.
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod cors;
+pub mod digest;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::ws_root))
         .route("/ws/{token}", get(ws::ws_token))
         .route("/all_events/{token}", get(ws::all_events))
+        .route("/formatted_events/{token}", get(ws::formatted_events))
         .route(&ui_base, get(ui::page))
         .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
         .route(&format!("{ui_base}/app.js"), get(ui::app_js))

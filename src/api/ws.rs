@@ -1,36 +1,61 @@
-//! WebSocket event streams: rest_cherrypy's `/ws` and `/ws/<token>`, rest_tornado's
-//! `/all_events/<token>`.
+//! WebSocket event streams: rest_cherrypy's `/ws` and `/ws/<token>` (raw, or formatted with
+//! `?format_events`), rest_tornado's `/all_events/<token>` and `/formatted_events/<token>`.
 //!
-//! As salt-api: nothing is sent until the client sends `websocket client ready`, and every
-//! client text message is answered with `server received message`. `/ws` sends each event as the
-//! text frame `data: {"data": …, "tag": …}\n\n`; `/all_events` sends the bare JSON. Lag and bus
-//! state notices and the `?tag=` filter are those of `/events` (see [`super::events`]);
-//! keep-alives are pings.
+//! As salt-api: nothing is sent until the client sends `websocket client ready`. `/ws` sends each
+//! event as the text frame `data: {"data": …, "tag": …}\n\n` and answers every client message
+//! with `server received message`; `/all_events` sends the bare JSON and answers nothing, as
+//! rest_tornado. Lag and bus state notices, the token recheck and the `?tag=` filter are those of
+//! `/events` (see [`super::events`]); keep-alives are pings.
 //!
-//! Differences from salt-api, on purpose: `?format_events` (the `SaltInfo` job/minion digest,
-//! which runs `grains.items` on every minion with the caller's token) is not offered and is
-//! refused with 400; a browser `Origin` that is not this server's own host is refused with 403,
-//! since the session cookie would otherwise let any web page read the bus (rest_tornado checks
-//! origins too; rest_cherrypy does not). The socket loop is generic over `Sink`/`Stream` so it
-//! does not depend on axum's socket type.
+//! The formatted views (`/ws?format_events`, `/formatted_events`) fold the bus into a jobs view and
+//! a minions view ([`super::digest`], which lists the differences from Salt's `SaltInfo`) and send
+//! the whole view after each change. Notices keep their `{"data": …, "tag": "saltgate/stream/…"}`
+//! shape there (with the view's framing: bare JSON, or JSON and `"\n\n"` for rest_tornado), so
+//! a client that looks for the `jobs` and `minions` keys skips them. `grains.items` runs as Salt
+//! runs it: on `*` when a `/formatted_events` client is ready, and on minions that arrive in
+//! `salt/presence` events, always with the caller's own token (the master applies the caller's
+//! ACL) and only when `local` or `local_async` is in `netapi_enable_clients`. Unlike Salt, it is
+//! published without waiting for returns (rest_tornado blocks its whole server while the job
+//! runs, and its lossy listener may drop the returns that came meanwhile); the returns reach the
+//! view through the bus like any job's, and runs are coalesced, one at a time per socket. A run that cannot be made (no
+//! token under `streams_disable_auth`, no master, client disabled, refused by the master) is
+//! reported as the notice `saltgate/stream/grains_failed` with `{"tgt", "reason"}` and the view
+//! goes on without those grains. Events already waiting when one arrives are folded in with it
+//! and sent as one snapshot per view, so a burst (the returns of `grains.items` on a large fleet)
+//! does not serialise the whole view once per event.
+//!
+//! Differences from salt-api, on purpose: a browser `Origin` that is not this server's own host
+//! is refused with 403, since the session cookie would otherwise let any web page read the bus
+//! (rest_tornado checks origins too; rest_cherrypy does not). The socket loop is generic over
+//! `Sink`/`Stream` so it does not depend on axum's socket type.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use http::{HeaderMap, StatusCode, header};
+use rmpv::Value;
+use tokio::task::JoinSet;
 
+use super::digest::{Changes, Dialect, Digest, Limits, MAX_MINIONS};
 use super::error::render_body;
-use super::events::{Authorized, BadQuery, Feed, FeedItem, TagFilter, authorize, salt_json};
+use super::events::{Authorized, Feed, FeedItem, TagFilter, authorize, notice, salt_json};
 use super::extract::session_token;
 use super::metrics::StreamKind;
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
+use crate::salt::Event;
+use crate::salt::channel::{Auth, PublishRequest};
 
 /// What the client must send before events flow.
 pub const READY: &str = "websocket client ready";
-/// The answer to every client message.
+/// The answer to every client message on rest_cherrypy's `/ws`.
 pub const ACK: &str = "server received message";
+/// Tag of the notice sent when a `grains.items` run for the minions view could not be made.
+pub const GRAINS_FAILED_TAG: &str = "saltgate/stream/grains_failed";
+
+/// Events folded into one snapshot at most, so a steady flood still gets snapshots out.
+const BURST: usize = 512;
 
 /// How events are written into text frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,45 +64,61 @@ pub enum Framing {
     Cherrypy,
     /// rest_tornado `/all_events`: the bare JSON.
     Tornado,
+    /// The formatted views: `/ws?format_events` and `/formatted_events`.
+    Digest(Dialect),
 }
+
+impl Framing {
+    /// An event or notice as a text frame.
+    fn event_text(self, event: &Event) -> String {
+        let json = salt_json(event);
+        match self {
+            Self::Cherrypy => format!("data: {json}\n\n"),
+            Self::Tornado => json,
+            Self::Digest(dialect) => dialect.frame(json),
+        }
+    }
+
+    /// rest_cherrypy answers every client message; rest_tornado answers none.
+    fn acks(self) -> bool {
+        matches!(self, Self::Cherrypy | Self::Digest(Dialect::Cherrypy))
+    }
+}
+
+type UpgradeResult =
+    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
 
 /// `GET /ws`: token from `X-Auth-Token` or the `session_id` cookie.
 pub async fn ws_root(
     state: State<AppState>,
-    query: RawQuery,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: UpgradeResult,
 ) -> Response {
     let token = session_token(&headers);
-    open(state, token, query, headers, upgrade, Framing::Cherrypy).await
+    let (framing, query) = cherrypy_framing(query.as_deref());
+    open(state, token, query, headers, upgrade, framing).await
 }
 
 /// `GET /ws/<token>`.
 pub async fn ws_token(
     state: State<AppState>,
     Path(token): Path<String>,
-    query: RawQuery,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: UpgradeResult,
 ) -> Response {
-    open(
-        state,
-        Some(token),
-        query,
-        headers,
-        upgrade,
-        Framing::Cherrypy,
-    )
-    .await
+    let (framing, query) = cherrypy_framing(query.as_deref());
+    open(state, Some(token), query, headers, upgrade, framing).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
 pub async fn all_events(
     state: State<AppState>,
     Path(token): Path<String>,
-    query: RawQuery,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: UpgradeResult,
 ) -> Response {
     open(
         state,
@@ -90,21 +131,50 @@ pub async fn all_events(
     .await
 }
 
+/// `GET /formatted_events/<token>` (rest_tornado).
+pub async fn formatted_events(
+    state: State<AppState>,
+    Path(token): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: UpgradeResult,
+) -> Response {
+    let framing = Framing::Digest(Dialect::Tornado);
+    open(state, Some(token), query, headers, upgrade, framing).await
+}
+
+/// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
+/// flag is taken out; the rest of the query is left for [`TagFilter`].
+fn cherrypy_framing(query: Option<&str>) -> (Framing, Option<String>) {
+    let Some(query) = query else {
+        return (Framing::Cherrypy, None);
+    };
+    let mut formatted = false;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let flag = pair.split('=').next() == Some("format_events");
+            formatted |= flag;
+            !flag
+        })
+        .collect();
+    let framing = if formatted {
+        Framing::Digest(Dialect::Cherrypy)
+    } else {
+        Framing::Cherrypy
+    };
+    (framing, Some(rest.join("&")))
+}
+
 async fn open(
     State(app): State<AppState>,
     token: Option<String>,
-    RawQuery(query): RawQuery,
+    query: Option<String>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: UpgradeResult,
     framing: Framing,
 ) -> Response {
     let format = response_format(&headers).unwrap_or(Format::Json);
-    if query.as_deref().is_some_and(|q| {
-        q.split('&')
-            .any(|p| p.split('=').next() == Some("format_events"))
-    }) {
-        return BadQuery("format_events is not supported; use the raw event stream").render(format);
-    }
     let filter = match TagFilter::from_query(query.as_deref()) {
         Ok(f) => f,
         Err(e) => return e.render(format),
@@ -145,7 +215,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin_host.eq_ignore_ascii_case(host)
 }
 
-/// The socket loop: answers client messages, and once the client is ready, forwards the feed.
+/// The socket loop: answers client messages, and once the client is ready, sends the stream.
 /// Ends on close, on a send error, when the feed ends (shutdown, expired token) or on shutdown.
 pub async fn run_socket<S, E>(
     socket: S,
@@ -160,7 +230,7 @@ pub async fn run_socket<S, E>(
     let (mut tx, mut rx) = socket.split();
     let shutdown = app.shutdown.clone();
     let mut parts = Some((app, filter, auth));
-    let mut feed: Option<Feed> = None;
+    let mut stream: Option<Streaming> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -169,12 +239,12 @@ pub async fn run_socket<S, E>(
             }
             msg = rx.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    if feed.is_none() && text.as_str().contains(READY) {
+                    if stream.is_none() && text.as_str().contains(READY) {
                         if let Some((app, filter, auth)) = parts.take() {
-                            feed = Some(Feed::new(app, filter, auth, StreamKind::Ws));
+                            stream = Some(Streaming::start(app, filter, auth, framing));
                         }
                     }
-                    if tx.send(Message::Text(ACK.into())).await.is_err() {
+                    if framing.acks() && tx.send(Message::Text(ACK.into())).await.is_err() {
                         break;
                     }
                 }
@@ -185,22 +255,12 @@ pub async fn run_socket<S, E>(
                     break;
                 }
             },
-            item = next_item(&mut feed), if feed.is_some() => {
-                let frame = match item {
-                    None => {
-                        let _ = tx.send(Message::Close(None)).await;
-                        break;
-                    }
-                    Some(FeedItem::KeepAlive) => Message::Ping(bytes::Bytes::new()),
-                    Some(FeedItem::Event(ev)) => {
-                        if let Some(f) = &feed {
-                            f.sent();
-                        }
-                        Message::Text(frame_text(&salt_json(&ev), framing).into())
-                    }
-                    Some(FeedItem::Notice(ev)) => Message::Text(frame_text(&salt_json(&ev), framing).into()),
+            frames = next_frames(&mut stream), if stream.is_some() => {
+                let Some(frames) = frames else {
+                    let _ = tx.send(Message::Close(None)).await;
+                    break;
                 };
-                if let Err(e) = tx.send(frame).await {
+                if let Err(e) = send_all(&mut tx, frames).await {
                     tracing::debug!(error = %e, "WebSocket write failed");
                     break;
                 }
@@ -209,17 +269,243 @@ pub async fn run_socket<S, E>(
     }
 }
 
-async fn next_item(feed: &mut Option<Feed>) -> Option<FeedItem> {
-    match feed {
-        Some(f) => f.next().await,
+async fn send_all<T, E>(tx: &mut T, frames: Vec<Message>) -> Result<(), E>
+where
+    T: Sink<Message, Error = E> + Unpin,
+{
+    for frame in frames {
+        tx.send(frame).await?;
+    }
+    Ok(())
+}
+
+async fn next_frames(stream: &mut Option<Streaming>) -> Option<Vec<Message>> {
+    match stream {
+        Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }
 
-fn frame_text(json: &str, framing: Framing) -> String {
-    match framing {
-        Framing::Cherrypy => format!("data: {json}\n\n"),
-        Framing::Tornado => json.to_owned(),
+/// A ready client's stream: the feed, and for the formatted views their state.
+struct Streaming {
+    feed: Feed,
+    framing: Framing,
+    views: Option<Views>,
+    /// An item read while folding a burst, to handle next; `Some(None)`: the feed ended.
+    held: Option<Option<FeedItem>>,
+}
+
+struct Views {
+    digest: Digest,
+    grains: GrainsRuns,
+}
+
+impl Streaming {
+    /// Subscribes now; a rest_tornado formatted view also asks every minion for its grains.
+    fn start(app: AppState, filter: TagFilter, auth: Authorized, framing: Framing) -> Self {
+        let feed = Feed::new(app.clone(), filter, auth.clone(), StreamKind::Ws);
+        let views = match framing {
+            Framing::Digest(dialect) => {
+                let mut grains = GrainsRuns::new(app, auth);
+                if dialect == Dialect::Tornado {
+                    grains.request(Target::All);
+                }
+                Some(Views {
+                    digest: Digest::new(dialect, Limits::default()),
+                    grains,
+                })
+            }
+            Framing::Cherrypy | Framing::Tornado => None,
+        };
+        Self {
+            feed,
+            framing,
+            views,
+            held: None,
+        }
+    }
+
+    /// The next frames to send; `None` ends the socket.
+    async fn next(&mut self) -> Option<Vec<Message>> {
+        loop {
+            let item = match self.held.take() {
+                Some(held) => held?,
+                None => match &mut self.views {
+                    Some(views) if views.grains.busy() => {
+                        tokio::select! {
+                            item = self.feed.next() => item?,
+                            failed = views.grains.finished() => match failed {
+                                Some(notice) => {
+                                    return Some(vec![self.text(&notice)]);
+                                }
+                                None => continue,
+                            },
+                        }
+                    }
+                    _ => self.feed.next().await?,
+                },
+            };
+            let event = match item {
+                FeedItem::KeepAlive => return Some(vec![Message::Ping(bytes::Bytes::new())]),
+                FeedItem::Notice(ev) => return Some(vec![self.text(&ev)]),
+                FeedItem::Event(ev) => ev,
+            };
+            let Some(views) = &mut self.views else {
+                self.feed.sent();
+                return Some(vec![Message::Text(self.framing.event_text(&event).into())]);
+            };
+            let mut changes = views.digest.apply(&event);
+            for _ in 0..BURST {
+                match self.feed.next().now_or_never() {
+                    Some(Some(FeedItem::Event(ev))) => changes.merge(views.digest.apply(&ev)),
+                    Some(other) => {
+                        self.held = Some(other);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(target) = Target::list(std::mem::take(&mut changes.grains_for)) {
+                views.grains.request(target);
+            }
+            let frames = snapshot(&views.digest, &changes);
+            if !frames.is_empty() {
+                for _ in &frames {
+                    self.feed.sent();
+                }
+                return Some(frames);
+            }
+        }
+    }
+
+    fn text(&self, event: &Event) -> Message {
+        Message::Text(self.framing.event_text(event).into())
+    }
+}
+
+fn snapshot(digest: &Digest, changes: &Changes) -> Vec<Message> {
+    digest
+        .frames(changes)
+        .into_iter()
+        .map(|f| Message::Text(f.into()))
+        .collect()
+}
+
+/// Which minions a `grains.items` run targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    All,
+    List(Vec<String>),
+}
+
+impl Target {
+    fn list(minions: Vec<String>) -> Option<Self> {
+        (!minions.is_empty()).then_some(Self::List(minions))
+    }
+
+    /// One target covering both, within [`MAX_MINIONS`] ids.
+    fn merge(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::All, _) | (_, Self::All) => Self::All,
+            (Self::List(mut a), Self::List(b)) => {
+                for mid in b {
+                    if a.len() >= MAX_MINIONS {
+                        tracing::debug!("Formatted events: too many minions waiting for grains");
+                        break;
+                    }
+                    if !a.contains(&mid) {
+                        a.push(mid);
+                    }
+                }
+                Self::List(a)
+            }
+        }
+    }
+
+    fn tgt(&self) -> Value {
+        match self {
+            Self::All => Value::from("*"),
+            Self::List(l) => Value::Array(l.iter().map(|m| Value::from(m.as_str())).collect()),
+        }
+    }
+}
+
+/// The `grains.items` runs of one socket: one at a time, later requests merged into one.
+/// Dropped with the socket, which aborts a run in flight.
+struct GrainsRuns {
+    app: AppState,
+    auth: Authorized,
+    pending: Option<Target>,
+    running: JoinSet<Option<Event>>,
+}
+
+impl GrainsRuns {
+    fn new(app: AppState, auth: Authorized) -> Self {
+        Self {
+            app,
+            auth,
+            pending: None,
+            running: JoinSet::new(),
+        }
+    }
+
+    fn request(&mut self, target: Target) {
+        self.pending = Some(match self.pending.take() {
+            Some(pending) => pending.merge(target),
+            None => target,
+        });
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if self.running.is_empty() {
+            if let Some(target) = self.pending.take() {
+                let run = run_grains(self.app.clone(), self.auth.clone(), target);
+                self.running.spawn(run);
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// Waits for the run in flight; its failure notice, if any. Starts the next run.
+    async fn finished(&mut self) -> Option<Event> {
+        let done = self.running.join_next().await;
+        self.start();
+        done?.ok().flatten()
+    }
+}
+
+/// Publishes `grains.items` with the caller's token without waiting for returns; a notice when
+/// that cannot be done.
+async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<Event> {
+    let failed = |reason: &str| {
+        tracing::info!(reason, "Formatted events: grains.items was not run");
+        Some(notice(
+            GRAINS_FAILED_TAG,
+            vec![("tgt", target.tgt()), ("reason", Value::from(reason))],
+        ))
+    };
+    let Authorized::Token(token) = &auth else {
+        return failed("no_token");
+    };
+    let Some(salt) = &app.salt else {
+        return failed("no_master");
+    };
+    let enabled = &app.config.master.netapi_enable_clients;
+    if !enabled.iter().any(|c| c == "local" || c == "local_async") {
+        return failed("client_disabled");
+    }
+    let mut req = PublishRequest::new(target.tgt(), "grains.items");
+    if matches!(target, Target::List(_)) {
+        req.tgt_type = "list".into();
+    }
+    match salt.local_async(req, &Auth::Token(token.clone())).await {
+        Ok(published) if published.error.is_none() => None,
+        Ok(_) => failed("master_error"),
+        Err(e) => failed(e.kind()),
     }
 }
 
@@ -240,7 +526,52 @@ mod tests {
 
     #[test]
     fn frames_follow_each_api() {
-        assert_eq!(frame_text("{}", Framing::Cherrypy), "data: {}\n\n");
-        assert_eq!(frame_text("{}", Framing::Tornado), "{}");
+        let ev = Event::new("a", Value::Map(vec![]));
+        let json = r#"{"data": {}, "tag": "a"}"#;
+        assert_eq!(
+            Framing::Cherrypy.event_text(&ev),
+            format!("data: {json}\n\n")
+        );
+        assert_eq!(Framing::Tornado.event_text(&ev), json);
+        assert_eq!(Framing::Digest(Dialect::Cherrypy).event_text(&ev), json);
+        assert_eq!(
+            Framing::Digest(Dialect::Tornado).event_text(&ev),
+            format!("{json}\n\n")
+        );
+    }
+
+    #[test]
+    fn format_events_is_a_flag_taken_out_of_the_query() {
+        assert_eq!(cherrypy_framing(None), (Framing::Cherrypy, None));
+        assert_eq!(
+            cherrypy_framing(Some("tag=salt/")),
+            (Framing::Cherrypy, Some("tag=salt/".into()))
+        );
+        let digest = Framing::Digest(Dialect::Cherrypy);
+        assert_eq!(
+            cherrypy_framing(Some("format_events")),
+            (digest, Some(String::new()))
+        );
+        assert_eq!(
+            cherrypy_framing(Some("format_events=0&tag=salt/job/")),
+            (digest, Some("tag=salt/job/".into()))
+        );
+        assert_eq!(
+            cherrypy_framing(Some("format_eventsx")),
+            (Framing::Cherrypy, Some("format_eventsx".into()))
+        );
+    }
+
+    #[test]
+    fn grains_targets_merge_within_bounds() {
+        let list = |m: &[&str]| Target::List(m.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(list(&["a"]).merge(list(&["b", "a"])), list(&["a", "b"]));
+        assert_eq!(list(&["a"]).merge(Target::All), Target::All);
+        assert_eq!(Target::list(Vec::new()), None);
+        assert_eq!(
+            list(&["a", "b"]).tgt(),
+            Value::Array(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(Target::All.tgt(), Value::from("*"));
     }
 }

@@ -251,21 +251,32 @@ async fn shutdown_ends_open_streams() {
     assert_eq!(sse.record().await, None, "the body ends cleanly");
 }
 
-async fn ws_connect(
-    app: &TestApp,
-    path: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `path` and says `websocket client ready`. rest_cherrypy's `/ws` acknowledges it;
+/// rest_tornado's routes answer nothing, so the bus is watched until the stream subscribed.
+async fn ws_connect(app: &TestApp, path: &str) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", app.addr))
         .await
         .unwrap();
+    let before = app.state.bus.status().subscribers;
     ws.send(Message::text("websocket client ready"))
         .await
         .unwrap();
-    assert_eq!(
-        next_text(&mut ws).await,
-        "server received message",
-        "salt-api's acknowledgement"
-    );
+    if path.starts_with("/ws") {
+        assert_eq!(
+            next_text(&mut ws).await,
+            "server received message",
+            "salt-api's acknowledgement"
+        );
+    } else {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while app.state.bus.status().subscribers <= before {
+            assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     ws
 }
 
@@ -299,6 +310,13 @@ async fn websocket_streams_events_in_each_api_framing() {
     assert_eq!(
         next_text(&mut tornado).await,
         "{\"data\": {}, \"tag\": \"ws/two\"}"
+    );
+    // rest_tornado answers no client message.
+    tornado.send(Message::text("hello")).await.unwrap();
+    fire(&app, "ws/three").await;
+    assert_eq!(
+        next_text(&mut tornado).await,
+        "{\"data\": {}, \"tag\": \"ws/three\"}"
     );
     // Shutdown closes the socket too.
     tokio::time::timeout(Duration::from_secs(5), app.shutdown())
@@ -431,4 +449,198 @@ async fn streams_and_page_live_under_root_prefix() {
     assert!(html.contains(r#"src="/api/console/app.js""#), "{html}");
     let js = reqwest::get(app.url("/api/console/app.js")).await.unwrap();
     assert_eq!(js.status(), StatusCode::OK);
+}
+
+/// Fires `tag` with `data` given as JSON.
+async fn fire_json(app: &TestApp, tag: &str, data: Value) {
+    let data = rmpv::ext::to_value(data).unwrap();
+    app.state.bus.fire(Event::new(tag, data)).await.unwrap();
+}
+
+/// The next frame of a formatted view, as JSON; the dialect's ending is checked and removed.
+async fn next_view(ws: &mut Ws, tornado: bool) -> Value {
+    let text = next_text(ws).await;
+    let json = if tornado {
+        text.strip_suffix("\n\n")
+            .unwrap_or_else(|| panic!("rest_tornado frames end in a blank line: {text:?}"))
+    } else {
+        assert!(!text.ends_with('\n'), "{text:?}");
+        text.as_str()
+    };
+    serde_json::from_str(json).unwrap()
+}
+
+const JID: &str = "20260105093012345678";
+
+fn new_job(fun: &str) -> Value {
+    json!({"jid": JID, "tgt_type": "glob", "tgt": "*", "user": "saltdev", "fun": fun,
+           "arg": [], "minions": ["web1"], "missing": [],
+           "_stamp": "2026-01-05T09:30:12.351022"})
+}
+
+fn ret(fun: &str, value: Value) -> Value {
+    json!({"cmd": "_return", "id": "web1", "success": true, "return": value, "retcode": 0,
+           "jid": JID, "fun": fun, "fun_args": [], "user": "saltdev",
+           "_stamp": "2026-01-05T09:30:12.512345"})
+}
+
+#[tokio::test]
+async fn formatted_views_follow_a_job_and_the_minions_in_each_dialect() {
+    let app = open_streams().spawn().await;
+    let mut cherry = ws_connect(&app, "/ws?format_events").await;
+    let mut tornado = ws_connect(&app, "/formatted_events/0123abcd").await;
+    // rest_tornado runs grains.items on every minion when the client is ready; on open streams
+    // there is no caller token to run it with, and the client is told so.
+    let notice = next_view(&mut tornado, true).await;
+    assert_eq!(notice["tag"], "saltgate/stream/grains_failed");
+    assert_eq!(notice["data"]["tgt"], "*");
+    assert_eq!(notice["data"]["reason"], "no_token");
+
+    fire_json(&app, &format!("salt/job/{JID}/new"), new_job("test.ping")).await;
+    let running = json!({"jobs": {JID: {"jid": JID, "start_time": "2026-01-05T09:30:12.351022",
+        "minions": {"web1": {"success": false}}, "fun": "test.ping", "tgt": "*",
+        "tgt_type": "glob", "state": "running"}}});
+    assert_eq!(next_view(&mut cherry, false).await, running);
+    assert_eq!(next_view(&mut tornado, true).await, running);
+
+    fire_json(
+        &app,
+        &format!("salt/job/{JID}/ret/web1"),
+        ret("test.ping", json!(true)),
+    )
+    .await;
+    for (ws, tornado) in [(&mut cherry, false), (&mut tornado, true)] {
+        let view = next_view(ws, tornado).await;
+        assert_eq!(view["jobs"][JID]["state"], "complete");
+        assert_eq!(
+            view["jobs"][JID]["minions"]["web1"],
+            json!({"success": true, "return": true, "retcode": 0})
+        );
+    }
+
+    // Events Salt would crash on are skipped; the views go on.
+    fire_json(&app, "salt/job/error", json!({"message": "no"})).await;
+    fire_json(
+        &app,
+        &format!("salt/job/{JID}/ret/web1"),
+        json!({"id": "web1"}),
+    )
+    .await;
+
+    let grains = json!({"id": "web1", "os": "Debian", "num_cpus": 2});
+    fire_json(
+        &app,
+        &format!("salt/job/{JID}/ret/web1"),
+        ret("grains.items", grains.clone()),
+    )
+    .await;
+    let view = next_view(&mut cherry, false).await;
+    assert!(view.get("jobs").is_some(), "{view}");
+    assert_eq!(
+        next_view(&mut cherry, false).await,
+        json!({"minions": [{"grains": grains, "id": "web1"}]})
+    );
+    let view = next_view(&mut tornado, true).await;
+    assert!(view.get("jobs").is_some(), "{view}");
+    assert_eq!(
+        next_view(&mut tornado, true).await,
+        json!({"minions": {"web1": {"grains": grains, "id": "web1"}}})
+    );
+
+    fire_json(
+        &app,
+        "salt/key",
+        json!({"id": "web1", "act": "delete", "result": true, "_stamp": "x"}),
+    )
+    .await;
+    assert_eq!(next_view(&mut cherry, false).await, json!({"minions": []}));
+    assert_eq!(next_view(&mut tornado, true).await, json!({"minions": {}}));
+
+    // A minion that arrives in a presence event is added at once; its grains are asked for.
+    fire_json(
+        &app,
+        "salt/presence/present",
+        json!({"present": ["db1"], "_stamp": "x"}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next_view(&mut cherry, false).await);
+    }
+    assert!(
+        seen.contains(&json!({"minions": [{"id": "db1"}]})),
+        "{seen:?}"
+    );
+    let notice = seen
+        .iter()
+        .find(|v| v["tag"] == "saltgate/stream/grains_failed")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(notice["data"]["tgt"], json!(["db1"]));
+    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("shutdown hung on a formatted view");
+}
+
+#[tokio::test]
+async fn formatted_views_tell_of_lag_and_fold_bursts() {
+    let app = open_streams()
+        .with_config(|c| c.saltgate.event_queue = 4)
+        .spawn()
+        .await;
+    let mut ws = ws_connect(&app, "/ws?format_events").await;
+    for i in 0..50 {
+        fire_json(
+            &app,
+            "salt/key",
+            json!({"id": format!("m{i}"), "act": "accept", "result": true}),
+        )
+        .await;
+    }
+    fire_json(&app, "salt/key", json!({"id": "last", "act": "accept"})).await;
+    let mut lagged = false;
+    let mut frames = 0;
+    loop {
+        let view = next_view(&mut ws, false).await;
+        frames += 1;
+        if view["tag"] == "saltgate/stream/lagged" {
+            assert!(view["data"]["missed"].as_u64().unwrap() > 0);
+            lagged = true;
+        } else if view["minions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "last")
+        {
+            break;
+        }
+    }
+    assert!(lagged, "no lag notice in the formatted view");
+    assert!(frames < 51, "one frame per event: {frames}");
+}
+
+#[tokio::test]
+async fn format_events_is_read_on_rest_cherrypy_routes_only() {
+    let app = open_streams().spawn().await;
+    for path in [
+        "/all_events/0123abcd?format_events",
+        "/formatted_events/0123abcd?colour=red",
+    ] {
+        let resp = reqwest::get(app.url(path)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["code"], "bad_query");
+    }
+    // The flag and a tag filter together.
+    let mut ws = ws_connect(&app, "/ws/0123abcd?format_events&tag=salt/key").await;
+    fire_json(&app, &format!("salt/job/{JID}/new"), new_job("test.ping")).await;
+    fire_json(&app, "salt/key", json!({"id": "m1", "act": "accept"})).await;
+    assert_eq!(
+        next_view(&mut ws, false).await,
+        json!({"minions": [{"id": "m1"}]})
+    );
+    // Without streams_disable_auth the built-in bus cannot check the token.
+    let app = TestApp::builder().spawn().await;
+    let resp = reqwest::get(app.url("/formatted_events/0123abcd"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
