@@ -52,7 +52,7 @@ pub const MAX_JOBS: usize = 1_000;
 /// The most minions the minions view keeps.
 pub const MAX_MINIONS: usize = 10_000;
 /// The estimated JSON bytes each view may hold.
-pub const MAX_VIEW_BYTES: usize = 32 << 20;
+pub const MAX_VIEW_BYTES: usize = 8 << 20;
 
 /// Which salt-api's output the views follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
