@@ -11,9 +11,9 @@
 //! - the cookie is `HttpOnly; SameSite=Strict` (and `Secure` under TLS), lives as long as the
 //!   token, and is sent only by `/login` and `/logout`;
 //! - missing or malformed credentials are 400 (rest_cherrypy: 500);
-//! - `perms` are read from saltgate's copy of the master's `external_auth`: the user's entries
-//!   and `*`'s; eauth group (`name%`) entries are not added, because the clear channel's
-//!   `mk_token` reply does not say which groups the user is in (the master still enforces them);
+//! - `perms` are read from saltgate's copy of the master's `external_auth`: the user's entries,
+//!   `*`'s, and `<group>%`'s for the groups the master put in the token (backends with groups,
+//!   such as `pam`); the master enforces them either way;
 //! - `POST /token` mints tokens with `mk_token` directly, so it needs no runner rights on
 //!   `auth.mk_token` (rest_cherrypy runs that runner); the user gets nothing `/login` would not
 //!   give them.
@@ -73,7 +73,7 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) 
                 "start": token.start,
                 "user": token.name,
                 "eauth": token.eauth,
-                "perms": perms(&app.config, &token.eauth, &token.name),
+                "perms": perms(&app.config, &token.eauth, &token.name, &token.groups),
             }]});
             let mut r = render_body(StatusCode::OK, format, &body);
             if let Ok(v) = HeaderValue::from_str(&token.token) {
@@ -135,15 +135,20 @@ fn tls(config: &Config) -> bool {
     !config.api.disable_ssl && config.api.ssl_crt.is_some()
 }
 
-/// rest_cherrypy's `perms`: the eauth's entries for the user and for `*`, de-duplicated,
-/// strings sorted first, then the others (maps) in their written order.
-pub fn perms(config: &Config, eauth: &str, user: &str) -> Value {
+/// rest_cherrypy's `perms`: the eauth's entries for the user, for `*` and for each of the
+/// user's groups (`<group>%`), de-duplicated, strings sorted first, then the others (maps) in
+/// their written order.
+pub fn perms(config: &Config, eauth: &str, user: &str, groups: &[String]) -> Value {
     let Some(backend) = config.master.external_auth.get(eauth) else {
         return json!({});
     };
     let mut strings: Vec<String> = Vec::new();
     let mut others: Vec<Value> = Vec::new();
-    for who in [user, "*"] {
+    let group_keys: Vec<String> = groups.iter().map(|g| format!("{g}%")).collect();
+    let whos = [user, "*"]
+        .into_iter()
+        .chain(group_keys.iter().map(String::as_str));
+    for who in whos {
         for entry in backend
             .get(who)
             .and_then(Value::as_array)
@@ -275,10 +280,28 @@ mod tests {
             "*": ["test.ping", {"web*": ["grains.items"]}, ".*"],
         }});
         assert_eq!(
-            perms(&c, "file", "saltdev"),
+            perms(&c, "file", "saltdev", &[]),
             json!([".*", "@jobs", "@runner", "@wheel", "test.ping", {"web*": ["grains.items"]}])
         );
-        assert_eq!(perms(&c, "pam", "saltdev"), json!({}));
+        assert_eq!(perms(&c, "pam", "saltdev", &[]), json!({}));
+    }
+
+    #[test]
+    fn perms_add_the_tokens_groups() {
+        let mut c = Config::builtin();
+        c.master.external_auth = json!({"pam": {
+            "alice": ["test.ping"],
+            "ops%": ["@runner", "test.ping"],
+            "web%": [{"web*": ["state.apply"]}],
+            "admins%": [".*"],
+        }});
+        let groups = ["ops".to_owned(), "web".to_owned(), "nobody".to_owned()];
+        assert_eq!(
+            perms(&c, "pam", "alice", &groups),
+            json!(["@runner", "test.ping", {"web*": ["state.apply"]}])
+        );
+        // A group the token does not carry grants nothing here.
+        assert_eq!(perms(&c, "pam", "alice", &[]), json!(["test.ping"]));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Token {
     pub start: f64,
     /// Expiry, unix seconds.
     pub expire: f64,
+    /// The user's groups, when the eauth backend reports them (`pam` does, `file` does not).
+    pub groups: Vec<String>,
 }
 
 impl std::fmt::Debug for Token {
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Token {
             .field("eauth", &self.eauth)
             .field("start", &self.start)
             .field("expire", &self.expire)
+            .field("groups", &self.groups)
             .finish()
     }
 }
@@ -101,6 +104,10 @@ impl Token {
             eauth: map_get(v, "eauth").and_then(text_like).unwrap_or_default(),
             start: num("start").unwrap_or_default(),
             expire: num("expire").unwrap_or_default(),
+            groups: match map_get(v, "groups") {
+                Some(Value::Array(items)) => items.iter().filter_map(text_like).collect(),
+                _ => Vec::new(),
+            },
         })
     }
 }
@@ -341,5 +348,44 @@ impl MasterChannel {
         map_get(&reply, "data")
             .cloned()
             .ok_or_else(|| SaltError::Protocol("wheel reply without data".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: Vec<(&str, Value)>) -> Value {
+        Value::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (Value::from(k), v))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn token_reply_keeps_groups_when_the_backend_gives_them() {
+        let reply = m(vec![
+            ("token", Value::from("abc")),
+            ("name", Value::from("alice")),
+            ("eauth", Value::from("pam")),
+            ("start", Value::from(1.5)),
+            ("expire", Value::from(43_201)),
+            (
+                "groups",
+                Value::Array(vec![Value::from("ops"), Value::from(7), Value::from("web")]),
+            ),
+        ]);
+        let t = Token::from_value(&reply).expect("token");
+        assert_eq!(t.groups, ["ops", "web"], "non-text entries are skipped");
+        assert_eq!(t.expire, 43_201.0);
+        assert!(!format!("{t:?}").contains("abc"), "the token is redacted");
+        let plain = m(vec![
+            ("token", Value::from("abc")),
+            ("name", Value::from("bob")),
+        ]);
+        assert!(Token::from_value(&plain).expect("token").groups.is_empty());
+        assert!(Token::from_value(&Value::from("")).is_none());
     }
 }
