@@ -60,6 +60,23 @@ async fn bare_hook_url_and_form_and_empty_bodies() {
 }
 
 #[tokio::test]
+async fn post_without_content_length_is_an_empty_body_not_411() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::builder().spawn().await;
+    let mut sub = app.subscribe();
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"POST /hook/bare HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let ev = recv_event(&mut sub, "salt/netapi/hook/bare").await;
+    assert_eq!(data_json(&ev)["body"], "");
+    assert_eq!(data_json(&ev)["post"], json!({}));
+}
+
+#[tokio::test]
 async fn yaml_response_when_asked() {
     let app = TestApp::builder().spawn().await;
     let resp = reqwest::Client::new()
