@@ -95,7 +95,8 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
-    fn from_value(v: &Value) -> Option<Self> {
+    /// Reads a token from a `mk_token` / `get_token` reply; `None` without a `token` string.
+    pub fn from_value(v: &Value) -> Option<Self> {
         let num =
             |k| map_get(v, k).and_then(|x| x.as_f64().or_else(|| x.as_i64().map(|i| i as f64)));
         Some(Self {
