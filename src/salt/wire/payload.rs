@@ -100,8 +100,20 @@ pub fn error_from(err: &Value) -> SaltError {
 }
 
 /// Converts a msgpack value to JSON for the HTTP layer. Bytes that are not UTF-8 become text
-/// with replacement characters; ext types (Salt's datetime, ext 78) become their text.
+/// with replacement characters; ext types (Salt's datetime, ext 78) become their text. A map key
+/// that is not text becomes its JSON text (Python could not even hold a list or map as a key).
+///
+/// Security: a key whose JSON text holds another such key is escaped once more per level, which
+/// doubles its length, so keys nested in keys past [`MAX_KEY_NESTING`] are written as
+/// `"<nested key>"`; the output then stays within a small multiple of the input.
 pub fn to_json(value: &Value) -> serde_json::Value {
+    to_json_at(value, 0)
+}
+
+/// How many keys-within-keys [`to_json`] writes out as JSON text.
+pub const MAX_KEY_NESTING: usize = 4;
+
+fn to_json_at(value: &Value, key_nesting: usize) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
         Value::Nil => J::Null,
@@ -119,19 +131,24 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Value::String(s) => J::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Value::Binary(b) => J::String(String::from_utf8_lossy(b).into_owned()),
-        Value::Array(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Array(items) => J::Array(items.iter().map(|v| to_json_at(v, key_nesting)).collect()),
         Value::Map(entries) => J::Object(
             entries
                 .iter()
                 .map(|(k, v)| {
                     let key = match text_like(k) {
                         Some(s) => s,
-                        None => match to_json(k) {
+                        None if key_nesting >= MAX_KEY_NESTING
+                            && matches!(k, Value::Array(_) | Value::Map(_)) =>
+                        {
+                            "<nested key>".to_owned()
+                        }
+                        None => match to_json_at(k, key_nesting + 1) {
                             J::String(s) => s,
                             other => other.to_string(),
                         },
                     };
-                    (key, to_json(v))
+                    (key, to_json_at(v, key_nesting))
                 })
                 .collect(),
         ),
@@ -234,6 +251,29 @@ mod tests {
             decode_reply(b"\x80\x80"),
             Err(SaltError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn keys_nested_in_keys_stay_small() {
+        // Found by the `reply` fuzz target: each map used as a key inside a key was escaped
+        // once more, doubling its text, so a 276-byte reply took over a minute. 24 levels of
+        // `{<key>: 1}` (under 100 bytes packed) were 2^24 backslashes.
+        let mut key = Value::from("\"x\"");
+        for _ in 0..24 {
+            key = Value::Map(vec![(key, Value::from(1))]);
+        }
+        let reply = Value::Map(vec![(key, Value::from("v"))]);
+        let mut packed = Vec::new();
+        rmpv::encode::write_value(&mut packed, &reply).unwrap();
+        let text = to_json(&decode_reply(&packed).unwrap()).to_string();
+        assert!(text.len() < 4096, "{} bytes of JSON", text.len());
+        assert!(text.contains("<nested key>"), "{text}");
+        // One level is still written out as JSON text.
+        let one = Value::Map(vec![(
+            Value::Array(vec![Value::from(1), Value::from("a")]),
+            Value::from(2),
+        )]);
+        assert_eq!(to_json(&one), serde_json::json!({"[1,\"a\"]": 2}));
     }
 
     #[test]
