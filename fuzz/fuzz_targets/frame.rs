@@ -1,6 +1,6 @@
 //! Event-bus frames as the master's publisher sends them (src/salt/wire/framing.rs), read the
 //! way the bus reader does (src/salt/bus/ipc.rs): per-frame framing detection, a maximum frame
-//! size, then `body` extraction, event unpacking, credential redaction and the `/events` text.
+//! size, then `body` extraction, event unpacking and credential redaction.
 //!
 //! Input: one control byte (the maximum frame size and the read size), then the byte stream.
 //! Oracles: decoding the whole stream at once and in reads of `step` bytes yields the same
@@ -60,8 +60,6 @@ fn publish(frame: &[u8], framing: Framing, max_frame: usize) {
     if let Ok(mut event) = Event::unpack(&body) {
         let _ = event.redact_credentials();
         let _ = event.get("data");
-        // What `/events` and `/ws` write for it.
-        let _ = saltgate::api::events::sse_event(&event);
         if let Ok(packed) = event.pack() {
             let back = Event::unpack(&packed).expect("a packed event unpacks");
             assert_eq!(back.tag, event.tag);
