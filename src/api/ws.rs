@@ -504,6 +504,7 @@ async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn origin_must_match_host() {
