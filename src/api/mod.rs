@@ -3,10 +3,12 @@
 
 pub mod body;
 pub mod cors;
+pub mod csrf;
 pub mod digest;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod files;
 pub mod hook;
 pub mod lowstate;
 pub mod metrics;
@@ -87,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(csrf::guard))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -95,7 +98,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(resources::count))
         .layer(axum::Extension(stats))
         .layer(axum::Extension(lowstate::Background::new()));
-    let routes = with_files(routes, &state.config.api);
+    let routes = files::with_files(routes, &state.config.api);
     let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
         Some(cors) => routes.layer(cors),
         None => routes,
@@ -123,27 +126,6 @@ async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
         "clients": app.config.master.netapi_enable_clients,
     });
     error::render_body(StatusCode::OK, format, &body)
-}
-
-/// rest_cherrypy's `static` directory (under `static_path`) and `app` page (at `app_path` and
-/// every path below it, for client-side routing). `ServeDir` refuses `..` and absolute
-/// components, so nothing outside the directory is reachable.
-fn with_files(routes: Router, api: &crate::config::RestCherrypy) -> Router {
-    let mut routes = routes;
-    if let Some(dir) = &api.static_dir {
-        let path = api.static_path.trim_end_matches('/');
-        let path = if path.is_empty() { "/static" } else { path };
-        routes = routes.nest_service(path, tower_http::services::ServeDir::new(dir));
-    }
-    if let Some(app) = &api.app {
-        let path = api.app_path.trim_end_matches('/');
-        let path = if path.is_empty() { "/app" } else { path };
-        let page = tower_http::services::ServeFile::new(app);
-        routes = routes
-            .route_service(path, page.clone())
-            .route_service(&format!("{path}/{{*rest}}"), page);
-    }
-    routes
 }
 
 async fn not_found(headers: HeaderMap) -> Response {

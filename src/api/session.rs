@@ -9,7 +9,9 @@
 //!   restart or to fixate (rest_cherrypy keeps a client-chosen session id, API.md §14.3), and
 //!   several saltgate processes can serve one client;
 //! - the cookie is `HttpOnly; SameSite=Strict` (and `Secure` under TLS), lives as long as the
-//!   token, and is sent only by `/login` and `/logout`;
+//!   token, and is sent only by `/login` and `/logout`; a request it authenticates, and every
+//!   `POST /login`, must come from this server's own origin ([`super::csrf`]; rest_cherrypy
+//!   has no such check);
 //! - missing or malformed credentials are 400 (rest_cherrypy: 500);
 //! - `perms` are read from saltgate's copy of the master's `external_auth`: the user's entries,
 //!   `*`'s, and `<group>%`'s for the groups the master put in the token (backends with groups,

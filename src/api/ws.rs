@@ -33,7 +33,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use rmpv::Value;
 use tokio::task::JoinSet;
 
@@ -200,19 +200,11 @@ async fn open(
         .on_upgrade(move |socket: WebSocket| run_socket(socket, app, filter, auth, framing))
 }
 
-/// A browser's `Origin` must name the host it connected to; clients without one pass.
+/// A browser's `Origin` must name the host it connected to; clients without one pass. The same
+/// check as for cookie-authenticated POSTs ([`super::csrf::same_origin`]); a WebSocket
+/// handshake is an HTTP/1.1 GET, so `Host` names the server.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    origin_host.eq_ignore_ascii_case(host)
+    super::csrf::same_origin(headers, &http::Uri::default())
 }
 
 /// The socket loop: answers client messages, and once the client is ready, sends the stream.
@@ -512,6 +504,7 @@ async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn origin_must_match_host() {

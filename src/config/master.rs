@@ -43,6 +43,9 @@ pub struct MasterSettings {
     pub netapi_enable_clients: Vec<String>,
     /// The eauth ACLs, kept as written.
     pub external_auth: serde_json::Value,
+    /// The Reactor's `{tag glob: [sls, ...]}` list, kept as written; read only to warn about
+    /// globs that match hook tags outside the signed rules.
+    pub reactor: serde_json::Value,
 }
 
 impl Default for MasterSettings {
@@ -62,11 +65,23 @@ impl Default for MasterSettings {
             token_expire: 43200,
             netapi_enable_clients: Vec::new(),
             external_auth: serde_json::Value::Object(Default::default()),
+            reactor: serde_json::Value::Null,
         }
     }
 }
 
 impl MasterSettings {
+    /// The tag globs of the `reactor` list (`- 'salt/netapi/hook/*': [...]`).
+    pub fn reactor_globs(&self) -> Vec<String> {
+        self.reactor
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_object)
+            .flat_map(|m| m.keys().cloned())
+            .collect()
+    }
+
     /// Applies Salt's path rules: the long-`sock_dir` rewrite, then `root_dir` prepending.
     pub fn resolve_paths(&mut self) {
         if self.sock_dir.as_os_str().len() > self.cachedir.as_os_str().len() + 10 {

@@ -422,6 +422,16 @@ fn typed<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
+/// Settings that are valid but probably not what the operator means (printed by
+/// `saltgate check-config`, logged by `serve` at start).
+pub fn warnings(config: &Config) -> Vec<String> {
+    hooks::warnings(
+        &config.hooks,
+        config.saltgate.unmatched_hooks == Unmatched::Allow,
+        &config.master.reactor_globs(),
+    )
+}
+
 /// The effective configuration as YAML, for `saltgate check-config`. Secrets are never part of
 /// it: secret values are read from files or the environment and only their sources are shown.
 pub fn render_effective(config: &Config) -> String {

@@ -50,7 +50,7 @@ impl Event {
             .map_err(|_| SaltError::Protocol("event tag is not UTF-8".into()))?
             .to_owned();
         let mut rest = &raw[split + 2..];
-        let data = rmpv::decode::read_value(&mut rest)
+        let data = crate::salt::wire::payload::decode_value(&mut rest)
             .map_err(|e| SaltError::Protocol(format!("event data is not msgpack: {e}")))?;
         Ok(Self { tag, data })
     }

@@ -1,17 +1,18 @@
 //! Security controls: pure checks over bytes, headers and addresses.
 //!
 //! Everything here defends the hook and API endpoints against untrusted input: forged
-//! client addresses, unsigned or replayed deliveries, floods, depth bombs and credential
-//! leaks into the event bus or logs. Each check is a plain function or a small type over
-//! `&[u8]`, [`http::HeaderMap`] and [`std::net::IpAddr`]; time is always passed in (`now`),
-//! never read inside a check, so every control is deterministic under test.
+//! client addresses, unsigned or replayed deliveries, floods and credential leaks into the
+//! event bus or logs. Body size and parser bounds live where the bytes are read
+//! (`api::extract::read_capped`, `api::body`), so there is one implementation of each. Each
+//! check is a plain function or a small type over `&[u8]`, [`http::HeaderMap`] and
+//! [`std::net::IpAddr`]; time is always passed in (`now`), never read inside a check, so every
+//! control is deterministic under test.
 //!
 //! This module must never import axum, `crate::api`, `crate::config` or `crate::salt`: it is a
 //! leaf so it can be fuzzed, benched and reused.
 
 pub mod allowlist;
 pub mod client_ip;
-pub mod limits;
 pub mod rate;
 pub mod redact;
 pub mod replay;

@@ -36,6 +36,12 @@ const INTENDED: &[(&str, u16, u16, &str)] = &[
         406,
         "415 names the request body, 406 is about Accept",
     ),
+    (
+        "login from another origin",
+        403,
+        200,
+        "login CSRF: a login (and any cookie-authenticated POST) must come from this server's own origin",
+    ),
 ];
 
 struct Case {
@@ -50,6 +56,8 @@ struct Case {
     status: u16,
     /// Compare the `return` payloads.
     compare_return: bool,
+    /// An `Origin` header, as a browser sends it.
+    origin: Option<&'static str>,
 }
 
 fn case(name: &'static str, path: &str, status: u16) -> Case {
@@ -63,6 +71,7 @@ fn case(name: &'static str, path: &str, status: u16) -> Case {
         accept: "application/json",
         status,
         compare_return: false,
+        origin: None,
     }
 }
 
@@ -164,6 +173,12 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
             token: None,
             ..case("login with a wrong password", "/login", 401)
         },
+        Case {
+            body: Some(json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}).to_string()),
+            token: None,
+            origin: Some("https://evil.example"),
+            ..case("login from another origin", "/login", 403)
+        },
         Case { method: reqwest::Method::GET, token: None, compare_return: true, ..case("GET /login", "/login", 200) },
         Case { method: reqwest::Method::GET, ..case("GET /minions/<mid>", &format!("/minions/{mid}"), 200) },
         Case { method: reqwest::Method::GET, ..case("GET /jobs", "/jobs", 200) },
@@ -185,6 +200,9 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
                     .find(|(u, _)| *u == user)
                     .map_or(user.to_owned(), |(_, t)| t.clone());
                 req = req.header("x-auth-token", token);
+            }
+            if let Some(origin) = case.origin {
+                req = req.header("origin", origin);
             }
             if let Some(ct) = case.content_type {
                 req = req.header("content-type", ct);
