@@ -35,7 +35,11 @@
 //! command, then refuses the response); errors are `{status, code, message}` in the negotiated
 //! format instead of CherryPy HTML pages; an authorization refusal is 403 (rest_cherrypy: 401);
 //! missing `tgt`/`fun` is 400 (rest_cherrypy: 500); YAML parse errors are 400 (rest_cherrypy:
-//! 500); the `ssh` client is not served (400).
+//! 500); the `ssh` client is not served (400); a compound command with a function the caller's
+//! `external_auth` does not allow is 403 (rest_cherrypy runs it: the master's check passes a
+//! `fun` list when one function is allowed); a chunk with `cmd`, `user` or `key` (wheel: also
+//! `__jid__`, `__tag__`, `__user__`) is 400 (rest_cherrypy overrides `cmd` and passes the rest
+//! to the master).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1250,7 +1250,8 @@ mod tests {
 
     #[test]
     fn decided_answers_are_salts() {
-        // Salt 3006.30/3007.17's own CkMinions.auth_check for one function
+        // Salt's own CkMinions.auth_check for one function (3006.30, 3007.17 and 3008.5 answer
+        // alike)
         // (tests/fixtures/acl/salt_auth.json, minions alpha, beta, gamma): wherever saltgate
         // decides, it decides as Salt does.
         let data: Value =
