@@ -38,8 +38,8 @@
 //! 500); the `ssh` client is not served (400); a compound command with a function the caller's
 //! `external_auth` does not allow is 403 (rest_cherrypy runs it: the master's check passes a
 //! `fun` list when one function is allowed); a chunk with `cmd`, `user` or `key` (wheel: also
-//! `__jid__`, `__tag__`, `__user__`) is 400 (rest_cherrypy overrides `cmd` and passes the rest
-//! to the master).
+//! `__jid__`, `__tag__`, `__user__`) is 400 (rest_cherrypy's wheel client sets `cmd` over the
+//! chunk's).
 
 use std::sync::Arc;
 use std::time::Duration;
