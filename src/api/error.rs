@@ -28,6 +28,8 @@ pub enum ApiError {
     NotAuthorized,
     /// 403: a cookie-authenticated (or login) request from another origin.
     CrossOrigin,
+    /// 403: saltgate's own ACL check refused a compound command; the message names the function.
+    AclRefused(String),
     /// 404: no such route or hook.
     NotFound,
     /// 409: a delivery with the same id is being fired right now.
@@ -72,7 +74,7 @@ impl ApiError {
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "bad_signature"),
             Self::Stale => (StatusCode::UNAUTHORIZED, "stale_request"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "address_not_allowed"),
-            Self::NotAuthorized => (StatusCode::FORBIDDEN, "not_authorized"),
+            Self::NotAuthorized | Self::AclRefused(_) => (StatusCode::FORBIDDEN, "not_authorized"),
             Self::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InProgress => (StatusCode::CONFLICT, "delivery_in_progress"),
@@ -118,7 +120,9 @@ impl ApiError {
             Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
             Self::Timeout => "The Salt master did not answer in time".into(),
             Self::Internal => "An unexpected error occurred".into(),
-            Self::BadLowstate(why) | Self::ClientDisabled(why) => why.clone(),
+            Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
+                why.clone()
+            }
             Self::Chunk { index, error } => format!("chunk {index}: {}", error.message()),
         }
     }

@@ -46,6 +46,19 @@ pub struct MasterSettings {
     /// The Reactor's `{tag glob: [sls, ...]}` list, kept as written; read only to warn about
     /// globs that match hook tags outside the signed rules.
     pub reactor: serde_json::Value,
+    /// `permissive_acl`, as written (how `*` joins an auth list).
+    pub permissive_acl: serde_json::Value,
+    /// `keep_acl_in_token`, as written (the master then uses the ACL stored in the token).
+    pub keep_acl_in_token: serde_json::Value,
+    /// `eauth_acl_module`, as written (a module that supplies eauth ACLs).
+    pub eauth_acl_module: serde_json::Value,
+    /// `auth.enable_expanded_auth_matching`, as written.
+    #[serde(rename = "auth.enable_expanded_auth_matching")]
+    pub expanded_auth_matching: serde_json::Value,
+    /// `key_cache`, as written (a cached minion list).
+    pub key_cache: serde_json::Value,
+    /// `enable_ssh_minions`, as written (roster targets join the minion list).
+    pub enable_ssh_minions: serde_json::Value,
 }
 
 impl Default for MasterSettings {
@@ -66,6 +79,12 @@ impl Default for MasterSettings {
             netapi_enable_clients: Vec::new(),
             external_auth: serde_json::Value::Object(Default::default()),
             reactor: serde_json::Value::Null,
+            permissive_acl: serde_json::Value::Null,
+            keep_acl_in_token: serde_json::Value::Null,
+            eauth_acl_module: serde_json::Value::Null,
+            expanded_auth_matching: serde_json::Value::Null,
+            key_cache: serde_json::Value::Null,
+            enable_ssh_minions: serde_json::Value::Null,
         }
     }
 }
@@ -124,6 +143,19 @@ impl MasterSettings {
                 Endpoint::Unix(self.sock_dir.join("master_event_pub.ipc")),
                 Endpoint::Unix(self.sock_dir.join("master_event_pull.ipc")),
             )
+        }
+    }
+
+    /// The settings that shape how the master compiles and matches eauth ACLs.
+    pub fn acl_options(&self) -> crate::security::acl::AclOptions {
+        use crate::security::acl::truthy;
+        crate::security::acl::AclOptions {
+            permissive_acl: truthy(&self.permissive_acl),
+            keep_acl_in_token: truthy(&self.keep_acl_in_token),
+            eauth_acl_module: truthy(&self.eauth_acl_module),
+            expanded_matching: truthy(&self.expanded_auth_matching),
+            key_cache: truthy(&self.key_cache),
+            ssh_minions: truthy(&self.enable_ssh_minions),
         }
     }
 

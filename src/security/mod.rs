@@ -11,6 +11,7 @@
 //! This module must never import axum, `crate::api`, `crate::config` or `crate::salt`: it is a
 //! leaf so it can be fuzzed, benched and reused.
 
+pub mod acl;
 pub mod allowlist;
 pub mod client_ip;
 pub mod rate;

@@ -42,6 +42,18 @@ const INTENDED: &[(&str, u16, u16, &str)] = &[
         200,
         "login CSRF: a login (and any cookie-authenticated POST) must come from this server's own origin",
     ),
+    (
+        "limited user's compound command with cmd.run",
+        403,
+        200,
+        "the master allows a fun list when one function is allowed; saltgate checks each",
+    ),
+    (
+        "wheel chunk with a cmd key",
+        400,
+        200,
+        "a chunk may not carry a key saltgate sets in the master's request",
+    ),
 ];
 
 struct Case {
@@ -125,6 +137,15 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
             ..case("limited user runs test.arg", "/", 403)
         },
         Case { body: Some(ping.clone()), token: Some("limited"), compare_return: true, ..case("limited user runs test.ping", "/", 200) },
+        Case {
+            body: Some(json!([{"client": "local", "tgt": mid, "fun": ["cmd.run", "test.ping"], "arg": [["id"], []]}]).to_string()),
+            token: Some("limited"),
+            ..case("limited user's compound command with cmd.run", "/", 403)
+        },
+        Case {
+            body: Some(json!([{"client": "wheel", "fun": "key.list_all", "cmd": "runner"}]).to_string()),
+            ..case("wheel chunk with a cmd key", "/", 400)
+        },
         Case {
             body: Some(json!([{"client": "ssh", "tgt": mid, "fun": "test.ping"}]).to_string()),
             ..case("ssh client (not enabled)", "/", 400)

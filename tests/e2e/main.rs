@@ -8,6 +8,7 @@
     reason = "test code: a failed step is a failed test, and the panic message says which"
 )]
 
+mod acl;
 mod gate;
 mod hooks;
 mod lowstate;

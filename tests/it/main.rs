@@ -5,6 +5,7 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+mod acl;
 mod config_files;
 mod files;
 mod hook_pipeline;
