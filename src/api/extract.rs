@@ -6,24 +6,40 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
+use super::limits::{BodyReservation, is_body_timeout};
 
 /// Reads a body of at most `limit` bytes. `Content-Length` over the limit is refused before a
 /// byte is read; a body without one is counted while streaming and refused as soon as it
 /// passes the limit, so memory never exceeds the limit.
+///
+/// The bytes held count against the listener's global budget of buffered bodies (503 when it is
+/// full, never a wait) until the returned buffer and every slice of it are dropped. A body the
+/// listener cut off for stalling or trickling is answered 408.
 pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > limit {
             return Err(ApiError::TooLarge(limit));
         }
     }
+    let mut reservation = BodyReservation::current();
+    let mut buf = match declared.and_then(|len| usize::try_from(len).ok()) {
+        Some(len) if len > 0 => {
+            reservation.grow_to(len)?;
+            BytesMut::with_capacity(len)
+        }
+        _ => BytesMut::new(),
+    };
     let mut body = body;
-    let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
+            if is_body_timeout(&e) {
+                tracing::debug!("Request body stalled or too slow: cut off");
+                return ApiError::BodyTimeout;
+            }
             tracing::debug!(error = %e, "Request body could not be read");
             ApiError::BadBody("the body could not be read".into())
         })?;
@@ -31,10 +47,11 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<
             if (buf.len() + data.len()) as u64 > limit {
                 return Err(ApiError::TooLarge(limit));
             }
+            reservation.grow_to(buf.len() + data.len())?;
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(reservation.attach(buf))
 }
 
 /// The session token: the `X-Auth-Token` header, else the `session_id` cookie (as salt-api).
