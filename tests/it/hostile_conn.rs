@@ -104,12 +104,13 @@ async fn idle_and_trickling_flood_from_one_address_does_not_lock_out_another() {
     assert_eq!(app.state.config.saltgate.max_connections, FLOOD);
     let addr = app.addr;
     let opened = Instant::now();
-    // Every fourth connection trickles its headers, every fourth a body; the rest are idle.
+    // Every fourth connection trickles its request line a byte at a time, every fourth a body;
+    // the rest are idle.
     let flood: Vec<TcpStream> = futures::stream::iter(0..FLOOD)
         .map(|i| async move {
             let mut s = connect_from(Ipv4Addr::LOCALHOST, addr).await;
             let start: &[u8] = match i % 4 {
-                1 => b"POST /hook/slow HTTP/1.1\r\nHost: x\r\nX-A: ",
+                1 => b"P",
                 2 => b"POST /hook/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{",
                 _ => b"",
             };
