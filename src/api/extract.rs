@@ -6,7 +6,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
-use super::limits::{BodyReservation, is_body_timeout};
+use super::limits::{BodyReservation, Limit, is_body_timeout};
 
 /// Reads a body of at most `limit` bytes. `Content-Length` over the limit is refused before a
 /// byte is read; a body without one is counted while streaming and refused as soon as it
@@ -37,7 +37,7 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if is_body_timeout(&e) {
-                tracing::debug!("Request body stalled or too slow: cut off");
+                reservation.hit(Limit::Body);
                 return ApiError::BodyTimeout;
             }
             tracing::debug!(error = %e, "Request body could not be read");

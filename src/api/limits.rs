@@ -228,6 +228,13 @@ impl BodyReservation {
         }
     }
 
+    /// Counts and logs a hit of `limit` by this request (nothing outside a listener).
+    pub fn hit(&self, limit: Limit) {
+        if let Some((budgets, client)) = &self.budgets {
+            budgets.hit(limit, *client);
+        }
+    }
+
     /// The buffer as `Bytes` that give the reservation back when the last copy is dropped.
     pub fn attach(self, buf: BytesMut) -> Bytes {
         match self.permit {

@@ -601,6 +601,35 @@ mod tests {
     }
 
     #[test]
+    fn listener_limits_are_read_and_checked() {
+        let c = load_text(
+            "saltgate:\n  max_connections_per_client: 8\n  keep_alive_timeout_secs: 60\n  \
+             body_min_bytes_per_sec: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.saltgate.max_connections_per_client, 8);
+        assert_eq!(c.saltgate.keep_alive_timeout_secs, 60);
+        assert_eq!(c.saltgate.body_min_bytes_per_sec, 0);
+        assert_eq!(c.saltgate.first_byte_timeout_secs, 10);
+        for bad in [
+            "max_connections_per_client: 0",
+            "max_streams: 0",
+            "first_byte_timeout_secs: 0",
+            "body_timeout_secs: 0",
+        ] {
+            let e = load_text(&format!("saltgate:\n  {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.starts_with(&format!("saltgate.{key}:")), "{e}");
+        }
+        let e = load_text("saltgate:\n  max_buffered_body_bytes: 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("saltgate.max_buffered_body_bytes:"), "{e}");
+    }
+
+    #[test]
     fn auto_bus_needs_the_master_sockets() {
         let c =
             load_text("sock_dir: /nonexistent/saltgate/test\ncachedir: /nonexistent/c/x/y/z/w\n")

@@ -310,6 +310,11 @@ async fn trickling_or_stalled_body_is_cut_off_with_408() {
     assert!(closed, "stalled body: still open");
     assert!(text.starts_with("HTTP/1.1 408"), "stalled body: {text:?}");
     assert!(text.contains("body_timeout"), "{text}");
+    let metrics = app.state.metrics.render(&app.state.bus.status());
+    assert!(
+        metrics.contains("saltgate_connection_limits_total{limit=\"body\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -484,4 +489,48 @@ async fn tls_connect(addr: SocketAddr, alpn: &[u8]) -> TlsStream {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn reader_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let app = TestApp::builder()
+        .with_config(|c| c.saltgate.streams_disable_auth = true)
+        .with_limits(|l| l.write_timeout = Duration::from_secs(1))
+        .spawn()
+        .await;
+    // An `/events` reader with a small receive buffer that never reads.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = socket.connect(app.addr).await.unwrap();
+    reader
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Enough events to fill every socket buffer between saltgate and the reader.
+    let c = reqwest::Client::new();
+    let body = "x".repeat(256 * 1024);
+    for i in 0..40 {
+        let resp = c
+            .post(app.url(&format!("/hook/big/{i}")))
+            .header("content-type", "text/plain")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // What was buffered can still be read, then the connection ends.
+    let (closed, got) = closed_within(&mut reader, Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "a reader that stopped reading was kept ({} bytes read)",
+        got.len()
+    );
+    let metrics = app.state.metrics.render(&app.state.bus.status());
+    assert!(
+        metrics.contains("saltgate_connection_limits_total{limit=\"write\"}"),
+        "{metrics}"
+    );
 }
