@@ -12,8 +12,8 @@ use super::limits::{BodyReservation, Limit, is_body_timeout};
 /// byte is read; a body without one is counted while streaming and refused as soon as it
 /// passes the limit, so memory never exceeds the limit.
 ///
-/// The bytes held count against the listener's global budget of buffered bodies (503 when it is
-/// full, never a wait) until the returned buffer and every slice of it are dropped. A body the
+/// The bytes received count against the listener's global budget of buffered bodies (503 when
+/// it is full, never a wait) until the returned buffer and every slice of it are dropped. A body the
 /// listener cut off for stalling or trickling is answered 408.
 pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
     let declared = headers
@@ -25,13 +25,12 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<
             return Err(ApiError::TooLarge(limit));
         }
     }
+    // Bytes are reserved as they arrive, not as declared: a client that declares a large body
+    // and sends nothing holds no budget.
     let mut reservation = BodyReservation::current();
     let mut buf = match declared.and_then(|len| usize::try_from(len).ok()) {
-        Some(len) if len > 0 => {
-            reservation.grow_to(len)?;
-            BytesMut::with_capacity(len)
-        }
-        _ => BytesMut::new(),
+        Some(len) => BytesMut::with_capacity(len.min(PREALLOCATE)),
+        None => BytesMut::new(),
     };
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -53,6 +52,9 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<
     }
     Ok(reservation.attach(buf))
 }
+
+/// The most a declared `Content-Length` preallocates before its bytes arrive.
+const PREALLOCATE: usize = 16 * 1024;
 
 /// The session token: the `X-Auth-Token` header, else the `session_id` cookie (as salt-api).
 pub fn session_token(headers: &HeaderMap) -> Option<String> {

@@ -380,11 +380,12 @@ async fn buffered_bodies_share_one_byte_budget() {
         .with_limits(|l| l.max_buffered_body_bytes = 1000)
         .spawn()
         .await;
-    // A body of 800 declared bytes is being received slowly: its bytes are reserved.
+    // A body of 800 declared bytes is being received slowly: the 700 received count.
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(b"POST /hook/slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 800\r\n\r\nabc")
+    slow.write_all(b"POST /hook/slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 800\r\n\r\n")
         .await
         .unwrap();
+    slow.write_all(&[b'y'; 700]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = reqwest::Client::new();
     let second = c
@@ -400,16 +401,22 @@ async fn buffered_bodies_share_one_byte_budget() {
         "a body past the byte budget was buffered"
     );
     assert!(second.headers().contains_key("retry-after"));
-    // Small bodies still fit beside it.
+    // Small bodies still fit beside it; a declared size alone reserves nothing.
+    let mut declared = TcpStream::connect(app.addr).await.unwrap();
+    declared
+        .write_all(b"POST /hook/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let small = c
         .post(app.url("/hook/other"))
-        .body(vec![b'x'; 100])
+        .body(vec![b'x'; 200])
         .send()
         .await
         .unwrap();
     assert_eq!(small.status(), 200);
     // Once the slow body is done and dropped, its bytes are back.
-    slow.write_all(&[b'y'; 797]).await.unwrap();
+    slow.write_all(&[b'y'; 100]).await.unwrap();
     let mut buf = [0u8; 512];
     let n = slow.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
