@@ -541,3 +541,34 @@ async fn reader_that_stops_reading_is_disconnected_after_the_write_timeout() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn websocket_keeps_its_stream_place_until_its_socket_closes() {
+    let app = TestApp::builder()
+        .with_config(|c| c.saltgate.streams_disable_auth = true)
+        .with_limits(|l| l.max_streams = 1)
+        .spawn()
+        .await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+        .await
+        .unwrap();
+    let refused = reqwest::get(app.url("/events")).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "the upgraded WebSocket left the stream budget"
+    );
+    drop(ws);
+    let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = reqwest::get(app.url("/events")).await.unwrap();
+            if r.status() == 200 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a closed WebSocket's stream place was not given back");
+    drop(reopened);
+}
