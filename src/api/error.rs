@@ -48,6 +48,10 @@ pub enum ApiError {
     Unavailable(&'static str),
     /// 504: the Salt master did not answer in time.
     Timeout,
+    /// 408: the request body stalled or arrived under the minimum rate.
+    BodyTimeout,
+    /// 503: a budget of saltgate's own (streams, buffered bodies) is full; retry shortly.
+    Busy(&'static str),
     /// 500: a bug or an unexpected master answer.
     Internal,
     /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
@@ -87,6 +91,8 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "salt_unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
             Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
@@ -119,6 +125,8 @@ impl ApiError {
             Self::UnsupportedMedia => "Unsupported request Content-Type".into(),
             Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
             Self::Timeout => "The Salt master did not answer in time".into(),
+            Self::BodyTimeout => "The request body stalled or arrived too slowly".into(),
+            Self::Busy(why) => (*why).to_owned(),
             Self::Internal => "An unexpected error occurred".into(),
             Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
                 why.clone()
@@ -141,7 +149,12 @@ impl ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::TooLarge(_)) {
+        if matches!(self, Self::Busy(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::TooLarge(_) | Self::BodyTimeout) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod files;
 pub mod hook;
+pub mod limits;
 pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .trim_end_matches('/')
         .to_owned();
     let stats = std::sync::Arc::new(resources::Stats::new(state.config.api.collect_stats));
+    let streams = axum::middleware::from_fn(limits::stream_budget);
     let routes = Router::new()
         .route("/", get(index).post(lowstate::root))
         .route("/index", get(index).post(lowstate::root))
@@ -74,12 +76,21 @@ pub fn router(state: AppState) -> Router {
         .route(&hook_base, post(hook::hook_root))
         .route(&format!("{hook_base}/"), post(hook::hook_root))
         .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
-        // streams
-        .route("/events", get(events::events))
-        .route("/ws", get(ws::ws_root))
-        .route("/ws/{token}", get(ws::ws_token))
-        .route("/all_events/{token}", get(ws::all_events))
-        .route("/formatted_events/{token}", get(ws::formatted_events))
+        // streams: their own budget (limits::stream_budget), apart from the general one
+        .route("/events", get(events::events).route_layer(streams.clone()))
+        .route("/ws", get(ws::ws_root).route_layer(streams.clone()))
+        .route(
+            "/ws/{token}",
+            get(ws::ws_token).route_layer(streams.clone()),
+        )
+        .route(
+            "/all_events/{token}",
+            get(ws::all_events).route_layer(streams.clone()),
+        )
+        .route(
+            "/formatted_events/{token}",
+            get(ws::formatted_events).route_layer(streams.clone()),
+        )
         .route(&ui_base, get(ui::page))
         .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
         .route(&format!("{ui_base}/app.js"), get(ui::app_js))

@@ -163,6 +163,29 @@ pub struct SaltgateSettings {
     pub hooks: Vec<hooks::RawHook>,
     /// What happens to hook paths no rule covers.
     pub unmatched_hooks: Unmatched,
+    /// Open connections one client address (IPv6: one /64) may hold; `trusted_proxies` peers
+    /// are not counted (only `max_connections` bounds them).
+    pub max_connections_per_client: usize,
+    /// Open event streams (`/events`, `/ws`, `/all_events`, `/formatted_events`); a stream
+    /// leaves the `max_connections` budget once open.
+    pub max_streams: usize,
+    /// Request-body bytes buffered at once over all requests; past it bodies get 503.
+    pub max_buffered_body_bytes: u64,
+    /// HTTP/2 (TLS only) concurrent streams per connection.
+    pub http2_max_streams: u32,
+    /// Seconds from accept (or TLS handshake) to a client's first byte.
+    pub first_byte_timeout_secs: u64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    pub keep_alive_timeout_secs: u64,
+    /// Longest pause, in seconds, inside a request body (408).
+    pub body_timeout_secs: u64,
+    /// Minimum average request-body rate in bytes/s once `body_rate_grace_secs` has passed
+    /// (408 below it); 0 turns the rate check off.
+    pub body_min_bytes_per_sec: u64,
+    /// Seconds a request body may take before `body_min_bytes_per_sec` applies.
+    pub body_rate_grace_secs: u64,
+    /// Seconds a response write may stay blocked on a client that reads nothing.
+    pub write_timeout_secs: u64,
 }
 
 /// What happens to hook paths no rule covers.
@@ -191,6 +214,16 @@ impl Default for SaltgateSettings {
             ui_path: "/ui".into(),
             hooks: Vec::new(),
             unmatched_hooks: Unmatched::Allow,
+            max_connections_per_client: 256,
+            max_streams: 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            http2_max_streams: 32,
+            first_byte_timeout_secs: 10,
+            keep_alive_timeout_secs: 10,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 500,
+            body_rate_grace_secs: 5,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -370,6 +403,43 @@ impl Config {
                 "must be > 0",
             ));
         }
+        for (key, value) in [
+            (
+                "saltgate.max_connections_per_client",
+                self.saltgate.max_connections_per_client as u64,
+            ),
+            ("saltgate.max_streams", self.saltgate.max_streams as u64),
+            (
+                "saltgate.http2_max_streams",
+                u64::from(self.saltgate.http2_max_streams),
+            ),
+            (
+                "saltgate.first_byte_timeout_secs",
+                self.saltgate.first_byte_timeout_secs,
+            ),
+            (
+                "saltgate.keep_alive_timeout_secs",
+                self.saltgate.keep_alive_timeout_secs,
+            ),
+            (
+                "saltgate.body_timeout_secs",
+                self.saltgate.body_timeout_secs,
+            ),
+            (
+                "saltgate.write_timeout_secs",
+                self.saltgate.write_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be > 0"));
+            }
+        }
+        if self.saltgate.max_buffered_body_bytes < self.api.max_request_body_size {
+            return Err(ConfigError::invalid(
+                "saltgate.max_buffered_body_bytes",
+                "must be at least rest_cherrypy.max_request_body_size",
+            ));
+        }
         Ok(())
     }
 
@@ -461,6 +531,16 @@ pub fn render_effective(config: &Config) -> String {
             "request_pool": config.saltgate.request_pool,
             "max_connections": config.saltgate.max_connections,
             "header_timeout_secs": config.saltgate.header_timeout_secs,
+            "max_connections_per_client": config.saltgate.max_connections_per_client,
+            "max_streams": config.saltgate.max_streams,
+            "max_buffered_body_bytes": config.saltgate.max_buffered_body_bytes,
+            "http2_max_streams": config.saltgate.http2_max_streams,
+            "first_byte_timeout_secs": config.saltgate.first_byte_timeout_secs,
+            "keep_alive_timeout_secs": config.saltgate.keep_alive_timeout_secs,
+            "body_timeout_secs": config.saltgate.body_timeout_secs,
+            "body_min_bytes_per_sec": config.saltgate.body_min_bytes_per_sec,
+            "body_rate_grace_secs": config.saltgate.body_rate_grace_secs,
+            "write_timeout_secs": config.saltgate.write_timeout_secs,
             "trusted_proxies": config.saltgate.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "event_queue": config.saltgate.event_queue,
             "stream_keepalive_secs": config.saltgate.stream_keepalive_secs,
@@ -528,6 +608,35 @@ mod tests {
         );
         let e = load_text("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn listener_limits_are_read_and_checked() {
+        let c = load_text(
+            "saltgate:\n  max_connections_per_client: 8\n  keep_alive_timeout_secs: 60\n  \
+             body_min_bytes_per_sec: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.saltgate.max_connections_per_client, 8);
+        assert_eq!(c.saltgate.keep_alive_timeout_secs, 60);
+        assert_eq!(c.saltgate.body_min_bytes_per_sec, 0);
+        assert_eq!(c.saltgate.first_byte_timeout_secs, 10);
+        for bad in [
+            "max_connections_per_client: 0",
+            "max_streams: 0",
+            "first_byte_timeout_secs: 0",
+            "body_timeout_secs: 0",
+        ] {
+            let e = load_text(&format!("saltgate:\n  {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.starts_with(&format!("saltgate.{key}:")), "{e}");
+        }
+        let e = load_text("saltgate:\n  max_buffered_body_bytes: 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("saltgate.max_buffered_body_bytes:"), "{e}");
     }
 
     #[test]
