@@ -74,7 +74,10 @@ async fn start() -> Server {
         .await
         .is_err()
     {
-        assert!(started.elapsed() < Duration::from_secs(20), "saltgate did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "saltgate did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Server {
@@ -196,17 +199,25 @@ fn shapes() -> Vec<Shape> {
         i += 1;
     }
     // Just under the budget: a large but valid body (about 40,000 values).
-    let mut valid = String::from("[{\"fun\":\"test.arg\",\"client\":\"local\",\"tgt\":\"*\",\"arg\":[");
+    let mut valid =
+        String::from("[{\"fun\":\"test.arg\",\"client\":\"local\",\"tgt\":\"*\",\"arg\":[");
     while valid.len() < MIB / 2 {
         valid.push_str("\"xxxxxxxxxxxxxxxxxxxxxxxxxxxx\",");
     }
     valid.push_str("\"end\"]}]");
-    let long = format!("[{{\"fun\":\"test.arg\",\"arg\":[\"{}\"]}}]", "x".repeat(MIB - 64));
+    let long = format!(
+        "[{{\"fun\":\"test.arg\",\"arg\":[\"{}\"]}}]",
+        "x".repeat(MIB - 64)
+    );
     let bomb = flow_alias_bomb();
     let mut yaml_bombs = String::new();
     let mut b = 0;
     while yaml_bombs.len() < MIB - 1024 {
-        yaml_bombs.push_str(&format!("b{b}: {}\n", bomb.replace("&a", &format!("&b{b}a")).replace("*a", &format!("*b{b}a"))));
+        yaml_bombs.push_str(&format!(
+            "b{b}: {}\n",
+            bomb.replace("&a", &format!("&b{b}a"))
+                .replace("*a", &format!("*b{b}a"))
+        ));
         b += 1;
     }
     vec![
@@ -367,7 +378,10 @@ async fn send(
 fn check_bounds(what: &str, cost: &Cost, body_len: usize, failures: &mut Vec<String>) {
     let cpu_bound = CPU_MS * DEBUG_CPU_FACTOR;
     if cost.cpu_ms > cpu_bound {
-        failures.push(format!("{what}: {} ms of CPU > {cpu_bound} ms", cost.cpu_ms));
+        failures.push(format!(
+            "{what}: {} ms of CPU > {cpu_bound} ms",
+            cost.cpu_ms
+        ));
     }
     let rss_bound = 16.0 + 4.0 * body_len as f64 / MIB as f64;
     if cost.peak_mib > rss_bound {
@@ -396,9 +410,21 @@ async fn the_reported_bodies_are_cheap() {
         ("/run", "application/x-yaml", deep.as_bytes()),
         ("/login", "application/x-yaml", deep.as_bytes()),
         ("/hook/yaml", "application/x-yaml", deep.as_bytes()),
-        ("/run", "application/x-www-form-urlencoded", deep_form.as_bytes()),
-        ("/hook/demo", "application/x-www-form-urlencoded", deep_form.as_bytes()),
-        ("/hook/demo", "application/x-www-form-urlencoded", form.as_bytes()),
+        (
+            "/run",
+            "application/x-www-form-urlencoded",
+            deep_form.as_bytes(),
+        ),
+        (
+            "/hook/demo",
+            "application/x-www-form-urlencoded",
+            deep_form.as_bytes(),
+        ),
+        (
+            "/hook/demo",
+            "application/x-www-form-urlencoded",
+            form.as_bytes(),
+        ),
         ("/run", "application/x-www-form-urlencoded", form.as_bytes()),
     ];
     let mut failures = Vec::new();
@@ -418,7 +444,12 @@ async fn the_reported_bodies_are_cheap() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,15 +461,27 @@ async fn hostile_bodies_are_cheap_on_every_route() {
     let mut worst_rss = (0.0, String::new());
     'shapes: for shape in shapes() {
         let bodies: [(&str, &[u8]); 4] = [
-            ("application/json", shape.json.as_deref().unwrap_or(&shape.yaml)),
+            (
+                "application/json",
+                shape.json.as_deref().unwrap_or(&shape.yaml),
+            ),
             ("application/x-yaml", &shape.yaml),
             ("application/x-www-form-urlencoded", &shape.form),
             ("text/plain", shape.json.as_deref().unwrap_or(&shape.yaml)),
         ];
         for (ct, body) in bodies {
-            assert!(body.len() <= MIB, "{} {ct}: {} bytes", shape.name, body.len());
+            assert!(
+                body.len() <= MIB,
+                "{} {ct}: {} bytes",
+                shape.name,
+                body.len()
+            );
             for &(route, reads_yaml) in ROUTES {
-                let what = format!("{} as {ct} ({} KiB) on {route}", shape.name, body.len() / 1024);
+                let what = format!(
+                    "{} as {ct} ({} KiB) on {route}",
+                    shape.name,
+                    body.len() / 1024
+                );
                 let (cost, text) = match send(&mut server, &client, route, ct, body).await {
                     Ok(answer) => answer,
                     Err(e) => {
@@ -481,5 +524,10 @@ async fn hostile_bodies_are_cheap_on_every_route() {
         "worst CPU: {} ms ({}); worst peak RSS: +{:.1} MiB ({})",
         worst_cpu.0, worst_cpu.1, worst_rss.0, worst_rss.1
     );
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -95,7 +95,10 @@ pub fn prescan(raw: &[u8]) -> Shape {
         }
         let mut compact = 0usize;
         if flow == 0 {
-            if indent == 0 && (rest.starts_with(b"---") || rest.starts_with(b"...")) && blank(rest.get(3)) {
+            if indent == 0
+                && (rest.starts_with(b"---") || rest.starts_with(b"..."))
+                && blank(rest.get(3))
+            {
                 if rest[0] == b'-' {
                     shape.documents += 1;
                     in_doc = true;
@@ -247,7 +250,10 @@ fn skip_plain(raw: &[u8], i: usize, in_flow: bool) -> usize {
         if b == b'\n' || (in_flow && flow_indicator(b)) {
             return j;
         }
-        if b == b':' && (blank(raw.get(j + 1)) || (in_flow && raw.get(j + 1).is_some_and(|&c| flow_indicator(c)))) {
+        if b == b':'
+            && (blank(raw.get(j + 1))
+                || (in_flow && raw.get(j + 1).is_some_and(|&c| flow_indicator(c))))
+        {
             return j;
         }
         if b == b'#' && j > i && matches!(raw[j - 1], b' ' | b'\t') {
@@ -267,10 +273,9 @@ pub fn parse(raw: &[u8], budget: &Budget) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(raw)
         .map_err(|_| ApiError::BadBody("a YAML body must be UTF-8".into()))?;
     build(text, budget).map_err(|e| {
-        let at = e
-            .at
-            .map(|(line, col)| format!(" at line {line} column {col}"))
-            .unwrap_or_default();
+        let at =
+            e.at.map(|(line, col)| format!(" at line {line} column {col}"))
+                .unwrap_or_default();
         ApiError::BadBody(format!("invalid YAML{at}: {}{}", e.what, budget.why()))
     })
 }
@@ -374,7 +379,9 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let open = stack.pop().ok_or_else(|| located("unbalanced collection"))?;
+                let open = stack
+                    .pop()
+                    .ok_or_else(|| located("unbalanced collection"))?;
                 let value = match open.value {
                     Collection::Seq(items) => Value::Array(items),
                     Collection::Map(map, _) => Value::Object(map),
@@ -389,7 +396,9 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
                             height,
                         },
                     );
-                    budget.charge(budget.used() - open.used_at_start).map_err(located)?;
+                    budget
+                        .charge(budget.used() - open.used_at_start)
+                        .map_err(located)?;
                 }
                 (value, height, 0)
             }
@@ -537,8 +546,7 @@ fn float(v: &str) -> Option<f64> {
     }
     // Rust also reads `inf`, `nan` and `infinity`; YAML does not.
     let f: f64 = unsigned.parse().ok()?;
-    f.is_finite()
-        .then_some(if negative { -f } else { f })
+    f.is_finite().then_some(if negative { -f } else { f })
 }
 
 #[cfg(test)]
@@ -556,16 +564,26 @@ mod tests {
             y("[1, -2, 0x1f, 0o17, +3, 1.5, .inf, yes, no, ~, null, True, '1', 0123, 1e3, hi there]").unwrap(),
             json!([1, -2, 31, 15, 3, 1.5, null, "yes", "no", null, null, true, "1", "0123", 1000.0, "hi there"])
         );
-        assert_eq!(y("a: !!str 1\nb: !!int 2\n").unwrap(), json!({"a": "1", "b": 2}));
+        assert_eq!(
+            y("a: !!str 1\nb: !!int 2\n").unwrap(),
+            json!({"a": "1", "b": 2})
+        );
         assert!(y("a: !custom x\n").is_err());
-        assert_eq!(y("{1: a, ~: b, [1]: c}").unwrap(), json!({"1": "a", "None": "b", "[1]": "c"}));
+        assert_eq!(
+            y("{1: a, ~: b, [1]: c}").unwrap(),
+            json!({"1": "a", "None": "b", "[1]": "c"})
+        );
         assert_eq!(y("# only a comment\n").unwrap(), Value::Null);
-        assert_eq!(y("x: |\n  a: [\n  'b\n").unwrap(), json!({"x": "a: [\n'b\n"}));
+        assert_eq!(
+            y("x: |\n  a: [\n  'b\n").unwrap(),
+            json!({"x": "a: [\n'b\n"})
+        );
     }
 
     #[test]
     fn prescan_reads_quotes_comments_and_block_scalars() {
-        let s = prescan(b"a: \"[[[[\"\nb: '{{{{'  # [[[[\nc: |\n  {{{{\n  [[[[\nd: [1, [2, {e: 3}]]\n");
+        let s =
+            prescan(b"a: \"[[[[\"\nb: '{{{{'  # [[[[\nc: |\n  {{{{\n  [[[[\nd: [1, [2, {e: 3}]]\n");
         assert_eq!(s.flow_depth, 3, "{s:?}");
         assert_eq!(s.documents, 1);
         let json = "[[\"a\"],[\"b\"],{\"c\":\"d\"}],".repeat(1000);
@@ -589,7 +607,11 @@ mod tests {
         assert_eq!(v["c"], json!([1, 2, 3]));
         // 1 map + 3 keys + anchored seq (4, charged again once stored) + 2 aliases of 4.
         assert!(budget.used() >= 1 + 3 + 4 + 8, "{}", budget.used());
-        let deep = format!("a: &a {}1{}\nb: [[[[*a]]]]\n", "[".repeat(62), "]".repeat(62));
+        let deep = format!(
+            "a: &a {}1{}\nb: [[[[*a]]]]\n",
+            "[".repeat(62),
+            "]".repeat(62)
+        );
         assert!(y(&deep).is_err());
         assert!(y("a: &a [*a]\n").is_err());
     }
