@@ -440,6 +440,32 @@ mod tests {
             "{e:?}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // One budget for the whole form: a bomb in each `arg` item cannot each take a fresh
+        // budget (and a bomb is refused, not kept as text).
+        let mut bomb = String::from("[&a0 [x, x, x, x, x, x, x, x, x]");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                ", &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]"
+            ));
+        }
+        bomb.push(']');
+        let item = format!(
+            "&arg={}",
+            bomb.replace('&', "%26")
+                .replace(' ', "+")
+                .replace(',', "%2C")
+        );
+        let e = parse_form(format!("fun=x{}", item.repeat(100)).as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadBody(m) if m.contains("values")),
+            "{e:?}"
+        );
+        let honest = "&arg=%5B1%2C2%5D".repeat(1000);
+        assert_eq!(
+            parse_form(format!("fun=x{honest}").as_bytes()).unwrap()["arg"][999],
+            json!([1, 2])
+        );
         // A few honest aliases are fine.
         let ok = parse_yaml(b"base: &b {tgt: '*'}\nchunk: *b\n").unwrap();
         assert_eq!(ok["chunk"], json!({"tgt": "*"}));

@@ -60,3 +60,39 @@ where
         ApiError::Internal
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_large_bodies_is_refused_beyond_the_queue() {
+        assert_eq!(offload(10, || 7).await, Ok(7));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate));
+        let mut held = Vec::new();
+        for _ in 0..running() + MAX_WAITING {
+            let gate = gate.clone();
+            held.push(tokio::spawn(offload(INLINE_MAX + 1, move || {
+                let _ = gate.lock().map(|g| g.recv());
+            })));
+        }
+        // Let every task take its admission.
+        while ADMITTED.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            offload(INLINE_MAX + 1, || ()).await,
+            Err(ApiError::Unavailable(_))
+        ));
+        // Small bodies are never queued.
+        assert_eq!(offload(INLINE_MAX, || 1).await, Ok(1));
+        for _ in 0..held.len() {
+            release.send(()).unwrap();
+        }
+        for h in held {
+            assert_eq!(h.await.unwrap(), Ok(()));
+        }
+        assert_eq!(offload(INLINE_MAX + 1, || 2).await, Ok(2));
+    }
+}
