@@ -258,11 +258,19 @@ async fn run(
             return Ok(Outcome::Answered(answer));
         }
     }
-    let post = if rule.yaml && is_yaml(headers) {
-        // Bounded while it parses: alias expansion cannot outgrow the node budget.
-        crate::salt::wire::payload::from_json(&super::body::parse_yaml(&raw)?)
-    } else {
-        parse_body(headers, &raw)?
+    let post = {
+        let yaml = rule.yaml && is_yaml(headers);
+        let media = super::body::media_type(headers).unwrap_or_default();
+        let raw = raw.clone();
+        // Bounded while it parses; large bodies are parsed off the async workers.
+        super::body::offload(raw.len(), move || {
+            if yaml {
+                super::body::parse_yaml(&raw).map(|v| crate::salt::wire::payload::from_json(&v))
+            } else {
+                parse_media(&media, &raw)
+            }
+        })
+        .await??
     };
     let mut hidden: Vec<HeaderName> = rule
         .verifier
@@ -454,14 +462,17 @@ pub fn title_case(name: &str) -> String {
 
 /// Parses the body by its media type into the event's `post`.
 pub fn parse_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
+    parse_media(&super::body::media_type(headers).unwrap_or_default(), raw)
+}
+
+fn parse_media(media: &str, raw: &[u8]) -> Result<Value, ApiError> {
     if raw.is_empty() {
         return Ok(Value::Map(Vec::new()));
     }
-    let media = super::body::media_type(headers).unwrap_or_default();
     let json = |r: Result<serde_json::Value, ApiError>| {
         r.map(|v| crate::salt::wire::payload::from_json(&v))
     };
-    match media.as_str() {
+    match media {
         "application/json" => json(super::body::parse_json(raw)),
         m if m.ends_with("+json") => json(super::body::parse_json(raw)),
         // CherryPy's form processing, as on the lowstate routes: repeated keys become a list,

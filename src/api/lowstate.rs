@@ -845,7 +845,7 @@ async fn respond(
         Mode::Session | Mode::Minions => Credentials::Session(session(headers)?),
     };
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let chunks = shape(body::parse(headers, &raw)?)?;
+    let chunks = shape(body::parse_async(headers, &raw).await?)?;
     let forced = (mode == Mode::Minions).then_some(Client::LocalAsync);
     let mut prepared = prepare(
         chunks,

@@ -315,7 +315,7 @@ async fn key_pair(
 ) -> Result<(String, Vec<u8>), ApiError> {
     let raw =
         super::extract::read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let parsed = super::body::parse(headers, &raw)?;
+    let parsed = super::body::parse_async(headers, &raw).await?;
     let fields = match parsed {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,

@@ -96,7 +96,7 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) 
 
 async fn do_login(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Token, ApiError> {
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let creds = match body::parse(headers, &raw)? {
+    let creds = match body::parse_async(headers, &raw).await? {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,
     };
@@ -244,7 +244,7 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
 
 async fn do_token(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let list = match body::parse(headers, &raw)? {
+    let list = match body::parse_async(headers, &raw).await? {
         Value::Array(items) => items,
         one => vec![one],
     };
