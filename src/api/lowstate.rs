@@ -775,10 +775,17 @@ async fn respond(
         forced,
     )?;
     let salt = master(app)?;
-    if let Credentials::Session(token) = &creds {
-        require_valid(app, salt, token).await?;
+    let per_chunk = matches!(creds, Credentials::PerChunk);
+    match &creds {
+        Credentials::Session(token) => require_valid(app, salt, token).await?,
+        // The master checks per-chunk credentials with the command: throttled like a login.
+        Credentials::PerChunk => app.tokens.admit()?,
     }
-    let results = execute(salt, background, prepared).await?;
+    let results = execute(salt, background, prepared).await;
+    if per_chunk && matches!(&results, Err(e) if e.status_code().0 == StatusCode::UNAUTHORIZED) {
+        app.tokens.refused();
+    }
+    let results = results?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()

@@ -10,6 +10,7 @@
 
 mod gate;
 mod hooks;
+mod hostile_auth;
 mod lowstate;
 mod lowstate_diff;
 mod reactor_examples;
