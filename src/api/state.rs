@@ -2,20 +2,20 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use super::ApiError;
 use crate::config::Config;
 use crate::salt::channel::Token;
 use crate::salt::{SaltClients, SaltError, SharedBus};
 use crate::security::client_ip;
-use crate::security::rate::RetryAfter;
+use crate::security::rate::{ClientKey, RetryAfter};
 use crate::security::throttle::{AuthThrottle, ThrottleSettings};
 
 /// Everything a handler may need.
@@ -128,6 +128,9 @@ impl From<AuthError> for ApiError {
 ///   cached token is answered whatever the client's budget.
 /// - At most `auth_max_in_flight` checks are sent to the master at once, so a flood cannot take
 ///   all of the master's request workers; the rest wait up to [`AUTH_QUEUE_WAIT`] (503 after).
+///   Each client has one check at the master or in that queue at a time: its other checks wait
+///   their turn, and once the client has a recent failure they are refused (429) instead, so
+///   one guesser cannot fill the queue in front of everyone else.
 #[derive(Debug)]
 pub struct TokenCache {
     ttl: Duration,
@@ -135,7 +138,51 @@ pub struct TokenCache {
     entries: Mutex<HashMap<String, (Instant, Token)>>,
     throttle: AuthThrottle,
     in_flight: Semaphore,
+    clients: ClientSlots,
     queue_wait: Duration,
+}
+
+/// How often a check waiting for its client's turn re-reads the client's budget.
+const CLIENT_TURN_TICK: Duration = Duration::from_millis(100);
+
+/// A check's places: its client's turn and a slot to the master.
+struct Slot<'a> {
+    _master: SemaphorePermit<'a>,
+    _own: Option<ClientTurn<'a>>,
+}
+
+/// One check at a time per client key: a semaphore of one for each client with a check
+/// pending, dropped when nobody holds or waits for it (so at most one per request in flight).
+#[derive(Debug, Default)]
+struct ClientSlots(Mutex<HashMap<ClientKey, Arc<Semaphore>>>);
+
+impl ClientSlots {
+    fn get(&self, key: ClientKey) -> Arc<Semaphore> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(1))),
+        )
+    }
+}
+
+/// A client's turn (held or awaited); gives the client's entry back when the last one ends.
+struct ClientTurn<'a> {
+    slots: &'a ClientSlots,
+    key: ClientKey,
+    sem: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ClientTurn<'_> {
+    fn drop(&mut self) {
+        self.permit.take();
+        let mut map = self.slots.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the map's handle and this one are left: no check holds or awaits it.
+        if Arc::strong_count(&self.sem) == 2 {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl TokenCache {
@@ -168,6 +215,7 @@ impl TokenCache {
             entries: Mutex::new(HashMap::new()),
             throttle: AuthThrottle::new(throttle),
             in_flight: Semaphore::new(max_in_flight.max(1)),
+            clients: ClientSlots::default(),
             queue_wait: AUTH_QUEUE_WAIT,
         }
     }
@@ -272,15 +320,16 @@ impl TokenCache {
         self.throttle.failed(current_client());
     }
 
-    /// Refuses a client over its budget, then waits for a slot to the master and checks the
-    /// budget again (failures that finished while it waited count).
-    async fn slot(&self, client: Option<IpAddr>) -> Result<SemaphorePermit<'_>, AuthError> {
-        let admit = |client: Option<IpAddr>| match client {
-            Some(c) => self.throttle.check(c).map_err(|wait| throttled(c, wait)),
-            None => Ok(()),
+    /// Refuses a client over its budget; waits for the client's own turn (one check per
+    /// client at a time), then for a slot to the master, and checks the budget again
+    /// (failures that finished while it waited count).
+    async fn slot(&self, client: Option<IpAddr>) -> Result<Slot<'_>, AuthError> {
+        let deadline = tokio::time::Instant::now() + self.queue_wait;
+        let own = match client {
+            Some(c) => Some(self.client_turn(c, deadline).await?),
+            None => None,
         };
-        admit(client)?;
-        let permit = match tokio::time::timeout(self.queue_wait, self.in_flight.acquire()).await {
+        let master = match tokio::time::timeout_at(deadline, self.in_flight.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) | Err(_) => {
                 tracing::warn!(
@@ -290,8 +339,58 @@ impl TokenCache {
                 return Err(AuthError::Busy);
             }
         };
-        admit(client)?;
-        Ok(permit)
+        if let Some(c) = client {
+            self.admit_client(c)?;
+        }
+        Ok(Slot {
+            _master: master,
+            _own: own,
+        })
+    }
+
+    /// Waits until no other check of `client`'s is in progress. A client with a recent
+    /// failure does not wait: a second check while one is in progress is refused (429), so a
+    /// guesser holds at most one place in the queue to the master.
+    async fn client_turn(
+        &self,
+        client: IpAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<ClientTurn<'_>, AuthError> {
+        let key = self.throttle.key(client);
+        let mut turn = ClientTurn {
+            slots: &self.clients,
+            key,
+            sem: self.clients.get(key),
+            permit: None,
+        };
+        loop {
+            self.admit_client(client)?;
+            if let Ok(p) = Arc::clone(&turn.sem).try_acquire_owned() {
+                turn.permit = Some(p);
+                return Ok(turn);
+            }
+            let now = tokio::time::Instant::now();
+            if !self.throttle.clean(client) || now >= deadline {
+                tracing::info!(
+                    client_ip = %client,
+                    "Credential check refused: this client already has one in progress"
+                );
+                return Err(AuthError::Throttled(RetryAfter(Duration::from_secs(1))));
+            }
+            let wait = (deadline - now).min(CLIENT_TURN_TICK);
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(wait, Arc::clone(&turn.sem).acquire_owned()).await
+            {
+                turn.permit = Some(p);
+                return Ok(turn);
+            }
+        }
+    }
+
+    fn admit_client(&self, client: IpAddr) -> Result<(), AuthError> {
+        self.throttle
+            .check(client)
+            .map_err(|wait| throttled(client, wait))
     }
 
     fn cached(&self, token: &str, now_unix: f64) -> Option<Token> {

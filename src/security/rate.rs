@@ -281,6 +281,12 @@ impl<C: Clock> Buckets<C> {
         }
     }
 
+    /// Whether `key`'s bucket is full: nothing taken from it is still being refilled.
+    pub fn is_full(&self, key: ClientKey) -> bool {
+        let now = self.now();
+        self.shard(&key).peek(&key).is_none_or(|&tat| tat <= now)
+    }
+
     /// Takes one cell from `key`'s bucket even when it is empty (the arrival time moves on, so
     /// the wait grows): for charging what already happened.
     pub fn charge(&self, key: ClientKey) {
@@ -539,7 +545,9 @@ mod tests {
         let k = ClientKey::V4(1);
         assert!(b.peek(k).is_ok());
         assert!(b.is_empty(), "peek stores nothing");
+        assert!(b.is_full(k));
         b.charge(k);
+        assert!(!b.is_full(k));
         assert!(b.peek(k).is_ok());
         b.charge(k);
         assert_eq!(b.peek(k), Err(RetryAfter(Duration::from_secs(10))));

@@ -33,7 +33,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::lru::Lru;
-use super::rate::{Buckets, ClientKeys, Clock, Gcra, MonotonicClock, RetryAfter};
+use super::rate::{Buckets, ClientKey, ClientKeys, Clock, Gcra, MonotonicClock, RetryAfter};
 
 /// How often the failure table drops refilled keys (amortised over failures).
 const HOUSEKEEP_EVERY: Duration = Duration::from_secs(60);
@@ -115,6 +115,16 @@ impl<C: Clock> AuthThrottle<C> {
     /// Whether `client` may make one more credential check now; if not, when it may.
     pub fn check(&self, client: IpAddr) -> Result<(), RetryAfter> {
         self.failures.peek(self.keys.key(client))
+    }
+
+    /// The key `client` is counted under.
+    pub fn key(&self, client: IpAddr) -> ClientKey {
+        self.keys.key(client)
+    }
+
+    /// Whether `client` has no recent failure (its budget is full).
+    pub fn clean(&self, client: IpAddr) -> bool {
+        self.failures.is_full(self.keys.key(client))
     }
 
     /// Counts one failed check (wrong password, unknown token) against `client`.
@@ -211,9 +221,11 @@ mod tests {
     fn failures_exhaust_the_burst_then_refill() {
         let (t, clock) = throttle(3, 6);
         let a = ip("192.0.2.1");
+        assert!(t.clean(a));
         for _ in 0..3 {
             assert!(t.check(a).is_ok());
             t.failed(a);
+            assert!(!t.clean(a));
         }
         let wait = t.check(a).unwrap_err();
         assert_eq!(wait, RetryAfter(Duration::from_secs(10)));

@@ -91,6 +91,15 @@ async fn wrong_password_flood_is_throttled_and_a_real_login_elsewhere_stays_quic
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
         .count();
     assert_eq!(refused + throttled, 64, "{statuses:?}");
+    // Then one guess at a time, until the budget is gone.
+    let mut refused = refused;
+    for _ in 0..(2 * BURST) {
+        match login(&app, &attacker, "guess").await.status() {
+            StatusCode::UNAUTHORIZED => refused += 1,
+            StatusCode::TOO_MANY_REQUESTS => break,
+            other => panic!("{other}"),
+        }
+    }
     // The burst, plus at most what was already at the master when the budget ran out.
     assert!(refused <= BURST + IN_FLIGHT, "{refused} guesses answered");
     assert!(master.calls.mk_token() <= BURST + IN_FLIGHT);
@@ -143,6 +152,19 @@ async fn successful_logins_and_valid_tokens_are_never_counted() {
         assert_eq!(resp.status(), StatusCode::OK);
     }
     assert_eq!(master.calls.get_token(), 0);
+    // Many at once from one client wait their turn; none is refused.
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..(2 * BURST))
+        .map(|_| {
+            let (app, c) = (&app, &c);
+            async move { login(app, c, "saltdev").await.status() }
+        })
+        .buffer_unordered(2 * BURST)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     // Failures up to the burst still leave the client its login.
     for _ in 0..(BURST - 1) {
         assert_eq!(
