@@ -133,3 +133,69 @@ async fn guessing_is_throttled_per_address_and_real_logins_stay_quick() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["return"][0][sandbox.minion_id()], true, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_login_during_a_wrong_password_flood_stays_quick() {
+    let sandbox = blocking(salt::shared).await;
+    let gate = Gate::start(sandbox, "", &[], |_| {}).await;
+    let timed_login = |from: &'static str| {
+        let gate = &gate;
+        async move {
+            let started = Instant::now();
+            let resp = login(gate, &client_from(from), "saltdev", "saltdev").await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            started.elapsed()
+        }
+    };
+    let quiet = timed_login("127.0.0.2").await;
+
+    // 16 connections of wrong passwords from one address, for the whole measurement.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = gate.url("/login");
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url.clone());
+            tokio::spawn(async move {
+                let c = client_from("127.0.0.4");
+                let mut answered = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = c
+                        .post(&url)
+                        .json(&json!({"username": "saltdev", "password": "guess", "eauth": "file"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if resp.status() == StatusCode::UNAUTHORIZED {
+                        answered += 1;
+                    } else {
+                        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut during = Vec::new();
+    for from in ["127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        during.push(timed_login(from).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for f in flood {
+        answered += f.await.unwrap();
+    }
+    eprintln!("login alone {quiet:?}; during the flood {during:?}; guesses answered {answered}");
+    for d in &during {
+        assert!(
+            *d < Duration::from_secs(2),
+            "login during the flood took {d:?}"
+        );
+    }
+    assert!(
+        answered <= BURST + IN_FLIGHT,
+        "{answered} guesses reached the master"
+    );
+}
