@@ -263,7 +263,7 @@ impl Feed {
         let Some(salt) = &self.app.salt else {
             return false;
         };
-        !matches!(self.app.tokens.validate(salt, token).await, Ok(None))
+        !matches!(self.app.tokens.recheck(salt, token).await, Ok(None))
     }
 }
 

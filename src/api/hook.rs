@@ -38,7 +38,7 @@ use crate::config::hooks::route;
 use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
 use crate::salt::event::{hook_tag, stamp_now};
-use crate::security::rate::{RateLimiter, RateQuota};
+use crate::security::rate::{ClientKeys, RateLimiter, RateQuota};
 use crate::security::replay::{Duplicate, ReplayGuard, Reservation, body_key};
 use crate::security::signature::sns::SnsVerified;
 use crate::security::{Verified, Verifier, VerifyError, client_ip, redact};
@@ -67,6 +67,7 @@ impl Hooks {
         rules: Vec<HookRule>,
         refuse_unmatched: bool,
         trusted_proxies: Vec<ipnet::IpNet>,
+        client_keys: ClientKeys,
         sns_http: Option<Arc<dyn SnsHttp>>,
     ) -> Self {
         let mut quotas: Vec<RateQuota> = Vec::new();
@@ -101,7 +102,7 @@ impl Hooks {
             rules,
             refuse_unmatched,
             trusted_proxies,
-            limiter: RateLimiter::new(&quotas),
+            limiter: RateLimiter::new(&quotas, client_keys),
             rate_slots,
             replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
             sns_certs,

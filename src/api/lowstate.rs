@@ -855,12 +855,21 @@ async fn respond(
     )?;
     authorize_eauth(&app.config, &mut prepared)?;
     let salt = master(app)?;
+    let per_chunk = matches!(creds, Credentials::PerChunk);
     let session = match &creds {
         Credentials::Session(token) => Some(valid_token(app, salt, token).await?),
-        Credentials::PerChunk => None,
+        // The master checks per-chunk credentials with the command: throttled like a login.
+        Credentials::PerChunk => {
+            app.tokens.admit()?;
+            None
+        }
     };
     authorize_tokens(app, salt, &mut prepared, session.as_ref()).await?;
-    let results = execute(salt, background, prepared).await?;
+    let results = execute(salt, background, prepared).await;
+    if per_chunk && matches!(&results, Err(e) if e.status_code().0 == StatusCode::UNAUTHORIZED) {
+        app.tokens.refused();
+    }
+    let results = results?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()

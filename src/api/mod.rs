@@ -105,6 +105,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::track,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            state::client_scope,
+        ))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(resources::count))
         .layer(axum::Extension(stats))

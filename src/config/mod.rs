@@ -186,6 +186,18 @@ pub struct SaltgateSettings {
     pub body_rate_grace_secs: u64,
     /// Seconds a response write may stay blocked on a client that reads nothing.
     pub write_timeout_secs: u64,
+    /// IPv6 clients are counted by this network prefix in rate limits and the login/token
+    /// throttle (IPv4 clients per address).
+    pub rate_limit_ipv6_prefix: u8,
+    /// Client keys each rate-limit table (per hook rule, and the login/token throttle) tracks;
+    /// past it the least recently used key is forgotten.
+    pub rate_limit_max_keys: usize,
+    /// Failed logins and token checks a client may make at once before it is refused (429).
+    pub auth_failure_burst: u32,
+    /// Failed logins and token checks a client may make per minute after its burst.
+    pub auth_failures_per_minute: u32,
+    /// Login and token checks sent to the master at once.
+    pub auth_max_in_flight: usize,
 }
 
 /// What happens to hook paths no rule covers.
@@ -224,6 +236,11 @@ impl Default for SaltgateSettings {
             body_min_bytes_per_sec: 500,
             body_rate_grace_secs: 5,
             write_timeout_secs: 30,
+            rate_limit_ipv6_prefix: crate::security::rate::DEFAULT_IPV6_PREFIX,
+            rate_limit_max_keys: crate::security::rate::DEFAULT_MAX_KEYS,
+            auth_failure_burst: crate::security::throttle::DEFAULT_FAILURE_BURST,
+            auth_failures_per_minute: crate::security::throttle::DEFAULT_FAILURES_PER_MINUTE,
+            auth_max_in_flight: 2,
         }
     }
 }
@@ -403,6 +420,12 @@ impl Config {
                 "must be > 0",
             ));
         }
+        if !(1..=128).contains(&self.saltgate.rate_limit_ipv6_prefix) {
+            return Err(ConfigError::invalid(
+                "saltgate.rate_limit_ipv6_prefix",
+                "must be 1 to 128",
+            ));
+        }
         for (key, value) in [
             (
                 "saltgate.max_connections_per_client",
@@ -428,6 +451,22 @@ impl Config {
             (
                 "saltgate.write_timeout_secs",
                 self.saltgate.write_timeout_secs,
+            ),
+            (
+                "saltgate.auth_failure_burst",
+                self.saltgate.auth_failure_burst as u64,
+            ),
+            (
+                "saltgate.auth_failures_per_minute",
+                self.saltgate.auth_failures_per_minute as u64,
+            ),
+            (
+                "saltgate.auth_max_in_flight",
+                self.saltgate.auth_max_in_flight as u64,
+            ),
+            (
+                "saltgate.rate_limit_max_keys",
+                self.saltgate.rate_limit_max_keys as u64,
             ),
         ] {
             if value == 0 {
@@ -461,6 +500,25 @@ impl Config {
                 .host
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// How client addresses are keyed in rate limits and the login/token throttle.
+    pub fn client_keys(&self) -> crate::security::ClientKeys {
+        crate::security::ClientKeys::new(self.saltgate.rate_limit_ipv6_prefix)
+            .with_max_keys(self.saltgate.rate_limit_max_keys)
+    }
+
+    /// The login/token throttle's limits.
+    pub fn auth_throttle(&self) -> crate::security::throttle::ThrottleSettings {
+        use std::num::NonZeroU32;
+        crate::security::throttle::ThrottleSettings {
+            failure_burst: NonZeroU32::new(self.saltgate.auth_failure_burst)
+                .unwrap_or(NonZeroU32::MIN),
+            failures_per_minute: NonZeroU32::new(self.saltgate.auth_failures_per_minute)
+                .unwrap_or(NonZeroU32::MIN),
+            keys: self.client_keys(),
+            ..Default::default()
+        }
     }
 
     /// The header-read timeout.
@@ -546,6 +604,11 @@ pub fn render_effective(config: &Config) -> String {
             "stream_keepalive_secs": config.saltgate.stream_keepalive_secs,
             "streams_disable_auth": config.saltgate.streams_disable_auth,
             "ui_path": config.saltgate.ui_path,
+            "rate_limit_ipv6_prefix": config.saltgate.rate_limit_ipv6_prefix,
+            "rate_limit_max_keys": config.saltgate.rate_limit_max_keys,
+            "auth_failure_burst": config.saltgate.auth_failure_burst,
+            "auth_failures_per_minute": config.saltgate.auth_failures_per_minute,
+            "auth_max_in_flight": config.saltgate.auth_max_in_flight,
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -637,6 +700,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("saltgate.max_buffered_body_bytes:"), "{e}");
+    }
+
+    #[test]
+    fn client_keys_and_auth_throttle_settings() {
+        let c = load_text("saltgate:\n  bus: builtin\n").unwrap();
+        assert_eq!(c.client_keys().ipv6_prefix(), 64);
+        let t = c.auth_throttle();
+        assert_eq!(t.failure_burst.get(), 10);
+        assert_eq!(t.failures_per_minute.get(), 6);
+        assert_eq!(c.saltgate.auth_max_in_flight, 2);
+        let c = load_text(
+            "saltgate:\n  rate_limit_ipv6_prefix: 56\n  auth_failure_burst: 3\n  \
+             auth_failures_per_minute: 1\n  auth_max_in_flight: 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_keys().ipv6_prefix(), 56);
+        assert_eq!(c.auth_throttle().keys.ipv6_prefix(), 56);
+        assert_eq!(c.auth_throttle().failure_burst.get(), 3);
+        assert_eq!(c.saltgate.auth_max_in_flight, 8);
+        for bad in [
+            "rate_limit_ipv6_prefix: 0",
+            "rate_limit_ipv6_prefix: 129",
+            "auth_failure_burst: 0",
+            "auth_failures_per_minute: 0",
+            "auth_max_in_flight: 0",
+            "rate_limit_max_keys: 0",
+        ] {
+            let e = load_text(&format!("saltgate:\n  {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.starts_with(&format!("saltgate.{key}")), "{e}");
+        }
     }
 
     #[test]

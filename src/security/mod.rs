@@ -14,17 +14,20 @@
 pub mod acl;
 pub mod allowlist;
 pub mod client_ip;
+pub mod lru;
 pub mod rate;
 pub mod redact;
 pub mod replay;
 pub mod secret;
 pub mod signature;
+pub mod throttle;
 
 pub use allowlist::AllowList;
-pub use rate::{RateLimiter, RateQuota, RetryAfter};
+pub use rate::{ClientKeys, RateLimiter, RateQuota, RetryAfter};
 pub use replay::{Duplicate, ReplayGuard, Reservation, Stale};
 pub use secret::{EmptySecret, NoSecrets, Secret, SecretSet};
 pub use signature::{SignError, Verified, Verifier, VerifyError};
+pub use throttle::AuthThrottle;
 
 #[cfg(test)]
 mod tests {
@@ -33,6 +36,7 @@ mod tests {
     #[test]
     fn controls_are_send_and_sync() {
         shared_across_tasks::<super::RateLimiter>();
+        shared_across_tasks::<super::AuthThrottle>();
         shared_across_tasks::<super::ReplayGuard>();
         shared_across_tasks::<super::Reservation>();
         shared_across_tasks::<super::Verifier>();
@@ -46,7 +50,7 @@ mod tests {
             per_second: std::num::NonZeroU32::MIN,
             burst: std::num::NonZeroU32::MIN,
         };
-        let l = super::RateLimiter::new(&[q]);
+        let l = super::RateLimiter::new(&[q], super::ClientKeys::default());
         let ip = std::net::IpAddr::from([192, 0, 2, 1]);
         assert!(l.check(0, ip).is_ok());
         assert!(l.check(0, ip).is_err());

@@ -71,11 +71,12 @@ pub fn build_state_with(
         );
         (Arc::new(MemoryBus::new(config.saltgate.event_queue)), None)
     };
-    let tokens = api::state::TokenCache::new(Duration::from_secs(10), 10_000);
+    let tokens = api::state::TokenCache::from_config(&config);
     let hooks = api::hook::Hooks::new(
         config.hooks.clone(),
         config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
         config.saltgate.trusted_proxies.clone(),
+        config.client_keys(),
         sns_http,
     );
     let state = AppState(Arc::new(App {

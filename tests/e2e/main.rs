@@ -11,6 +11,7 @@
 mod acl;
 mod gate;
 mod hooks;
+mod hostile_auth;
 mod lowstate;
 mod lowstate_diff;
 mod reactor_examples;

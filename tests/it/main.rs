@@ -10,6 +10,7 @@ mod config_files;
 mod files;
 mod hook_pipeline;
 mod hook_security;
+mod hostile_auth;
 mod hostile_body;
 mod hostile_conn;
 mod hostile_edge;
