@@ -22,9 +22,12 @@
 //!   forge SSE fields.
 //! - refusals are `ApiError` bodies (JSON/YAML) rather than CherryPy HTML pages.
 //!
-//! Memory per subscriber: the bus queue is bounded (`saltgate.event_queue`), and the body is a
-//! pull stream: hyper asks for the next chunk only when its write buffer has room, so a reader
-//! that stops reading makes this subscriber lag, not grow.
+//! Memory per subscriber: the bus queue is bounded in events and bytes (`saltgate.event_queue`,
+//! `saltgate.event_queue_bytes`) and shared by all subscribers; each event is rendered once
+//! ([`sse_event`], kept with the event on the bus) and every stream sends that same buffer, or a
+//! part of it (the WebSocket framings), without copying. The body is a pull stream: hyper asks
+//! for the next chunk only when its write buffer has room, so a reader that stops reading makes
+//! this subscriber lag, not grow; it holds the few shared renderings hyper had queued for it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +46,7 @@ use super::metrics::{StreamKind, SubscriberGuard};
 use super::negotiate::{Format, response_format};
 use super::state::{App, AppState};
 use crate::salt::event::stamp_now;
+use crate::salt::bus::{Published, Received};
 use crate::salt::{BusItem, Event, Subscription};
 
 /// Tag of the notice sent when a subscriber missed events.
@@ -157,8 +161,8 @@ impl TagFilter {
 /// One thing for a stream to send.
 #[derive(Debug)]
 pub enum FeedItem {
-    /// An event from the bus.
-    Event(Arc<Event>),
+    /// An event from the bus, with its shared rendering.
+    Event(Arc<Published>),
     /// A notice saltgate itself makes (lag, bus state), already an event.
     Notice(Event),
     /// Nothing happened for a keep-alive period.
@@ -223,13 +227,20 @@ impl Feed {
                     continue;
                 }
                 _ = self.keepalive.tick() => return Some(FeedItem::KeepAlive),
-                item = self.sub.recv() => item,
+                item = self.sub.recv_published() => item,
             };
-            match item? {
-                BusItem::Event(ev) if self.filter.keeps(&ev.tag) => {
-                    self.keepalive.reset();
-                    return Some(FeedItem::Event(ev));
+            let item = match item? {
+                Received::Event(ev) => {
+                    if self.filter.keeps(&ev.event.tag) {
+                        self.keepalive.reset();
+                        return Some(FeedItem::Event(ev));
+                    }
+                    continue;
                 }
+                Received::Other(item) => item,
+            };
+            match item {
+                // Events come as `Received::Event`.
                 BusItem::Event(_) => {}
                 BusItem::Lagged(n) => {
                     tracing::info!(missed = n, "Event stream subscriber fell behind");
@@ -299,7 +310,7 @@ pub async fn events(
     let rest = futures::stream::unfold(feed, |mut feed| async move {
         let item = feed.next().await?;
         let bytes = match &item {
-            FeedItem::Event(ev) => sse_event(ev),
+            FeedItem::Event(ev) => ev.rendered(sse_event),
             FeedItem::Notice(ev) => sse_event(ev),
             FeedItem::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
         };
@@ -337,6 +348,27 @@ pub fn sse_event(event: &Event) -> Bytes {
     out.push_str(&json);
     out.push_str("\n\n");
     Bytes::from(out)
+}
+
+/// The part of an [`sse_event`] record from its `data:` line on: `data: <json>\n\n`, the frame
+/// of rest_cherrypy's `/ws`. Shares the record's buffer.
+pub fn data_part(record: &Bytes) -> Bytes {
+    // The tag line is the first line: a tag's own CR and LF are escaped on it.
+    let start = record
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(record.len(), |i| i + 1);
+    record.slice(start..)
+}
+
+/// The JSON of an [`sse_event`] record, `{"data": …, "tag": …}`, the frame of rest_tornado's
+/// `/all_events`. Shares the record's buffer.
+pub fn json_part(record: &Bytes) -> Bytes {
+    let data = data_part(record);
+    if data.len() < 8 {
+        return Bytes::new();
+    }
+    data.slice(6..data.len() - 2)
 }
 
 /// `{"data": <data>, "tag": <tag>}` as salt-api writes it.
@@ -463,6 +495,18 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].starts_with("data: {\"data\""), "{text}");
         assert!(text.starts_with("tag: x\\ndata: forged\n"));
+    }
+
+    #[test]
+    fn websocket_framings_are_parts_of_the_sse_record() {
+        for tag in ["a/b", "x\ndata: forged", "é/\r"] {
+            let ev = Event::new(tag, Value::Map(vec![("k".into(), "v\n\n".into())]));
+            let record = sse_event(&ev);
+            let json = salt_json(&ev);
+            assert_eq!(&data_part(&record)[..], format!("data: {json}\n\n").as_bytes());
+            assert_eq!(&json_part(&record)[..], json.as_bytes());
+            assert_eq!(json_part(&record).as_ptr(), record[record.len() - 2 - json.len()..].as_ptr());
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod config_files;
 mod files;
 mod hook_pipeline;
 mod hook_security;
+mod hostile_streams;
 mod listener;
 mod lowstate;
 mod streams;
