@@ -59,7 +59,7 @@ use super::digest::{Dialect, Digest, Limits, MAX_MINIONS};
 use super::error::render_body;
 use super::events::{
     Authorized, Feed, FeedItem, TagFilter, authorize, data_part, json_part, notice, salt_json,
-    sse_event,
+    sse_record,
 };
 use super::extract::session_token;
 use super::metrics::StreamKind;
@@ -82,7 +82,7 @@ const BURST: usize = 512;
 /// The largest frame sent: longer messages go out as fragments (RFC 6455 §5.4), each written
 /// before the next is handed to the socket, so a reader that stops reading holds at most one
 /// fragment's copy in the socket's write buffer, whatever the event size.
-pub const FRAGMENT: usize = 16 << 10;
+pub const FRAGMENT: usize = crate::salt::bus::ring::CHUNK;
 
 /// The largest message a client may send (they send `websocket client ready` and little else).
 const MAX_CLIENT_MESSAGE: usize = 64 << 10;
@@ -90,17 +90,26 @@ const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 /// A text message as frames of at most [`FRAGMENT`] bytes, sharing `text`'s buffer. `text` must
 /// be UTF-8 as a whole (fragments may split a character, as the RFC allows).
 pub fn text_frames(text: Bytes) -> Vec<Message> {
-    if text.len() <= FRAGMENT {
+    let parts = (0..text.len().div_ceil(FRAGMENT).max(1))
+        .map(|i| text.slice((i * FRAGMENT).min(text.len())..((i + 1) * FRAGMENT).min(text.len())))
+        .collect();
+    message_frames(parts)
+}
+
+/// One text message made of `parts` (each at most [`FRAGMENT`] bytes), a frame per part.
+pub fn message_frames(parts: Vec<Bytes>) -> Vec<Message> {
+    let count = parts.len().max(1);
+    if parts.is_empty() {
         return vec![Message::Frame(Frame::message(
-            text,
+            Bytes::new(),
             OpCode::Data(Data::Text),
             true,
         ))];
     }
-    let count = text.len().div_ceil(FRAGMENT);
-    (0..count)
-        .map(|i| {
-            let part = text.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(text.len()));
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
             let opcode = if i == 0 { Data::Text } else { Data::Continue };
             Message::Frame(Frame::message(part, OpCode::Data(opcode), i + 1 == count))
         })
@@ -121,12 +130,11 @@ pub enum Framing {
 impl Framing {
     /// A bus event's frames, parts of its shared rendering (the raw framings only).
     fn shared_frames(self, published: &Published) -> Vec<Message> {
-        let record = published.rendered(sse_event);
-        let text = match self {
-            Self::Cherrypy => data_part(&record),
-            Self::Tornado | Self::Digest(_) => json_part(&record),
-        };
-        text_frames(text)
+        let record = published.rendered(sse_record);
+        message_frames(match self {
+            Self::Cherrypy => data_part(record),
+            Self::Tornado | Self::Digest(_) => json_part(record),
+        })
     }
 
     /// An event or notice as a text frame.
@@ -678,6 +686,28 @@ mod tests {
             Framing::Digest(Dialect::Tornado).event_text(&ev),
             format!("{json}\n\n")
         );
+    }
+
+    #[test]
+    fn long_messages_go_out_as_fragments() {
+        let text = Bytes::from("é".repeat(FRAGMENT));
+        let frames = text_frames(text.clone());
+        assert_eq!(frames.len(), 2);
+        let mut joined = Vec::new();
+        for (i, frame) in frames.into_iter().enumerate() {
+            let Message::Frame(f) = frame else {
+                panic!("not a frame");
+            };
+            let header = f.header();
+            assert_eq!(header.is_final, i == 1);
+            let want = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(header.opcode, OpCode::Data(want));
+            assert!(f.payload().len() <= FRAGMENT);
+            joined.extend_from_slice(f.payload());
+        }
+        assert_eq!(joined, text);
+        assert_eq!(text_frames(Bytes::from_static(b"short")).len(), 1);
+        assert_eq!(text_frames(Bytes::new()).len(), 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-pub use ring::{Published, Received};
+pub use ring::{Chunked, Published, Received};
 
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;

@@ -9,9 +9,11 @@
 //! [`Event::footprint`]: its decoded data and its rendering for the streams, which is made once
 //! per event and shared ([`Published::rendered`]).
 //!
-//! Items are shared (`Arc`), never copied per subscriber.
+//! Items are shared (`Arc`), never copied per subscriber. Renderings are [`Chunked`]: a socket
+//! that stops reading holds the few chunks queued on it, not the whole event.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -20,21 +22,87 @@ use tokio::sync::Notify;
 use super::BusItem;
 use crate::salt::event::Event;
 
+/// The size of a [`Chunked`] chunk.
+pub const CHUNK: usize = 16 << 10;
+
+/// Bytes kept as separately allocated chunks of at most [`CHUNK`] bytes, so that whoever holds
+/// one chunk (a socket's write queue) does not keep the others alive.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunked {
+    /// A copy of `bytes`, in chunks.
+    pub fn new(bytes: &[u8]) -> Self {
+        Self {
+            chunks: bytes.chunks(CHUNK).map(Bytes::copy_from_slice).collect(),
+            len: bytes.len(),
+        }
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The offset of the first `byte`.
+    pub fn position(&self, byte: u8) -> Option<usize> {
+        let mut offset = 0;
+        for chunk in &self.chunks {
+            if let Some(i) = chunk.iter().position(|&b| b == byte) {
+                return Some(offset + i);
+            }
+            offset += chunk.len();
+        }
+        None
+    }
+
+    /// The bytes in `range` (clamped to the length), as shared slices of the chunks, each at
+    /// most [`CHUNK`] bytes.
+    pub fn slices(&self, range: Range<usize>) -> Vec<Bytes> {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        let mut out = Vec::new();
+        if start >= end {
+            return out;
+        }
+        let mut offset = 0;
+        for chunk in &self.chunks {
+            let (from, to) = (offset, offset + chunk.len());
+            offset = to;
+            if to <= start {
+                continue;
+            }
+            if from >= end {
+                break;
+            }
+            out.push(chunk.slice(start.max(from) - from..end.min(to) - from));
+        }
+        out
+    }
+}
+
 /// One event as the streams see it: the event, and its stream rendering, made by the first
 /// stream that sends it and shared by all the others.
 #[derive(Debug)]
 pub struct Published {
     /// The event.
     pub event: Arc<Event>,
-    rendered: OnceLock<Bytes>,
+    rendered: OnceLock<Chunked>,
 }
 
 impl Published {
     /// The event's rendering, made by `render` on first use and shared afterwards. Every caller
     /// must pass the same rendering (there is one per event, salt-api's SSE record, whose parts
     /// serve the other framings).
-    pub fn rendered(&self, render: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.rendered.get_or_init(|| render(&self.event)).clone()
+    pub fn rendered(&self, render: impl FnOnce(&Event) -> Chunked) -> &Chunked {
+        self.rendered.get_or_init(|| render(&self.event))
     }
 }
 
@@ -376,11 +444,29 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         let render = |e: &Event| {
             calls.set(calls.get() + 1);
-            Bytes::from(e.tag.clone())
+            Chunked::new(e.tag.as_bytes())
         };
-        let ra = pa.rendered(render);
-        let rb = pb.rendered(render);
+        let ra = pa.rendered(render).slices(0..1);
+        let rb = pb.rendered(render).slices(0..1);
         assert_eq!(calls.get(), 1);
-        assert_eq!(ra.as_ptr(), rb.as_ptr(), "one buffer for both");
+        assert_eq!(ra[0].as_ptr(), rb[0].as_ptr(), "one buffer for both");
+    }
+
+    #[test]
+    fn chunked_slices_cross_chunk_bounds_without_copying() {
+        let data: Vec<u8> = (0..(3 * CHUNK + 10)).map(|i| (i % 251) as u8).collect();
+        let c = Chunked::new(&data);
+        assert_eq!(c.len(), data.len());
+        for range in [0..data.len(), 5..CHUNK + 7, CHUNK..2 * CHUNK, 3 * CHUNK + 9..data.len() + 50]
+        {
+            let parts = c.slices(range.clone());
+            assert!(parts.iter().all(|p| p.len() <= CHUNK && !p.is_empty()));
+            let joined: Vec<u8> = parts.concat();
+            let end = range.end.min(data.len());
+            assert_eq!(joined, data[range.start..end]);
+        }
+        assert!(c.slices(10..10).is_empty());
+        assert_eq!(c.position(data[CHUNK + 3]), Some(data.iter().position(|&b| b == data[CHUNK + 3]).unwrap()));
+        assert_eq!(Chunked::new(b"ab\ncd").position(b'\n'), Some(2));
     }
 }
