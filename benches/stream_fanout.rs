@@ -156,7 +156,10 @@ async fn main() {
     let body = if pad == 0 {
         r#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/widgets"}, "pusher": {"name": "ci"}}"#.to_owned()
     } else {
-        format!(r#"{{"ref": "refs/heads/main", "pad": "{}"}}"#, "x".repeat(pad.saturating_sub(32)))
+        format!(
+            r#"{{"ref": "refs/heads/main", "pad": "{}"}}"#,
+            "x".repeat(pad.saturating_sub(32))
+        )
     };
     let body = bytes::Bytes::from(body);
     let started = Instant::now();

@@ -46,8 +46,8 @@ use super::extract::session_token;
 use super::metrics::{StreamKind, SubscriberGuard};
 use super::negotiate::{Format, response_format};
 use super::state::{App, AppState};
-use crate::salt::event::stamp_now;
 use crate::salt::bus::{Chunked, Published, Received};
+use crate::salt::event::stamp_now;
 use crate::salt::{BusItem, Event, Subscription};
 
 /// Tag of the notice sent when a subscriber missed events.
@@ -618,7 +618,10 @@ mod tests {
             let ev = Event::new(tag, Value::Map(vec![("k".into(), "v\n\n".into())]));
             let record = sse_record(&ev);
             let json = salt_json(&ev);
-            assert_eq!(data_part(&record).concat(), format!("data: {json}\n\n").as_bytes());
+            assert_eq!(
+                data_part(&record).concat(),
+                format!("data: {json}\n\n").as_bytes()
+            );
             assert_eq!(json_part(&record).concat(), json.as_bytes());
         }
         // A long event: parts of the shared chunks, never more than one chunk each.
@@ -626,8 +629,16 @@ mod tests {
         let record = sse_record(&ev);
         let parts = json_part(&record);
         assert_eq!(parts.concat(), salt_json(&ev).as_bytes());
-        assert!(parts.len() > 1 && parts.iter().all(|p| p.len() <= crate::salt::bus::ring::CHUNK));
-        assert_eq!(parts[1].as_ptr(), record.slices(0..record.len())[1].as_ptr());
+        assert!(
+            parts.len() > 1
+                && parts
+                    .iter()
+                    .all(|p| p.len() <= crate::salt::bus::ring::CHUNK)
+        );
+        assert_eq!(
+            parts[1].as_ptr(),
+            record.slices(0..record.len())[1].as_ptr()
+        );
     }
 
     #[test]

@@ -296,10 +296,8 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     if !has_token(header::CONNECTION, "upgrade") {
@@ -314,7 +312,11 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
             "Upgrade header did not include 'websocket'",
         ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         return Err((
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Version header did not include '13'",
@@ -323,8 +325,12 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing"));
     };
-    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-        .map_err(|_| (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header is invalid"))?;
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key header is invalid",
+        )
+    })?;
     if request
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()

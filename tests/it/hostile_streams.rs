@@ -221,7 +221,10 @@ async fn live_sse(url: String, seen: mpsc::UnboundedSender<usize>) {
                 .lines()
                 .find_map(|l| l.strip_prefix("tag: "))
                 .unwrap_or_default();
-            assert!(!tag.starts_with("saltgate/stream/lagged"), "live SSE lagged");
+            assert!(
+                !tag.starts_with("saltgate/stream/lagged"),
+                "live SSE lagged"
+            );
             if let Some(i) = hook_index(tag, end) {
                 let _ = seen.send(i);
             }
@@ -308,8 +311,12 @@ async fn stalled_stream_readers_do_not_hold_memory_and_live_ones_get_every_event
     let (ws_tx, mut ws_seen) = mpsc::unbounded_channel();
     tokio::spawn(live_sse(server.url("/events"), sse_tx));
     tokio::spawn(live_ws(format!("ws://{}/ws", server.addr), ws_tx));
-    server.wait_subscribers("sse", 1, Duration::from_secs(10)).await;
-    server.wait_subscribers("ws", 1, Duration::from_secs(10)).await;
+    server
+        .wait_subscribers("sse", 1, Duration::from_secs(10))
+        .await;
+    server
+        .wait_subscribers("ws", 1, Duration::from_secs(10))
+        .await;
     // Warm up: the cost of one hook in flight is not what is measured here.
     const WARM: usize = 3;
     let unchecked = |_: &str| 0;
@@ -367,8 +374,12 @@ async fn stalled_stream_readers_do_not_hold_memory_and_live_ones_get_every_event
     );
 
     // Still subscribed: what they pinned was measured above.
-    server.wait_subscribers("sse", sse_total, Duration::from_secs(1)).await;
-    server.wait_subscribers("ws", ws_total, Duration::from_secs(1)).await;
+    server
+        .wait_subscribers("sse", sse_total, Duration::from_secs(1))
+        .await;
+    server
+        .wait_subscribers("ws", ws_total, Duration::from_secs(1))
+        .await;
     drop(stalled_sses);
     drop(stalled_wss);
 }
@@ -390,8 +401,12 @@ async fn stalled_stream_readers_are_dropped_after_the_write_deadline() {
         stalled_sses.push(stalled_sse(server.addr, n).await);
         stalled_wss.push(stalled_ws(server.addr, n).await);
     }
-    server.wait_subscribers("sse", 21, Duration::from_secs(10)).await;
-    server.wait_subscribers("ws", 21, Duration::from_secs(10)).await;
+    server
+        .wait_subscribers("sse", 21, Duration::from_secs(10))
+        .await;
+    server
+        .wait_subscribers("ws", 21, Duration::from_secs(10))
+        .await;
     let unchecked = |_: &str| 0;
     for i in 0..3 {
         fire(&client, &server, i).await;
@@ -407,7 +422,10 @@ async fn stalled_stream_readers_are_dropped_after_the_write_deadline() {
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
-        assert!(end.is_ok(), "a dropped WebSocket reader's connection stayed open");
+        assert!(
+            end.is_ok(),
+            "a dropped WebSocket reader's connection stayed open"
+        );
     }
     for mut s in stalled_sses {
         let end = tokio::time::timeout(Duration::from_secs(20), async {

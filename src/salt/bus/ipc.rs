@@ -168,10 +168,7 @@ impl IpcBus {
     /// Starts the reader and the pusher. Must be called inside a tokio runtime. Returns at once;
     /// the connection comes up in the background.
     pub fn start(config: IpcBusConfig) -> Self {
-        let tx = ring::Sender::new(
-            config.subscriber_capacity.max(16),
-            config.subscriber_bytes,
-        );
+        let tx = ring::Sender::new(config.subscriber_capacity.max(16), config.subscriber_bytes);
         let (fire_tx, fire_rx) = mpsc::channel(config.fire_queue.max(1));
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();

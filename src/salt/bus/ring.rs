@@ -400,7 +400,9 @@ mod tests {
         }
         let (items, _) = tx.held();
         let missed = 100 - items as u64;
-        assert!(matches!(stalled.recv().await, Some(Received::Other(BusItem::Lagged(n))) if n == missed));
+        assert!(
+            matches!(stalled.recv().await, Some(Received::Other(BusItem::Lagged(n))) if n == missed)
+        );
         assert_eq!(tag(&mut stalled).await, format!("e/{missed}"));
         // The newest item is kept whatever its size.
         tx.send(event("huge", 1_000_000));
@@ -437,7 +439,8 @@ mod tests {
         let mut a = tx.subscribe();
         let mut b = tx.subscribe();
         tx.send(event("r", 1));
-        let (Some(Received::Event(pa)), Some(Received::Event(pb))) = (a.recv().await, b.recv().await)
+        let (Some(Received::Event(pa)), Some(Received::Event(pb))) =
+            (a.recv().await, b.recv().await)
         else {
             panic!("no events");
         };
@@ -457,8 +460,12 @@ mod tests {
         let data: Vec<u8> = (0..(3 * CHUNK + 10)).map(|i| (i % 251) as u8).collect();
         let c = Chunked::new(&data);
         assert_eq!(c.len(), data.len());
-        for range in [0..data.len(), 5..CHUNK + 7, CHUNK..2 * CHUNK, 3 * CHUNK + 9..data.len() + 50]
-        {
+        for range in [
+            0..data.len(),
+            5..CHUNK + 7,
+            CHUNK..2 * CHUNK,
+            3 * CHUNK + 9..data.len() + 50,
+        ] {
             let parts = c.slices(range.clone());
             assert!(parts.iter().all(|p| p.len() <= CHUNK && !p.is_empty()));
             let joined: Vec<u8> = parts.concat();
@@ -466,7 +473,10 @@ mod tests {
             assert_eq!(joined, data[range.start..end]);
         }
         assert!(c.slices(10..10).is_empty());
-        assert_eq!(c.position(data[CHUNK + 3]), Some(data.iter().position(|&b| b == data[CHUNK + 3]).unwrap()));
+        assert_eq!(
+            c.position(data[CHUNK + 3]),
+            Some(data.iter().position(|&b| b == data[CHUNK + 3]).unwrap())
+        );
         assert_eq!(Chunked::new(b"ab\ncd").position(b'\n'), Some(2));
     }
 }
