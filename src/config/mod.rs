@@ -152,6 +152,12 @@ pub struct SaltgateSettings {
     /// Events each stream subscriber (`/events`, `/ws`) may fall behind by before it is told how
     /// many it missed; memory per subscriber is bounded by this queue.
     pub event_queue: usize,
+    /// Bytes of events (decoded, with their stream rendering) the subscribers' shared queue
+    /// holds before the slowest subscriber is told it missed some; bounds what stalled readers
+    /// pin whatever the event size.
+    pub event_queue_bytes: usize,
+    /// Seconds a WebSocket stream may take to write one event before the subscriber is dropped.
+    pub stream_write_timeout_secs: u64,
     /// Seconds between keep-alive comments on `/events` (pings on `/ws`); token recheck period.
     pub stream_keepalive_secs: u64,
     /// Serve `/events`, `/ws` and the events page without a Salt token. The built-in bus has no
@@ -221,6 +227,8 @@ impl Default for SaltgateSettings {
             header_timeout_secs: 10,
             trusted_proxies: Vec::new(),
             event_queue: 8192,
+            event_queue_bytes: crate::salt::bus::DEFAULT_QUEUE_BYTES,
+            stream_write_timeout_secs: 30,
             stream_keepalive_secs: 15,
             streams_disable_auth: false,
             ui_path: "/ui".into(),
@@ -399,6 +407,18 @@ impl Config {
         }
         if self.saltgate.event_queue == 0 {
             return Err(ConfigError::invalid("saltgate.event_queue", "must be > 0"));
+        }
+        if self.saltgate.event_queue_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "saltgate.event_queue_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if self.saltgate.stream_write_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "saltgate.stream_write_timeout_secs",
+                "must be > 0",
+            ));
         }
         if self.saltgate.stream_keepalive_secs == 0 {
             return Err(ConfigError::invalid(
@@ -601,6 +621,8 @@ pub fn render_effective(config: &Config) -> String {
             "write_timeout_secs": config.saltgate.write_timeout_secs,
             "trusted_proxies": config.saltgate.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "event_queue": config.saltgate.event_queue,
+            "event_queue_bytes": config.saltgate.event_queue_bytes,
+            "stream_write_timeout_secs": config.saltgate.stream_write_timeout_secs,
             "stream_keepalive_secs": config.saltgate.stream_keepalive_secs,
             "streams_disable_auth": config.saltgate.streams_disable_auth,
             "ui_path": config.saltgate.ui_path,

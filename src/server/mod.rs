@@ -46,6 +46,7 @@ pub fn build_state_with(
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
         bus_config.pull_framing = config.pull_framing();
         bus_config.subscriber_capacity = config.saltgate.event_queue;
+        bus_config.subscriber_bytes = config.saltgate.event_queue_bytes;
         let bus: SharedBus = Arc::new(IpcBus::start(bus_config));
         let channel = MasterChannel::new(
             config.master.ret_endpoint(),
@@ -69,7 +70,13 @@ pub fn build_state_with(
             "No Salt master configured or found: serving on the built-in event bus. \
              Hooks are accepted and visible on this saltgate's own bus only; no Reactor sees them"
         );
-        (Arc::new(MemoryBus::new(config.saltgate.event_queue)), None)
+        (
+            Arc::new(MemoryBus::with_bytes(
+                config.saltgate.event_queue,
+                config.saltgate.event_queue_bytes,
+            )),
+            None,
+        )
     };
     let tokens = api::state::TokenCache::from_config(&config);
     let hooks = api::hook::Hooks::new(

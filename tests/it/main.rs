@@ -14,6 +14,7 @@ mod hostile_auth;
 mod hostile_body;
 mod hostile_conn;
 mod hostile_edge;
+mod hostile_streams;
 mod listener;
 mod lowstate;
 mod streams;
