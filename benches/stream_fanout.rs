@@ -5,6 +5,9 @@
 //!
 //!   cargo bench --bench stream_fanout                       500 subscribers × 10,000 events
 //!   SUBSCRIBERS=100 EVENTS=2000 cargo bench --bench stream_fanout
+//!   STALLED=300 EVENT_BYTES=1000000 EVENTS=300 SUBSCRIBERS=2 cargo bench --bench stream_fanout
+//!
+//! `EVENT_BYTES` pads each hook body to about that size (default: a small GitHub-like push).
 
 #![allow(
     clippy::unwrap_used,
@@ -149,20 +152,30 @@ async fn main() {
     }
     let connected = memory(pid);
 
-    let body = r#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/widgets"}, "pusher": {"name": "ci"}}"#;
+    let pad = env_usize("EVENT_BYTES", 0);
+    let body = if pad == 0 {
+        r#"{"ref": "refs/heads/main", "repository": {"full_name": "acme/widgets"}, "pusher": {"name": "ci"}}"#.to_owned()
+    } else {
+        format!(
+            r#"{{"ref": "refs/heads/main", "pad": "{}"}}"#,
+            "x".repeat(pad.saturating_sub(32))
+        )
+    };
+    let body = bytes::Bytes::from(body);
     let started = Instant::now();
     let per_sender = events / senders as u64;
     let extra = events % senders as u64;
     let fire: Vec<_> = (0..senders as u64)
         .map(|i| {
             let client = client.clone();
+            let body = body.clone();
             let n = per_sender + u64::from(i < extra);
             tokio::spawn(async move {
                 for _ in 0..n {
                     let r = client
                         .post(format!("http://{addr}/hook/bench"))
                         .header("content-type", "application/json")
-                        .body(body)
+                        .body(body.clone())
                         .send()
                         .await
                         .unwrap();

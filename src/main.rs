@@ -119,6 +119,9 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let config = load(Some(&config))?;
             println!("{}", saltgate::config::render_effective(&config));
+            for warning in saltgate::config::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Serve { config } => {
@@ -143,6 +146,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "saltgate listening"
     );
+    for warning in saltgate::config::warnings(&config) {
+        tracing::warn!("{warning}");
+    }
     let state = server::build_state(config);
     server::run(state, listener, tls, limits, shutdown_signal()).await
 }

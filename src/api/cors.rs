@@ -3,8 +3,9 @@
 //! Unset: no CORS headers, so browsers keep the same-origin rule. rest_cherrypy instead echoes
 //! *any* `Origin` with `Access-Control-Allow-Credentials: true` (API.md §14.2), which lets every
 //! web page a logged-in user visits drive the API. Set: listed origins (or `*`) may call with the
-//! `X-Auth-Token` header; credentials (cookies) are never allowed cross-origin, and the session
-//! cookie is `SameSite=Strict` anyway. Preflights are answered by the layer itself (200, never
+//! `X-Auth-Token` header; credentials (cookies) are never allowed cross-origin, the session
+//! cookie is `SameSite=Strict` anyway, and a cookie-authenticated POST from another origin is
+//! refused whatever this list says ([`super::csrf`]). Preflights are answered by the layer itself (200, never
 //! 500 as on rest_cherrypy's session routes), for any route.
 
 use std::time::Duration;

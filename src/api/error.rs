@@ -13,8 +13,9 @@ use crate::salt::SaltError;
 pub enum ApiError {
     /// 400: the body could not be parsed.
     BadBody(String),
-    /// 400: the URL path holds characters no Salt tag may carry.
-    BadPath,
+    /// 400: the URL path holds characters no Salt tag may carry, or empty, `.` or `..`
+    /// segments (which would make a different tag than the rule that covers the path).
+    BadPath(&'static str),
     /// 401: no valid credentials.
     Unauthorized(&'static str),
     /// 401: a signature or shared secret did not verify.
@@ -25,6 +26,10 @@ pub enum ApiError {
     Forbidden,
     /// 403: authenticated, but not allowed to do this.
     NotAuthorized,
+    /// 403: a cookie-authenticated (or login) request from another origin.
+    CrossOrigin,
+    /// 403: saltgate's own ACL check refused a compound command; the message names the function.
+    AclRefused(String),
     /// 404: no such route or hook.
     NotFound,
     /// 409: a delivery with the same id is being fired right now.
@@ -43,6 +48,10 @@ pub enum ApiError {
     Unavailable(&'static str),
     /// 504: the Salt master did not answer in time.
     Timeout,
+    /// 408: the request body stalled or arrived under the minimum rate.
+    BodyTimeout,
+    /// 503: a budget of saltgate's own (streams, buffered bodies) is full; retry shortly.
+    Busy(&'static str),
     /// 500: a bug or an unexpected master answer.
     Internal,
     /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
@@ -64,12 +73,13 @@ impl ApiError {
     pub fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
-            Self::BadPath => (StatusCode::BAD_REQUEST, "bad_path"),
+            Self::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadSignature(_) => (StatusCode::UNAUTHORIZED, "bad_signature"),
             Self::Stale => (StatusCode::UNAUTHORIZED, "stale_request"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "address_not_allowed"),
-            Self::NotAuthorized => (StatusCode::FORBIDDEN, "not_authorized"),
+            Self::NotAuthorized | Self::AclRefused(_) => (StatusCode::FORBIDDEN, "not_authorized"),
+            Self::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::InProgress => (StatusCode::CONFLICT, "delivery_in_progress"),
             Self::KeyExists => (StatusCode::CONFLICT, "key_exists"),
@@ -81,6 +91,8 @@ impl ApiError {
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "salt_unavailable"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
             Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
@@ -92,13 +104,17 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             Self::BadBody(why) => format!("Could not parse the request body: {why}"),
-            Self::BadPath => "The path holds control characters".into(),
-            Self::Unauthorized(why) | Self::BadSignature(why) | Self::Unavailable(why) => {
-                (*why).to_owned()
-            }
+            Self::BadPath(why)
+            | Self::Unauthorized(why)
+            | Self::BadSignature(why)
+            | Self::Unavailable(why) => (*why).to_owned(),
             Self::Stale => "The request's timestamp is outside the accepted window".into(),
             Self::Forbidden => "Requests from this address are not allowed".into(),
             Self::NotAuthorized => "Not allowed to run this".into(),
+            Self::CrossOrigin => "Cross-origin request refused: a request authenticated by the \
+                                  session cookie (and every login) must come from this server's \
+                                  own origin; other clients send the token in X-Auth-Token"
+                .into(),
             Self::NotFound => "Nothing matches the given URI".into(),
             Self::InProgress => "A delivery with this id is being processed; retry later".into(),
             Self::KeyExists => "This minion already has an accepted key".into(),
@@ -109,8 +125,12 @@ impl ApiError {
             Self::UnsupportedMedia => "Unsupported request Content-Type".into(),
             Self::RateLimited(secs) => format!("Too many requests; retry after {secs} s"),
             Self::Timeout => "The Salt master did not answer in time".into(),
+            Self::BodyTimeout => "The request body stalled or arrived too slowly".into(),
+            Self::Busy(why) => (*why).to_owned(),
             Self::Internal => "An unexpected error occurred".into(),
-            Self::BadLowstate(why) | Self::ClientDisabled(why) => why.clone(),
+            Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
+                why.clone()
+            }
             Self::Chunk { index, error } => format!("chunk {index}: {}", error.message()),
         }
     }
@@ -129,7 +149,12 @@ impl ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::TooLarge(_)) {
+        if matches!(self, Self::Busy(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::TooLarge(_) | Self::BodyTimeout) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -198,6 +223,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a small response built by the test"
+    )]
     async fn rate_limit_carries_retry_after_and_yaml_renders() {
         let r = ApiError::RateLimited(3).render(Format::Yaml);
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);

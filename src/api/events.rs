@@ -22,12 +22,16 @@
 //!   forge SSE fields.
 //! - refusals are `ApiError` bodies (JSON/YAML) rather than CherryPy HTML pages.
 //!
-//! Memory per subscriber: the bus queue is bounded (`saltgate.event_queue`), and the body is a
-//! pull stream: hyper asks for the next chunk only when its write buffer has room, so a reader
-//! that stops reading makes this subscriber lag, not grow.
+//! Memory per subscriber: the bus queue is bounded in events and bytes (`saltgate.event_queue`,
+//! `saltgate.event_queue_bytes`) and shared by all subscribers; each event is rendered once
+//! ([`sse_event`], kept with the event on the bus) and every stream sends that same buffer, or a
+//! part of it (the WebSocket framings), without copying. The body is a pull stream: hyper asks
+//! for the next chunk only when its write buffer has room, so a reader that stops reading makes
+//! this subscriber lag, not grow; it holds the few shared renderings hyper had queued for it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -42,6 +46,7 @@ use super::extract::session_token;
 use super::metrics::{StreamKind, SubscriberGuard};
 use super::negotiate::{Format, response_format};
 use super::state::{App, AppState};
+use crate::salt::bus::{Chunked, Published, Received};
 use crate::salt::event::stamp_now;
 use crate::salt::{BusItem, Event, Subscription};
 
@@ -79,19 +84,19 @@ pub async fn authorize(app: &App, token: Option<&str>) -> Result<Authorized, Api
         ));
     };
     // As salt-api: a token is hex; anything else is refused without asking the master.
-    if !token.bytes().all(|b| b.is_ascii_hexdigit()) || token.len() > 256 {
+    let Ok(token) = super::lowstate::checked_token(token) else {
         return Err(ApiError::Unauthorized(
             "No permission -- see authorization schemes",
         ));
-    }
+    };
     let Some(salt) = &app.salt else {
         return Err(ApiError::Unauthorized(
             "Event streams need a Salt master to check tokens; on the built-in bus set \
              saltgate.streams_disable_auth: true to serve them without auth",
         ));
     };
-    match app.tokens.validate(salt, token).await? {
-        Some(_) => Ok(Authorized::Token(token.to_owned())),
+    match app.tokens.validate(salt, &token).await? {
+        Some(_) => Ok(Authorized::Token(token)),
         None => Err(ApiError::Unauthorized(
             "No permission -- see authorization schemes",
         )),
@@ -157,8 +162,8 @@ impl TagFilter {
 /// One thing for a stream to send.
 #[derive(Debug)]
 pub enum FeedItem {
-    /// An event from the bus.
-    Event(Arc<Event>),
+    /// An event from the bus, with its shared rendering.
+    Event(Arc<Published>),
     /// A notice saltgate itself makes (lag, bus state), already an event.
     Notice(Event),
     /// Nothing happened for a keep-alive period.
@@ -223,13 +228,20 @@ impl Feed {
                     continue;
                 }
                 _ = self.keepalive.tick() => return Some(FeedItem::KeepAlive),
-                item = self.sub.recv() => item,
+                item = self.sub.recv_published() => item,
             };
-            match item? {
-                BusItem::Event(ev) if self.filter.keeps(&ev.tag) => {
-                    self.keepalive.reset();
-                    return Some(FeedItem::Event(ev));
+            let item = match item? {
+                Received::Event(ev) => {
+                    if self.filter.keeps(&ev.event.tag) {
+                        self.keepalive.reset();
+                        return Some(FeedItem::Event(ev));
+                    }
+                    continue;
                 }
+                Received::Other(item) => item,
+            };
+            match item {
+                // Events come as `Received::Event`.
                 BusItem::Event(_) => {}
                 BusItem::Lagged(n) => {
                     tracing::info!(missed = n, "Event stream subscriber fell behind");
@@ -263,7 +275,7 @@ impl Feed {
         let Some(salt) = &self.app.salt else {
             return false;
         };
-        !matches!(self.app.tokens.validate(salt, token).await, Ok(None))
+        !matches!(self.app.tokens.recheck(salt, token).await, Ok(None))
     }
 }
 
@@ -292,23 +304,10 @@ pub async fn events(
         Ok(a) => a,
         Err(e) => return e.render(format),
     };
+    let write_timeout = Duration::from_secs(app.config.saltgate.stream_write_timeout_secs.max(1));
     let feed = Feed::new(app, filter, auth, StreamKind::Sse);
-    let start = futures::stream::once(async {
-        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"retry: 400\n"))
-    });
-    let rest = futures::stream::unfold(feed, |mut feed| async move {
-        let item = feed.next().await?;
-        let bytes = match &item {
-            FeedItem::Event(ev) => sse_event(ev),
-            FeedItem::Notice(ev) => sse_event(ev),
-            FeedItem::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
-        };
-        if matches!(item, FeedItem::Event(_)) {
-            feed.sent();
-        }
-        Some((Ok(bytes), feed))
-    });
-    let mut response = Response::new(Body::from_stream(futures::StreamExt::chain(start, rest)));
+    let body = SseBody::start(feed, write_timeout);
+    let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
     h.insert(
@@ -319,6 +318,135 @@ pub async fn events(
     // Tells nginx not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+/// A stream's state between two chunks: its feed and the rest of the record being sent.
+struct SseState {
+    feed: Feed,
+    queue: VecDeque<Bytes>,
+}
+
+/// Between two polls of the body: the state, and since when hyper holds the last chunk.
+#[derive(Default)]
+struct SseSlot {
+    state: Option<SseState>,
+    handed_at: Option<Instant>,
+    /// The watchdog dropped the subscriber; the next poll aborts the connection.
+    dropped: bool,
+}
+
+/// The `/events` body: records sent as their shared chunks, one per poll, so that hyper holds
+/// only the few chunks its write buffer has room for; the rest stays with the stream.
+///
+/// A write deadline: when hyper has held a chunk for `stream_write_timeout_secs` without asking
+/// for the next (its buffer is full: the reader stopped reading), a watchdog drops the
+/// subscription and the rest of the record, so the reader pins at most what hyper had queued, and
+/// the next poll, if the reader ever drains that, ends the connection with an error rather than
+/// a truncated record. (A lag notice cannot be sent to a reader that does not read.)
+struct SseBody;
+
+impl SseBody {
+    fn start(
+        feed: Feed,
+        write_timeout: Duration,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let slot = Arc::new(Mutex::new(SseSlot {
+            state: Some(SseState {
+                feed,
+                queue: VecDeque::from([Bytes::from_static(b"retry: 400\n")]),
+            }),
+            ..SseSlot::default()
+        }));
+        tokio::spawn(watch(Arc::downgrade(&slot), write_timeout));
+        futures::stream::unfold(slot, |slot| async move {
+            let taken = {
+                let mut guard = lock(&slot);
+                guard.handed_at = None;
+                match guard.state.take() {
+                    Some(state) => Ok(state),
+                    None if guard.dropped => {
+                        guard.dropped = false;
+                        Err(true)
+                    }
+                    None => Err(false),
+                }
+            };
+            let mut state = match taken {
+                Ok(state) => state,
+                Err(true) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the reader did not drain its event stream in time",
+                    );
+                    return Some((Err(e), slot));
+                }
+                Err(false) => return None,
+            };
+            let chunk = match state.queue.pop_front() {
+                Some(chunk) => chunk,
+                None => {
+                    let item = state.feed.next().await?;
+                    let record = match &item {
+                        FeedItem::Event(ev) => {
+                            state.feed.sent();
+                            let record = ev.rendered(sse_record);
+                            record.slices(0..record.len())
+                        }
+                        FeedItem::Notice(ev) => vec![sse_event(ev)],
+                        FeedItem::KeepAlive => vec![Bytes::from_static(b": keep-alive\n\n")],
+                    };
+                    state.queue.extend(record);
+                    state.queue.pop_front().unwrap_or_default()
+                }
+            };
+            {
+                let mut guard = lock(&slot);
+                guard.state = Some(state);
+                guard.handed_at = Some(Instant::now());
+            }
+            Some((Ok(chunk), slot))
+        })
+    }
+}
+
+fn lock(slot: &Mutex<SseSlot>) -> std::sync::MutexGuard<'_, SseSlot> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the stream's subscriber once hyper has held its last chunk for `timeout`; ends with
+/// the body.
+async fn watch(slot: std::sync::Weak<Mutex<SseSlot>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(timeout / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(slot) = slot.upgrade() else {
+            return;
+        };
+        let stale = {
+            let mut guard = lock(&slot);
+            let stalled = guard.handed_at.is_some_and(|t| t.elapsed() >= timeout);
+            if stalled && guard.state.is_some() {
+                guard.dropped = true;
+                guard.state.take()
+            } else {
+                None
+            }
+        };
+        if let Some(state) = stale {
+            tracing::info!(
+                timeout_secs = timeout.as_secs(),
+                "Event stream subscriber dropped: it did not take an event in time"
+            );
+            drop(state);
+            return;
+        }
+    }
+}
+
+/// [`sse_event`] in shared chunks: the rendering kept with each bus event.
+pub fn sse_record(event: &Event) -> Chunked {
+    Chunked::new(&sse_event(event))
 }
 
 /// One event in salt-api's SSE framing.
@@ -337,6 +465,25 @@ pub fn sse_event(event: &Event) -> Bytes {
     out.push_str(&json);
     out.push_str("\n\n");
     Bytes::from(out)
+}
+
+/// Where the `data:` line of an [`sse_record`] starts.
+fn data_start(record: &Chunked) -> usize {
+    // The tag line is the first line: a tag's own CR and LF are escaped on it.
+    record.position(b'\n').map_or(record.len(), |i| i + 1)
+}
+
+/// The part of an [`sse_record`] from its `data:` line on, `data: <json>\n\n`: the frame of
+/// rest_cherrypy's `/ws`, as slices of the record's chunks.
+pub fn data_part(record: &Chunked) -> Vec<Bytes> {
+    record.slices(data_start(record)..record.len())
+}
+
+/// The JSON of an [`sse_record`], `{"data": …, "tag": …}`: the frame of rest_tornado's
+/// `/all_events`, as slices of the record's chunks.
+pub fn json_part(record: &Chunked) -> Vec<Bytes> {
+    let start = data_start(record) + "data: ".len();
+    record.slices(start..record.len().saturating_sub(2).max(start))
 }
 
 /// `{"data": <data>, "tag": <tag>}` as salt-api writes it.
@@ -463,6 +610,35 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].starts_with("data: {\"data\""), "{text}");
         assert!(text.starts_with("tag: x\\ndata: forged\n"));
+    }
+
+    #[test]
+    fn websocket_framings_are_parts_of_the_sse_record() {
+        for tag in ["a/b", "x\ndata: forged", "é/\r"] {
+            let ev = Event::new(tag, Value::Map(vec![("k".into(), "v\n\n".into())]));
+            let record = sse_record(&ev);
+            let json = salt_json(&ev);
+            assert_eq!(
+                data_part(&record).concat(),
+                format!("data: {json}\n\n").as_bytes()
+            );
+            assert_eq!(json_part(&record).concat(), json.as_bytes());
+        }
+        // A long event: parts of the shared chunks, never more than one chunk each.
+        let ev = Event::new("big", Value::from("x".repeat(100_000)));
+        let record = sse_record(&ev);
+        let parts = json_part(&record);
+        assert_eq!(parts.concat(), salt_json(&ev).as_bytes());
+        assert!(
+            parts.len() > 1
+                && parts
+                    .iter()
+                    .all(|p| p.len() <= crate::salt::bus::ring::CHUNK)
+        );
+        assert_eq!(
+            parts[1].as_ptr(),
+            record.slices(0..record.len())[1].as_ptr()
+        );
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! `{_stamp, headers, post, body}`, the shape salt-api fires, so existing Reactor SLS files work.
 //!
 //! Steps, cheapest rejection first (DESIGN.md): response format (406, before any side effect) →
-//! route to the rule with the longest matching path (404 only when unmatched paths are refused)
-//! → IP allowlist on the resolved client address (403) → rate limit per rule and client (429 +
-//! `Retry-After`) → body read with the rule's cap, while streaming (413) → Salt token unless the
-//! rule or `webhook_disable_auth` turns it off (401) → signature over the raw bytes (401) →
-//! timestamp window (401) / delivery id already fired (200 `duplicate`, nothing fired; 409 while
-//! the first delivery with that id is still being fired) → built-in answers (GitHub `ping`, Slack
-//! `url_verification`) → parse by Content-Type (400) → fire (503 when the bus cannot take it).
+//! path shape: no control characters, no empty, `.` or `..` segments (400, see [`check_path`])
+//! → route to the rule with the longest matching path, on segment boundaries (404 only when
+//! unmatched paths are refused) → IP allowlist on the resolved client address (403) → rate limit
+//! per rule and client (429 + `Retry-After`) → body read with the rule's cap, while streaming
+//! (413) → Salt token unless the rule or `webhook_disable_auth` turns it off (hex, as on every
+//! route, then checked with the master; 401) → signature over the raw bytes (401) → timestamp
+//! window (401) → delivery already fired, by the scheme's delivery id or, with `dedupe: body`,
+//! the body's SHA-256 (200 `duplicate`, nothing fired; 409 while the first one is still being
+//! fired) → built-in answers (GitHub `ping`, Slack `url_verification`) → parse by Content-Type
+//! (400) → fire (503 when the bus cannot take it). A cookie-authenticated hook from another
+//! origin is refused before all of this ([`super::csrf`]).
 //!
 //! Better than salt-api: the body limit is enforced (salt-api ignores `max_request_body_size`),
 //! `Remote-Addr` is the real peer and cannot be overridden by a header, credential headers are
@@ -25,16 +29,17 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use rmpv::Value;
 
 use super::error::{ApiError, render_body};
-use super::extract::{read_capped, session_token};
+use super::extract::read_capped;
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
 use crate::api::sns::{CertCache, ReqwestHttp, SnsHttp, confirm_subscription, verify_sns};
+use crate::config::hooks::Dedupe;
 use crate::config::hooks::route;
 use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
 use crate::salt::event::{hook_tag, stamp_now};
-use crate::security::rate::{RateLimiter, RateQuota};
-use crate::security::replay::{Duplicate, ReplayGuard, Reservation};
+use crate::security::rate::{ClientKeys, RateLimiter, RateQuota};
+use crate::security::replay::{Duplicate, ReplayGuard, Reservation, body_key};
 use crate::security::signature::sns::SnsVerified;
 use crate::security::{Verified, Verifier, VerifyError, client_ip, redact};
 use std::sync::Arc;
@@ -62,6 +67,7 @@ impl Hooks {
         rules: Vec<HookRule>,
         refuse_unmatched: bool,
         trusted_proxies: Vec<ipnet::IpNet>,
+        client_keys: ClientKeys,
         sns_http: Option<Arc<dyn SnsHttp>>,
     ) -> Self {
         let mut quotas: Vec<RateQuota> = Vec::new();
@@ -96,7 +102,7 @@ impl Hooks {
             rules,
             refuse_unmatched,
             trusted_proxies,
-            limiter: RateLimiter::new(&quotas),
+            limiter: RateLimiter::new(&quotas, client_keys),
             rate_slots,
             replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
             sns_certs,
@@ -192,10 +198,7 @@ async fn run(
     body: Body,
 ) -> Result<Outcome, ApiError> {
     let hooks = &app.hooks;
-    if path.chars().any(char::is_control) {
-        // A decoded %0A%0A would end the event tag early; no sender needs control characters.
-        return Err(ApiError::BadPath);
-    }
+    check_path(path)?;
     let rule = route(&hooks.rules, path).ok_or(ApiError::NotFound)?;
     if rule.path.is_empty() && hooks.refuse_unmatched {
         return Err(ApiError::NotFound);
@@ -213,9 +216,10 @@ async fn run(
     if rule.auth == AuthMode::Token {
         authenticate(app, headers).await?;
     }
-    let mut reservation: Option<Reservation> = None;
+    let mut delivery_key: Option<String> = None;
+    let mut sns: Option<SnsVerified> = None;
     if let Some(verifier) = &rule.verifier {
-        let (verified, sns) = verify(hooks, verifier, headers, &raw).await.map_err(|e| {
+        let (verified, sns_verified) = verify(hooks, verifier, headers, &raw).await.map_err(|e| {
             tracing::info!(client_ip = %client, hook = %path, scheme = verifier.name(), reason = %e, "Hook signature refused");
             match e {
                 VerifyError::StaleTimestamp(_) => ApiError::Stale,
@@ -225,14 +229,25 @@ async fn run(
                 _ => ApiError::BadSignature("The request signature or token is not valid"),
             }
         })?;
-        if let Some(id) = verified.delivery_id {
-            let key = format!("{}:{}:{id}", rule.path, verifier.name());
-            match hooks.replay.begin(&key, SystemTime::now()) {
-                Ok(r) => reservation = Some(r),
-                Err(Duplicate::Committed) => return Ok(Outcome::Duplicate),
-                Err(Duplicate::InProgress) => return Err(ApiError::InProgress),
-            }
+        delivery_key = verified
+            .delivery_id
+            .map(|id| format!("{}:{}:{id}", rule.path, verifier.name()));
+        sns = sns_verified;
+    }
+    // Only after the signature (or token) passed, so unverified requests cannot fill the guard.
+    let key = match rule.dedupe {
+        Dedupe::Id => delivery_key,
+        Dedupe::Body => Some(body_key(&rule.path, &raw)),
+    };
+    let mut reservation: Option<Reservation> = None;
+    if let Some(key) = key {
+        match hooks.replay.begin(&key, SystemTime::now()) {
+            Ok(r) => reservation = Some(r),
+            Err(Duplicate::Committed) => return Ok(Outcome::Duplicate),
+            Err(Duplicate::InProgress) => return Err(ApiError::InProgress),
         }
+    }
+    if let Some(verifier) = &rule.verifier {
         let answer = match sns {
             Some(sns) => confirm_sns(hooks, verifier, &sns).await?,
             None => built_in_answer(rule, headers, &raw),
@@ -244,11 +259,19 @@ async fn run(
             return Ok(Outcome::Answered(answer));
         }
     }
-    let post = if rule.yaml && is_yaml(headers) {
-        // Bounded while it parses: alias expansion cannot outgrow the node budget.
-        crate::salt::wire::payload::from_json(&super::body::parse_yaml(&raw)?)
-    } else {
-        parse_body(headers, &raw)?
+    let post = {
+        let yaml = rule.yaml && is_yaml(headers);
+        let media = super::body::media_type(headers).unwrap_or_default();
+        let raw = raw.clone();
+        // Bounded while it parses; large bodies are parsed off the async workers.
+        super::body::offload(raw.len(), move || {
+            if yaml {
+                super::body::parse_yaml(&raw).map(|v| crate::salt::wire::payload::from_json(&v))
+            } else {
+                parse_media(&media, &raw)
+            }
+        })
+        .await??
     };
     let mut hidden: Vec<HeaderName> = rule
         .verifier
@@ -346,13 +369,31 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-/// Token auth as salt-api: `X-Auth-Token` or the `session_id` cookie, checked with the master.
-async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = session_token(headers) else {
-        return Err(ApiError::Unauthorized(
-            "No permission -- see authorization schemes",
+/// The hook path must name exactly the tag its rule covers: no control characters (a decoded
+/// `%0A%0A` would end the event tag early) and no empty, `.` or `..` segments
+/// (`github//deploy`, `github/./deploy` would be routed to the default rule, yet a Reactor
+/// glob such as `salt/netapi/hook/github/deploy*` may match their tags). Case is kept: Salt tags
+/// and Reactor globs are case-sensitive, so `GitHub/Deploy` is another tag, routed as such.
+pub fn check_path(path: &str) -> Result<(), ApiError> {
+    if path.chars().any(char::is_control) {
+        return Err(ApiError::BadPath("The path holds control characters"));
+    }
+    if !path.is_empty()
+        && path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(ApiError::BadPath(
+            "The path holds an empty, '.' or '..' segment",
         ));
-    };
+    }
+    Ok(())
+}
+
+/// Token auth as salt-api: `X-Auth-Token` or the `session_id` cookie, checked for shape (hex,
+/// as on every other route) and then with the master.
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = super::lowstate::session(headers)?;
     let Some(salt) = &app.salt else {
         return Err(ApiError::Unauthorized("Token auth needs a Salt master"));
     };
@@ -422,14 +463,17 @@ pub fn title_case(name: &str) -> String {
 
 /// Parses the body by its media type into the event's `post`.
 pub fn parse_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
+    parse_media(&super::body::media_type(headers).unwrap_or_default(), raw)
+}
+
+fn parse_media(media: &str, raw: &[u8]) -> Result<Value, ApiError> {
     if raw.is_empty() {
         return Ok(Value::Map(Vec::new()));
     }
-    let media = super::body::media_type(headers).unwrap_or_default();
     let json = |r: Result<serde_json::Value, ApiError>| {
         r.map(|v| crate::salt::wire::payload::from_json(&v))
     };
-    match media.as_str() {
+    match media {
         "application/json" => json(super::body::parse_json(raw)),
         m if m.ends_with("+json") => json(super::body::parse_json(raw)),
         // CherryPy's form processing, as on the lowstate routes: repeated keys become a list,

@@ -10,12 +10,19 @@
 //! replaces any credentials in the chunks (a session cannot be elevated with body credentials);
 //! on `/run` each chunk carries `token` or `eauth` + `username` + `password`. Authentication and
 //! authorization are the master's: every call carries the credentials on the clear channel.
+//! One exception: the master lets a *compound command* (`fun` a list) through when any one of
+//! its functions is allowed, so saltgate checks every function of one against the caller's
+//! `external_auth` entries itself ([`crate::security::acl`]) and refuses with 403 naming the
+//! function; single functions are left to the master, whose check is exact for them.
 //!
 //! Order of checks, cheapest first and all before any side effect: `Accept` (406) → session
 //! token present (401) → body size (413) → `Content-Type` (415) → parse (400) → shape of *every*
 //! chunk: a map, a known client, enabled in `netapi_enable_clients`, credentials present, `fun`
-//! (and `tgt`) present (400/401) → a master is attached (503) → the session token is valid
-//! (401). Then the chunks run one after the other.
+//! (and `tgt`) present, no key that saltgate sets in the master's request (`cmd`, `user`, `key`;
+//! for wheel also `__jid__`, `__tag__`, `__user__`) (400/401) → compound commands of eauth
+//! chunks (403) → a master is attached (503) → the session token is valid (401) → compound
+//! commands of token chunks, against the token's user and groups (403). Then the chunks run one
+//! after the other; each publish of a compound command is checked again against the same list.
 //!
 //! A failing chunk: a chunk that fails at run time (refused by the master, timeout, master
 //! gone) ends the request with that chunk's error (`message` starts with `chunk <n>:`); the
@@ -28,7 +35,11 @@
 //! command, then refuses the response); errors are `{status, code, message}` in the negotiated
 //! format instead of CherryPy HTML pages; an authorization refusal is 403 (rest_cherrypy: 401);
 //! missing `tgt`/`fun` is 400 (rest_cherrypy: 500); YAML parse errors are 400 (rest_cherrypy:
-//! 500); the `ssh` client is not served (400).
+//! 500); the `ssh` client is not served (400); a compound command with a function the caller's
+//! `external_auth` does not allow is 403 (rest_cherrypy runs it: the master's check passes a
+//! `fun` list when one function is allowed); a chunk with `cmd`, `user` or `key` (wheel: also
+//! `__jid__`, `__tag__`, `__user__`) is 400 (rest_cherrypy's wheel client sets `cmd` over the
+//! chunk's).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +59,14 @@ use super::error::{ApiError, render_body};
 use super::extract::{read_capped, session_token};
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
-use crate::salt::channel::{Auth, PublishRequest};
+use crate::config::Config;
+use crate::salt::channel::{Auth, PublishRequest, Token};
 use crate::salt::client::local::LocalReturns;
 use crate::salt::client::new_jid;
 use crate::salt::event::map_get;
 use crate::salt::wire::payload::{from_json, to_json};
 use crate::salt::{SaltClients, SaltError};
+use crate::security::acl::{self, AuthList, Caller};
 
 /// How long a `runner` chunk waits for its return without a `timeout` (Salt's `rest_timeout`).
 pub const REST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -150,6 +163,9 @@ pub struct Prepared {
     pub auth: Auth,
     /// The chunk without `client` and credentials.
     pub low: Map<String, Value>,
+    /// The caller's auth list, once a compound command passed saltgate's check (see
+    /// [`authorize_eauth`]); every publish of the chunk's job is checked against it again.
+    pub acl: Option<AuthList>,
 }
 
 /// rest_cherrypy's shaping: a non-empty map is a one-chunk list; anything but a list is refused.
@@ -242,6 +258,7 @@ fn prepare_one(
     if low.contains_key("raw_shell") {
         return Err(ApiError::Unauthorized("Raw shell option not allowed."));
     }
+    reserved_keys(client, &low)?;
     if !is_fun(low.get("fun")) {
         return Err(ApiError::BadLowstate(
             "a chunk needs 'fun' (a string, or a list for local clients)".into(),
@@ -255,7 +272,34 @@ fn prepare_one(
     if !client.needs_target() && !matches!(low.get("fun"), Some(Value::String(_))) {
         return Err(ApiError::BadLowstate("'fun' must be a string".into()));
     }
-    Ok(Prepared { client, auth, low })
+    Ok(Prepared {
+        client,
+        auth,
+        low,
+        acl: None,
+    })
+}
+
+/// Keys of the master's request that saltgate sets itself (`cmd` routes it to a client, `user`
+/// and `key` are the master-side identity): a chunk may not carry them, on any client. Salt's
+/// decoder keeps the last of two equal keys, so a wheel chunk's `cmd` used to re-route the call.
+const RESERVED_KEYS: &[&str] = &["cmd", "user", "key"];
+/// Keys Salt's wheel client reads from the request to name the job's jid, event tag and user.
+const WHEEL_RESERVED_KEYS: &[&str] = &["__jid__", "__tag__", "__user__"];
+
+/// 400 for a chunk carrying a key saltgate sets in the master's request.
+fn reserved_keys(client: Client, low: &Map<String, Value>) -> Result<(), ApiError> {
+    let wheel = matches!(client, Client::Wheel | Client::WheelAsync);
+    let found = RESERVED_KEYS
+        .iter()
+        .chain(if wheel { WHEEL_RESERVED_KEYS } else { &[] })
+        .find(|k| low.contains_key(**k));
+    match found {
+        Some(key) => Err(ApiError::BadLowstate(format!(
+            "'{key}' is set by saltgate in the master's request and cannot be given in a chunk"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A Salt token must be hex (as rest_cherrypy checks), which also keeps it a safe file name.
@@ -296,11 +340,17 @@ pub async fn execute(
         let client = chunk.client.name();
         match run_chunk(salt, background, chunk, &mut out).await {
             Ok(()) => {}
-            Err(e) => {
+            Err(Failure::Salt(e)) => {
                 tracing::info!(chunk = index, client, error = %e, "Lowstate chunk failed");
                 return Err(ApiError::Chunk {
                     index,
                     error: Box::new(ApiError::from(e)),
+                });
+            }
+            Err(Failure::Refused(e)) => {
+                return Err(ApiError::Chunk {
+                    index,
+                    error: Box::new(e),
                 });
             }
         }
@@ -308,22 +358,49 @@ pub async fn execute(
     Ok(out)
 }
 
+/// Why a chunk failed at run time: the master's answer, or saltgate's own refusal.
+#[derive(Debug)]
+enum Failure {
+    Salt(SaltError),
+    Refused(ApiError),
+}
+
+impl From<SaltError> for Failure {
+    fn from(e: SaltError) -> Self {
+        Self::Salt(e)
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self::Refused(e)
+    }
+}
+
 async fn run_chunk(
     salt: &SaltClients,
     background: &Background,
     chunk: Prepared,
     out: &mut Vec<Value>,
-) -> Result<(), SaltError> {
-    let Prepared { client, auth, low } = chunk;
+) -> Result<(), Failure> {
+    let Prepared {
+        client,
+        auth,
+        low,
+        acl,
+    } = chunk;
+    let acl = acl.as_ref();
     match client {
         Client::Local => {
             let (req, opts) = publish_request(&low);
+            guard(acl, &req)?;
             let salt = opts.clients(salt);
             let got = salt.local_sync(req, &auth, opts.timeout).await?;
             out.push(local_result(&got, opts.full_return));
         }
         Client::LocalAsync => {
             let (req, _) = publish_request(&low);
+            guard(acl, &req)?;
             let published = salt.local_async(req, &auth).await?;
             out.push(match published.jid {
                 Some(jid) if published.error.is_none() => {
@@ -340,7 +417,7 @@ async fn run_chunk(
                 .and_then(as_u64)
                 .unwrap_or(3)
                 .max(1);
-            out.push(local_subset(&opts.clients(salt), req, &auth, &opts, n).await?);
+            out.push(local_subset(&opts.clients(salt), req, &auth, acl, &opts, n).await?);
         }
         Client::LocalBatch => {
             let (req, opts) = publish_request(&low);
@@ -355,6 +432,7 @@ async fn run_chunk(
                 &opts.clients(salt),
                 req,
                 &auth,
+                acl,
                 &opts,
                 &batch,
                 wait,
@@ -514,9 +592,10 @@ async fn local_subset(
     salt: &SaltClients,
     req: PublishRequest,
     auth: &Auth,
+    acl: Option<&AuthList>,
     opts: &LocalOpts,
     n: u64,
-) -> Result<Value, SaltError> {
+) -> Result<Value, Failure> {
     let Some(fun) = req.fun.as_str().map(str::to_owned) else {
         return Ok(json!({}));
     };
@@ -542,6 +621,7 @@ async fn local_subset(
     let mut job = req;
     job.tgt = Mp::Array(having.iter().map(|m| Mp::from(m.as_str())).collect());
     job.tgt_type = "list".into();
+    guard(acl, &job)?;
     let got = salt.local_sync(job, auth, opts.timeout).await?;
     Ok(local_result(&got, opts.full_return))
 }
@@ -556,12 +636,13 @@ async fn local_batch(
     salt: &SaltClients,
     req: PublishRequest,
     auth: &Auth,
+    acl: Option<&AuthList>,
     opts: &LocalOpts,
     batch: &Value,
     wait: Duration,
     failhard: bool,
     out: &mut Vec<Value>,
-) -> Result<(), SaltError> {
+) -> Result<(), Failure> {
     let mut probe = PublishRequest::new(req.tgt.clone(), "test.ping");
     probe.tgt_type = req.tgt_type.clone();
     probe.extra = req.extra.clone();
@@ -576,6 +657,7 @@ async fn local_batch(
         job.jid = String::new();
         job.tgt = Mp::Array(group.iter().map(|m| Mp::from(m.as_str())).collect());
         job.tgt_type = "list".into();
+        guard(acl, &job)?;
         let got = salt.local_sync(job, auth, opts.timeout).await?;
         let mut failed = false;
         for (mid, v) in local_result(&got, opts.full_return)
@@ -636,9 +718,6 @@ fn runner_low(mut low: Map<String, Value>) -> (String, Mp, LocalOpts) {
         .remove("fun")
         .and_then(|f| f.as_str().map(str::to_owned))
         .unwrap_or_default();
-    for k in ["user", "key"] {
-        low.remove(k);
-    }
     let opts = LocalOpts {
         timeout: low
             .remove("timeout")
@@ -683,7 +762,7 @@ fn wheel_args(mut low: Map<String, Value>) -> (String, Vec<(String, Mp)>) {
         .remove("fun")
         .and_then(|f| f.as_str().map(str::to_owned))
         .unwrap_or_default();
-    for k in ["user", "key", "timeout", "full_return"] {
+    for k in ["timeout", "full_return"] {
         low.remove(k);
     }
     let args = low.iter().map(|(k, v)| (k.clone(), from_json(v))).collect();
@@ -766,19 +845,31 @@ async fn respond(
         Mode::Session | Mode::Minions => Credentials::Session(session(headers)?),
     };
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let chunks = shape(body::parse(headers, &raw)?)?;
+    let chunks = shape(body::parse_async(headers, &raw).await?)?;
     let forced = (mode == Mode::Minions).then_some(Client::LocalAsync);
-    let prepared = prepare(
+    let mut prepared = prepare(
         chunks,
         &creds,
         &app.config.master.netapi_enable_clients,
         forced,
     )?;
+    authorize_eauth(&app.config, &mut prepared)?;
     let salt = master(app)?;
-    if let Credentials::Session(token) = &creds {
-        require_valid(app, salt, token).await?;
+    let per_chunk = matches!(creds, Credentials::PerChunk);
+    let session = match &creds {
+        Credentials::Session(token) => Some(valid_token(app, salt, token).await?),
+        // The master checks per-chunk credentials with the command: throttled like a login.
+        Credentials::PerChunk => {
+            app.tokens.admit()?;
+            None
+        }
+    };
+    authorize_tokens(app, salt, &mut prepared, session.as_ref()).await?;
+    let results = execute(salt, background, prepared).await;
+    if per_chunk && matches!(&results, Err(e) if e.status_code().0 == StatusCode::UNAUTHORIZED) {
+        app.tokens.refused();
     }
-    let results = execute(salt, background, prepared).await?;
+    let results = results?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()
@@ -814,11 +905,127 @@ pub async fn require_valid(
     salt: &SaltClients,
     token: &str,
 ) -> Result<(), ApiError> {
-    match app.tokens.validate(salt, token).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::Unauthorized(
+    valid_token(app, salt, token).await.map(|_| ())
+}
+
+/// The token as the master knows it; 401 when unknown or expired.
+pub async fn valid_token(
+    app: &AppState,
+    salt: &SaltClients,
+    token: &str,
+) -> Result<Token, ApiError> {
+    app.tokens
+        .validate(salt, token)
+        .await?
+        .ok_or(ApiError::Unauthorized(
             "No permission -- see authorization schemes",
+        ))
+}
+
+// Compound commands: saltgate's own ACL check (see `security::acl` for why the master's is not
+// enough). Checked before anything runs; eauth chunks before any master call.
+
+/// Whether a chunk publishes a compound command (a `fun` list of two or more).
+fn is_compound(p: &Prepared) -> bool {
+    p.client.needs_target() && matches!(p.low.get("fun"), Some(Value::Array(f)) if f.len() >= 2)
+}
+
+/// Checks the compound commands of chunks with eauth credentials against the master's
+/// `external_auth`, which needs no master call: a refusal is answered before anything is sent.
+pub fn authorize_eauth(config: &Config, chunks: &mut [Prepared]) -> Result<(), ApiError> {
+    let options = config.master.acl_options();
+    for (index, chunk) in chunks.iter_mut().enumerate() {
+        if !is_compound(chunk) {
+            continue;
+        }
+        let Auth::Eauth {
+            eauth, username, ..
+        } = &chunk.auth
+        else {
+            continue;
+        };
+        let caller = Caller::Eauth { eauth, username };
+        let list = acl::auth_list(&config.master.external_auth, &options, &caller);
+        check_chunk(&list, &chunk.low).map_err(|e| in_chunk(index, e))?;
+        chunk.acl = Some(list);
+    }
+    Ok(())
+}
+
+/// Checks the compound commands of chunks with a token against the token's user, backend and
+/// groups (`session`: the request's token, already confirmed; other tokens are looked up).
+pub async fn authorize_tokens(
+    app: &AppState,
+    salt: &SaltClients,
+    chunks: &mut [Prepared],
+    session: Option<&Token>,
+) -> Result<(), ApiError> {
+    let options = app.config.master.acl_options();
+    for (index, chunk) in chunks.iter_mut().enumerate() {
+        if !is_compound(chunk) {
+            continue;
+        }
+        let Auth::Token(token) = &chunk.auth else {
+            continue;
+        };
+        let known = match session {
+            Some(t) if t.token == *token => t.clone(),
+            _ => valid_token(app, salt, token)
+                .await
+                .map_err(|e| in_chunk(index, e))?,
+        };
+        let caller = Caller::Token {
+            eauth: &known.eauth,
+            name: &known.name,
+            groups: &known.groups,
+        };
+        let list = acl::auth_list(&app.config.master.external_auth, &options, &caller);
+        check_chunk(&list, &chunk.low).map_err(|e| in_chunk(index, e))?;
+        chunk.acl = Some(list);
+    }
+    Ok(())
+}
+
+fn in_chunk(index: usize, error: ApiError) -> ApiError {
+    ApiError::Chunk {
+        index,
+        error: Box::new(error),
+    }
+}
+
+/// The chunk's job, as it would be published, against the auth list.
+fn check_chunk(list: &AuthList, low: &Map<String, Value>) -> Result<(), ApiError> {
+    let (req, _) = publish_request(low);
+    check_publish(list, &req)
+}
+
+fn check_publish(list: &AuthList, req: &PublishRequest) -> Result<(), ApiError> {
+    let job = acl::Publish {
+        tgt: &req.tgt,
+        tgt_type: &req.tgt_type,
+        fun: &req.fun,
+        arg: &req.arg,
+    };
+    list.check(&job).map_err(|refusal| {
+        tracing::info!(
+            fun = ?refusal.fun,
+            index = refusal.index,
+            undecided = refusal.undecided.is_some(),
+            "Compound command refused by saltgate's ACL check"
+        );
+        ApiError::AclRefused(refusal.to_string())
+    })
+}
+
+/// Before every publish of a chunk's own job: a compound command is published only against the
+/// auth list that passed it (fail closed for a path that skipped the check).
+fn guard(acl: Option<&AuthList>, req: &PublishRequest) -> Result<(), ApiError> {
+    match (acl, &req.fun) {
+        (Some(list), _) => check_publish(list, req),
+        (None, Mp::Array(funs)) if funs.len() >= 2 => Err(ApiError::AclRefused(
+            "a compound command was not checked against the caller's ACL; refused".into(),
         )),
+        (None, _) => Ok(()),
     }
 }
 

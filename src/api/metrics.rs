@@ -56,6 +56,7 @@ pub struct Metrics {
     stream_events_missed: AtomicU64,
     stream_lag_notices: AtomicU64,
     deliveries: Mutex<VecDeque<Delivery>>,
+    limits: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -114,6 +115,16 @@ impl Metrics {
         self.stream_lag_notices.fetch_add(1, Ordering::Relaxed);
         self.stream_events_missed
             .fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// Counts a connection refused or closed by a listener limit (`per_client`, `streams`, …).
+    pub fn limit_hit(&self, limit: &'static str) {
+        *self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(limit)
+            .or_default() += 1;
     }
 
     /// The recent deliveries, newest first.
@@ -271,6 +282,23 @@ impl Metrics {
             "saltgate_stream_lag_notices_total {}",
             self.stream_lag_notices.load(Ordering::Relaxed)
         );
+        family(
+            &mut out,
+            "saltgate_connection_limits_total",
+            "counter",
+            "Connections or requests refused or cut off by a listener budget or deadline.",
+        );
+        for (limit, n) in self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "saltgate_connection_limits_total{{limit=\"{limit}\"}} {n}"
+            );
+        }
         out
     }
 }

@@ -3,11 +3,14 @@
 
 pub mod body;
 pub mod cors;
+pub mod csrf;
 pub mod digest;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod files;
 pub mod hook;
+pub mod limits;
 pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .trim_end_matches('/')
         .to_owned();
     let stats = std::sync::Arc::new(resources::Stats::new(state.config.api.collect_stats));
+    let streams = axum::middleware::from_fn(limits::stream_budget);
     let routes = Router::new()
         .route("/", get(index).post(lowstate::root))
         .route("/index", get(index).post(lowstate::root))
@@ -72,12 +76,21 @@ pub fn router(state: AppState) -> Router {
         .route(&hook_base, post(hook::hook_root))
         .route(&format!("{hook_base}/"), post(hook::hook_root))
         .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
-        // streams
-        .route("/events", get(events::events))
-        .route("/ws", get(ws::ws_root))
-        .route("/ws/{token}", get(ws::ws_token))
-        .route("/all_events/{token}", get(ws::all_events))
-        .route("/formatted_events/{token}", get(ws::formatted_events))
+        // streams: their own budget (limits::stream_budget), apart from the general one
+        .route("/events", get(events::events).route_layer(streams.clone()))
+        .route("/ws", get(ws::ws_root).route_layer(streams.clone()))
+        .route(
+            "/ws/{token}",
+            get(ws::ws_token).route_layer(streams.clone()),
+        )
+        .route(
+            "/all_events/{token}",
+            get(ws::all_events).route_layer(streams.clone()),
+        )
+        .route(
+            "/formatted_events/{token}",
+            get(ws::formatted_events).route_layer(streams.clone()),
+        )
         .route(&ui_base, get(ui::page))
         .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
         .route(&format!("{ui_base}/app.js"), get(ui::app_js))
@@ -87,15 +100,20 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(csrf::guard))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            state::client_scope,
         ))
         .with_state(state.clone())
         .layer(axum::middleware::from_fn(resources::count))
         .layer(axum::Extension(stats))
         .layer(axum::Extension(lowstate::Background::new()));
-    let routes = with_files(routes, &state.config.api);
+    let routes = files::with_files(routes, &state.config.api);
     let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
         Some(cors) => routes.layer(cors),
         None => routes,
@@ -123,27 +141,6 @@ async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
         "clients": app.config.master.netapi_enable_clients,
     });
     error::render_body(StatusCode::OK, format, &body)
-}
-
-/// rest_cherrypy's `static` directory (under `static_path`) and `app` page (at `app_path` and
-/// every path below it, for client-side routing). `ServeDir` refuses `..` and absolute
-/// components, so nothing outside the directory is reachable.
-fn with_files(routes: Router, api: &crate::config::RestCherrypy) -> Router {
-    let mut routes = routes;
-    if let Some(dir) = &api.static_dir {
-        let path = api.static_path.trim_end_matches('/');
-        let path = if path.is_empty() { "/static" } else { path };
-        routes = routes.nest_service(path, tower_http::services::ServeDir::new(dir));
-    }
-    if let Some(app) = &api.app {
-        let path = api.app_path.trim_end_matches('/');
-        let path = if path.is_empty() { "/app" } else { path };
-        let page = tower_http::services::ServeFile::new(app);
-        routes = routes
-            .route_service(path, page.clone())
-            .route_service(&format!("{path}/{{*rest}}"), page);
-    }
-    routes
 }
 
 async fn not_found(headers: HeaderMap) -> Response {

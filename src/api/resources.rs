@@ -1,5 +1,5 @@
 //! `/minions`, `/jobs`, `/keys`, `/stats`: rest_cherrypy's resource views over lowstate calls
-//! (API.md §8), all with the session token (`X-Auth-Token` or the `session_id` cookie).
+//! (API.md §8), with the session token (`X-Auth-Token` or the `session_id` cookie), except `POST /keys`.
 //!
 //! | route | Salt call | body |
 //! | --- | --- | --- |
@@ -9,12 +9,12 @@
 //! | `GET /jobs/<jid>` | runner `jobs.list_job` | `{"info": [job], "return": [{mid: return}]}` |
 //! | `GET /keys` | wheel `key.list_all` | `{"return": {minions, minions_pre, ...}}` (not a list, as rest_cherrypy) |
 //! | `GET /keys/<mid>` | wheel `key.finger` | `{"return": {"minions": {mid: finger}}}` |
+//! | `POST /keys` | wheel `key.gen_accept` with the body's `username`, `password`, `eauth` (never a session) | a tar of `minion.pem` and `minion.pub` (see [`keys_post`]) |
 //! | `GET /stats` | none: saltgate's own counters | see [`Stats`] |
 //!
 //! `/stats` needs the session unless `stats_disable_auth`; its counters run only with
 //! `collect_stats` (as rest_cherrypy's `cpstats`, the route exists either way). The clients these
 //! routes use must be in `netapi_enable_clients`, as for the same calls made through `POST /`.
-//! Not served: `POST /keys` (key generation), whose success path hands out a private key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -315,7 +315,7 @@ async fn key_pair(
 ) -> Result<(String, Vec<u8>), ApiError> {
     let raw =
         super::extract::read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let parsed = super::body::parse(headers, &raw)?;
+    let parsed = super::body::parse_async(headers, &raw).await?;
     let fields = match parsed {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,

@@ -9,14 +9,19 @@
 //!   restart or to fixate (rest_cherrypy keeps a client-chosen session id, API.md §14.3), and
 //!   several saltgate processes can serve one client;
 //! - the cookie is `HttpOnly; SameSite=Strict` (and `Secure` under TLS), lives as long as the
-//!   token, and is sent only by `/login` and `/logout`;
+//!   token, and is sent only by `/login` and `/logout`; a request it authenticates, and every
+//!   `POST /login`, must come from this server's own origin ([`super::csrf`]; rest_cherrypy
+//!   has no such check);
 //! - missing or malformed credentials are 400 (rest_cherrypy: 500);
 //! - `perms` are read from saltgate's copy of the master's `external_auth`: the user's entries,
 //!   `*`'s, and `<group>%`'s for the groups the master put in the token (backends with groups,
 //!   such as `pam`); the master enforces them either way;
 //! - `POST /token` mints tokens with `mk_token` directly, so it needs no runner rights on
 //!   `auth.mk_token` (rest_cherrypy runs that runner); the user gets nothing `/login` would not
-//!   give them.
+//!   give them;
+//! - failed logins are counted per client address and a client over its budget is refused
+//!   with 429 and `Retry-After` before the master is asked (see
+//!   [`super::state::TokenCache`]); a successful login costs nothing there.
 //!
 //! `POST /logout` revokes the token the way rest_cherrypy does (`LoadAuth.rm_token`): by
 //! removing it from the master's file token store, `<cachedir>/tokens/<token>` (3006, 3007) or
@@ -37,8 +42,9 @@ use super::error::{ApiError, render_body};
 use super::extract::read_capped;
 use super::lowstate::{master, session};
 use super::negotiate::{Format, response_format};
-use super::state::{AppState, unix_now};
+use super::state::{AppState, AuthError, unix_now};
 use crate::config::Config;
+use crate::salt::SaltError;
 use crate::salt::channel::Token;
 
 const CREDS_NEEDED: &str = r#"Require "username", "password", and "eauth" params"#;
@@ -94,24 +100,30 @@ pub async fn login(State(app): State<AppState>, headers: HeaderMap, body: Body) 
 
 async fn do_login(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Token, ApiError> {
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let creds = match body::parse(headers, &raw)? {
+    let creds = match body::parse_async(headers, &raw).await? {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,
     };
     let (eauth, username, password) = credentials(&creds)?;
     let salt = master(app)?;
-    match salt.channel.mk_token(&eauth, &username, &password).await {
+    match app.tokens.login(salt, &eauth, &username, &password).await {
         Ok(t) => {
             tracing::info!(user = %t.name, eauth = %t.eauth, "Login");
             Ok(t)
         }
-        Err(crate::salt::SaltError::AuthRefused(_) | crate::salt::SaltError::Master(_)) => {
+        Err(e) => Err(refusal(e, &eauth, &username)),
+    }
+}
+
+/// The answer to a failed `mk_token`: 401 for refused credentials (logged without the
+/// password), 429 for a throttled client, the master's failure otherwise.
+fn refusal(e: AuthError, eauth: &str, username: &str) -> ApiError {
+    match e {
+        AuthError::Salt(SaltError::AuthRefused(_) | SaltError::Master(_)) => {
             tracing::info!(user = %username, eauth = %eauth, "Login refused");
-            Err(ApiError::Unauthorized(
-                "Could not authenticate using provided credentials",
-            ))
+            ApiError::Unauthorized("Could not authenticate using provided credentials")
         }
-        Err(e) => Err(e.into()),
+        other => other.into(),
     }
 }
 
@@ -242,7 +254,7 @@ pub async fn token(State(app): State<AppState>, headers: HeaderMap, body: Body) 
 
 async fn do_token(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let list = match body::parse(headers, &raw)? {
+    let list = match body::parse_async(headers, &raw).await? {
         Value::Array(items) => items,
         one => vec![one],
     };
@@ -251,16 +263,11 @@ async fn do_token(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Val
     let salt = master(app)?;
     let mut out = Vec::with_capacity(creds.len());
     for (eauth, username, password) in creds {
-        let t = salt
-            .channel
-            .mk_token(&eauth, &username, &password)
+        let t = app
+            .tokens
+            .login(salt, &eauth, &username, &password)
             .await
-            .map_err(|e| match e {
-                crate::salt::SaltError::AuthRefused(_) | crate::salt::SaltError::Master(_) => {
-                    ApiError::Unauthorized("Could not authenticate using provided credentials")
-                }
-                other => other.into(),
-            })?;
+            .map_err(|e| refusal(e, &eauth, &username))?;
         out.push(json!({
             "start": t.start, "expire": t.expire, "name": t.name, "eauth": t.eauth, "token": t.token,
         }));

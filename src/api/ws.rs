@@ -26,25 +26,47 @@
 //!
 //! Differences from salt-api, on purpose: a browser `Origin` that is not this server's own host
 //! is refused with 403, since the session cookie would otherwise let any web page read the bus
-//! (rest_tornado checks origins too; rest_cherrypy does not). The socket loop is generic over
-//! `Sink`/`Stream` so it does not depend on axum's socket type.
+//! (rest_tornado checks origins too; rest_cherrypy does not). A refused handshake gets an
+//! `ApiError`-shaped body (`bad_upgrade`). The socket loop is generic over `Sink`/`Stream`.
+//!
+//! Memory per subscriber: an event's frames are parts of its one shared rendering (see
+//! [`super::events`]), sent as fragments of at most [`FRAGMENT`] bytes, each written out before
+//! the next is handed over, so a reader that stops reading holds one fragment's copy, not the
+//! event's. The handshake is answered here and the upgraded connection driven directly (axum's
+//! socket type cannot send fragments). A subscriber that has not taken one item (an event, a
+//! snapshot) within `saltgate.stream_write_timeout_secs` is dropped: it was told of nothing it
+//! could not read, and the shared event it pinned is released.
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::response::Response;
+use bytes::Bytes;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::TokioIo;
 use rmpv::Value;
 use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::digest::{Changes, Dialect, Digest, Limits, MAX_MINIONS};
+use super::digest::{Dialect, Digest, Limits, MAX_MINIONS};
 use super::error::render_body;
-use super::events::{Authorized, Feed, FeedItem, TagFilter, authorize, notice, salt_json};
+use super::events::{
+    Authorized, Feed, FeedItem, TagFilter, authorize, data_part, json_part, notice, salt_json,
+    sse_record,
+};
 use super::extract::session_token;
 use super::metrics::StreamKind;
 use super::negotiate::{Format, response_format};
 use super::state::AppState;
 use crate::salt::Event;
+use crate::salt::bus::Published;
 use crate::salt::channel::{Auth, PublishRequest};
 
 /// What the client must send before events flow.
@@ -56,6 +78,43 @@ pub const GRAINS_FAILED_TAG: &str = "saltgate/stream/grains_failed";
 
 /// Events folded into one snapshot at most, so a steady flood still gets snapshots out.
 const BURST: usize = 512;
+
+/// The largest frame sent: longer messages go out as fragments (RFC 6455 §5.4), each written
+/// before the next is handed to the socket, so a reader that stops reading holds at most one
+/// fragment's copy in the socket's write buffer, whatever the event size.
+pub const FRAGMENT: usize = crate::salt::bus::ring::CHUNK;
+
+/// The largest message a client may send (they send `websocket client ready` and little else).
+const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+
+/// A text message as frames of at most [`FRAGMENT`] bytes, sharing `text`'s buffer. `text` must
+/// be UTF-8 as a whole (fragments may split a character, as the RFC allows).
+pub fn text_frames(text: Bytes) -> Vec<Message> {
+    let parts = (0..text.len().div_ceil(FRAGMENT).max(1))
+        .map(|i| text.slice((i * FRAGMENT).min(text.len())..((i + 1) * FRAGMENT).min(text.len())))
+        .collect();
+    message_frames(parts)
+}
+
+/// One text message made of `parts` (each at most [`FRAGMENT`] bytes), a frame per part.
+pub fn message_frames(parts: Vec<Bytes>) -> Vec<Message> {
+    let count = parts.len().max(1);
+    if parts.is_empty() {
+        return vec![Message::Frame(Frame::message(
+            Bytes::new(),
+            OpCode::Data(Data::Text),
+            true,
+        ))];
+    }
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let opcode = if i == 0 { Data::Text } else { Data::Continue };
+            Message::Frame(Frame::message(part, OpCode::Data(opcode), i + 1 == count))
+        })
+        .collect()
+}
 
 /// How events are written into text frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +128,15 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// A bus event's frames, parts of its shared rendering (the raw framings only).
+    fn shared_frames(self, published: &Published) -> Vec<Message> {
+        let record = published.rendered(sse_record);
+        message_frames(match self {
+            Self::Cherrypy => data_part(record),
+            Self::Tornado | Self::Digest(_) => json_part(record),
+        })
+    }
+
     /// An event or notice as a text frame.
     fn event_text(self, event: &Event) -> String {
         let json = salt_json(event);
@@ -85,19 +153,15 @@ impl Framing {
     }
 }
 
-type UpgradeResult =
-    Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
-
 /// `GET /ws`: token from `X-Auth-Token` or the `session_id` cookie.
 pub async fn ws_root(
     state: State<AppState>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: UpgradeResult,
+    request: Request,
 ) -> Response {
-    let token = session_token(&headers);
+    let token = session_token(request.headers());
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(state, token, query, headers, upgrade, framing).await
+    open(state, token, query, request, framing).await
 }
 
 /// `GET /ws/<token>`.
@@ -105,11 +169,10 @@ pub async fn ws_token(
     state: State<AppState>,
     Path(token): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: UpgradeResult,
+    request: Request,
 ) -> Response {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(state, Some(token), query, headers, upgrade, framing).await
+    open(state, Some(token), query, request, framing).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
@@ -117,18 +180,9 @@ pub async fn all_events(
     state: State<AppState>,
     Path(token): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: UpgradeResult,
+    request: Request,
 ) -> Response {
-    open(
-        state,
-        Some(token),
-        query,
-        headers,
-        upgrade,
-        Framing::Tornado,
-    )
-    .await
+    open(state, Some(token), query, request, Framing::Tornado).await
 }
 
 /// `GET /formatted_events/<token>` (rest_tornado).
@@ -136,11 +190,10 @@ pub async fn formatted_events(
     state: State<AppState>,
     Path(token): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    upgrade: UpgradeResult,
+    request: Request,
 ) -> Response {
     let framing = Framing::Digest(Dialect::Tornado);
-    open(state, Some(token), query, headers, upgrade, framing).await
+    open(state, Some(token), query, request, framing).await
 }
 
 /// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
@@ -170,16 +223,16 @@ async fn open(
     State(app): State<AppState>,
     token: Option<String>,
     query: Option<String>,
-    headers: HeaderMap,
-    upgrade: UpgradeResult,
+    mut request: Request,
     framing: Framing,
 ) -> Response {
-    let format = response_format(&headers).unwrap_or(Format::Json);
+    let headers = request.headers();
+    let format = response_format(headers).unwrap_or(Format::Json);
     let filter = match TagFilter::from_query(query.as_deref()) {
         Ok(f) => f,
         Err(e) => return e.render(format),
     };
-    if !same_origin(&headers) {
+    if !same_origin(headers) {
         return render_body(
             StatusCode::FORBIDDEN,
             format,
@@ -191,32 +244,118 @@ async fn open(
         Ok(a) => a,
         Err(e) => return e.render(format),
     };
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rejection) => return axum::response::IntoResponse::into_response(rejection),
+    let accept = match handshake(&mut request) {
+        Ok(accept) => accept,
+        Err((status, message)) => {
+            return render_body(
+                status,
+                format,
+                &serde_json::json!({"status": status.as_u16(), "code": "bad_upgrade",
+                    "message": message}),
+            );
+        }
     };
-    upgrade
-        .max_message_size(64 << 10)
-        .on_upgrade(move |socket: WebSocket| run_socket(socket, app, filter, auth, framing))
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0)
+            .max_write_buffer_size(4 * FRAGMENT)
+            .max_message_size(Some(MAX_CLIENT_MESSAGE))
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        run_socket(socket, app, filter, auth, framing).await;
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
 }
 
-/// A browser's `Origin` must name the host it connected to; clients without one pass.
+/// Checks an HTTP/1.1 WebSocket handshake (RFC 6455 §4.2.1); the `Sec-WebSocket-Accept` value,
+/// or the status and reason of the refusal.
+fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static str)> {
+    if request.method() != Method::GET {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "A WebSocket handshake is a GET",
+        ));
+    }
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Connection header did not include 'upgrade'",
+        ));
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Upgrade header did not include 'websocket'",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version header did not include '13'",
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing"));
+    };
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key header is invalid",
+        )
+    })?;
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "This connection cannot be upgraded to a WebSocket",
+        ));
+    }
+    Ok(accept)
+}
+
+/// A browser's `Origin` must name the host it connected to; clients without one pass. The same
+/// check as for cookie-authenticated POSTs ([`super::csrf::same_origin`]); a WebSocket
+/// handshake is an HTTP/1.1 GET, so `Host` names the server.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    origin_host.eq_ignore_ascii_case(host)
+    super::csrf::same_origin(headers, &http::Uri::default())
 }
 
 /// The socket loop: answers client messages, and once the client is ready, sends the stream.
-/// Ends on close, on a send error, when the feed ends (shutdown, expired token) or on shutdown.
+/// Ends on close, on a send error, when the feed ends (shutdown, expired token), on shutdown, or
+/// when one item (an event's frames, a snapshot) is not written within
+/// `saltgate.stream_write_timeout_secs`: a reader that stopped reading is dropped rather than
+/// kept with the event it pins.
 pub async fn run_socket<S, E>(
     socket: S,
     app: AppState,
@@ -229,6 +368,7 @@ pub async fn run_socket<S, E>(
 {
     let (mut tx, mut rx) = socket.split();
     let shutdown = app.shutdown.clone();
+    let write_timeout = Duration::from_secs(app.config.saltgate.stream_write_timeout_secs.max(1));
     let mut parts = Some((app, filter, auth));
     let mut stream: Option<Streaming> = None;
     loop {
@@ -260,9 +400,19 @@ pub async fn run_socket<S, E>(
                     let _ = tx.send(Message::Close(None)).await;
                     break;
                 };
-                if let Err(e) = send_all(&mut tx, frames).await {
-                    tracing::debug!(error = %e, "WebSocket write failed");
-                    break;
+                match tokio::time::timeout(write_timeout, send_all(&mut tx, frames)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "WebSocket write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::info!(
+                            timeout_secs = write_timeout.as_secs(),
+                            "WebSocket subscriber dropped: it did not take an event in time"
+                        );
+                        break;
+                    }
                 }
             }
         }
@@ -336,7 +486,7 @@ impl Streaming {
                             item = self.feed.next() => item?,
                             failed = views.grains.finished() => match failed {
                                 Some(notice) => {
-                                    return Some(vec![self.text(&notice)]);
+                                    return Some(self.text(&notice));
                                 }
                                 None => continue,
                             },
@@ -345,19 +495,21 @@ impl Streaming {
                     _ => self.feed.next().await?,
                 },
             };
-            let event = match item {
-                FeedItem::KeepAlive => return Some(vec![Message::Ping(bytes::Bytes::new())]),
-                FeedItem::Notice(ev) => return Some(vec![self.text(&ev)]),
+            let published = match item {
+                FeedItem::KeepAlive => return Some(vec![Message::Ping(Bytes::new())]),
+                FeedItem::Notice(ev) => return Some(self.text(&ev)),
                 FeedItem::Event(ev) => ev,
             };
             let Some(views) = &mut self.views else {
                 self.feed.sent();
-                return Some(vec![Message::Text(self.framing.event_text(&event).into())]);
+                return Some(self.framing.shared_frames(&published));
             };
-            let mut changes = views.digest.apply(&event);
+            let mut changes = views.digest.apply(&published.event);
             for _ in 0..BURST {
                 match self.feed.next().now_or_never() {
-                    Some(Some(FeedItem::Event(ev))) => changes.merge(views.digest.apply(&ev)),
+                    Some(Some(FeedItem::Event(ev))) => {
+                        changes.merge(views.digest.apply(&ev.event));
+                    }
                     Some(other) => {
                         self.held = Some(other);
                         break;
@@ -368,27 +520,21 @@ impl Streaming {
             if let Some(target) = Target::list(std::mem::take(&mut changes.grains_for)) {
                 views.grains.request(target);
             }
-            let frames = snapshot(&views.digest, &changes);
-            if !frames.is_empty() {
-                for _ in &frames {
+            let views = views.digest.frames(&changes);
+            if !views.is_empty() {
+                let mut frames = Vec::new();
+                for view in views {
                     self.feed.sent();
+                    frames.extend(text_frames(Bytes::from(view)));
                 }
                 return Some(frames);
             }
         }
     }
 
-    fn text(&self, event: &Event) -> Message {
-        Message::Text(self.framing.event_text(event).into())
+    fn text(&self, event: &Event) -> Vec<Message> {
+        text_frames(Bytes::from(self.framing.event_text(event)))
     }
-}
-
-fn snapshot(digest: &Digest, changes: &Changes) -> Vec<Message> {
-    digest
-        .frames(changes)
-        .into_iter()
-        .map(|f| Message::Text(f.into()))
-        .collect()
 }
 
 /// Which minions a `grains.items` run targets.
@@ -512,6 +658,7 @@ async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     #[test]
     fn origin_must_match_host() {
@@ -538,6 +685,28 @@ mod tests {
             Framing::Digest(Dialect::Tornado).event_text(&ev),
             format!("{json}\n\n")
         );
+    }
+
+    #[test]
+    fn long_messages_go_out_as_fragments() {
+        let text = Bytes::from("é".repeat(FRAGMENT));
+        let frames = text_frames(text.clone());
+        assert_eq!(frames.len(), 2);
+        let mut joined = Vec::new();
+        for (i, frame) in frames.into_iter().enumerate() {
+            let Message::Frame(f) = frame else {
+                panic!("not a frame");
+            };
+            let header = f.header();
+            assert_eq!(header.is_final, i == 1);
+            let want = if i == 0 { Data::Text } else { Data::Continue };
+            assert_eq!(header.opcode, OpCode::Data(want));
+            assert!(f.payload().len() <= FRAGMENT);
+            joined.extend_from_slice(f.payload());
+        }
+        assert_eq!(joined, text);
+        assert_eq!(text_frames(Bytes::from_static(b"short")).len(), 1);
+        assert_eq!(text_frames(Bytes::new()).len(), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!       allow_from: [140.82.112.0/20]
 //!       rate: {per_second: 5, burst: 20}
 //!       max_body: 262144
+//!       dedupe: body                # id (default) | body: also refuse a resent body
 //! ```
 //! Secrets come from files (`secret_file`) or environment variables (`secret_env`), several
 //! (`secrets: [{file: ..}, {env: ..}]`) for rotation; inline secrets are not accepted, so they
@@ -63,6 +64,27 @@ pub struct RawHook {
     /// Parse YAML bodies into `post` (bounded in nodes and depth); off: YAML stays text.
     #[serde(default)]
     pub yaml: bool,
+    /// What identifies a delivery already fired: `id` (the scheme's delivery id; default) or
+    /// `body` (the SHA-256 of the raw body).
+    #[serde(default)]
+    pub dedupe: Dedupe,
+}
+
+/// How a rule recognises a delivery it already fired (within the replay guard's 24 h window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dedupe {
+    /// The delivery id the scheme reports (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`, ...,
+    /// SNS `MessageId`). Only SNS signs its id; the others' ids are plain headers, so this stops
+    /// sender retries and concurrent double deliveries, not an attacker who resends a captured
+    /// body with a new or no id.
+    #[default]
+    Id,
+    /// The SHA-256 of the raw body, for any scheme (and rules without one): a captured body
+    /// fires once whatever its headers say. For senders whose bodies are unique per delivery
+    /// (GitHub and GitLab push payloads carry commit ids and timestamps); a sender that
+    /// legitimately repeats a byte-identical body within the window is answered `duplicate`.
+    Body,
 }
 
 /// How a hook proves it may fire.
@@ -161,6 +183,8 @@ pub struct HookRule {
     pub fire_ping: bool,
     /// Parse YAML bodies (bounded).
     pub yaml: bool,
+    /// What identifies a delivery already fired.
+    pub dedupe: Dedupe,
 }
 
 impl HookRule {
@@ -245,6 +269,7 @@ pub fn build(
             max_body,
             fire_ping: r.fire_ping,
             yaml: r.yaml,
+            dedupe: r.dedupe,
         });
     }
     rules.push(HookRule {
@@ -257,6 +282,7 @@ pub fn build(
         max_body: max_request_body_size,
         fire_ping: true,
         yaml: false,
+        dedupe: Dedupe::Id,
     });
     Ok(rules)
 }
@@ -456,6 +482,56 @@ pub fn verifier(
 
 fn header_opt(key: &str, value: Option<&String>) -> Result<Option<HeaderName>, ConfigError> {
     header(&format!("{key}.delivery_header"), value)
+}
+
+/// What `saltgate check-config` (and `serve`, at start) warns about in the hook rules:
+/// signed rules next to `unmatched_hooks: allow`, and Reactor globs that match hook tags the
+/// signed rules do not cover.
+///
+/// A rule covers its path and the paths below it, on segment boundaries: `github/deploy`
+/// covers `github/deploy` and `github/deploy/x`, never `github/deployX` nor `GitHub/deploy`
+/// (Salt tags and Reactor globs are case-sensitive). A Reactor key such as
+/// `salt/netapi/hook/github/deploy*` also matches `salt/netapi/hook/github/deployX`, which only
+/// the default rule covers; while unmatched paths are allowed, that tag fires with the default
+/// rule's checks (a Salt token, or nothing under `webhook_disable_auth`).
+pub fn warnings(
+    rules: &[HookRule],
+    unmatched_allowed: bool,
+    reactor_globs: &[String],
+) -> Vec<String> {
+    let signed: Vec<&HookRule> = rules
+        .iter()
+        .filter(|r| !r.path.is_empty() && r.verifier.is_some())
+        .collect();
+    if signed.is_empty() || !unmatched_allowed {
+        return Vec::new();
+    }
+    let default_checks = match rules.last().map(|r| r.auth) {
+        Some(AuthMode::Token) => "a Salt token only",
+        _ => "nothing (webhook_disable_auth: true)",
+    };
+    let names: Vec<&str> = signed.iter().map(|r| r.path.as_str()).collect();
+    let mut out = vec![format!(
+        "saltgate.unmatched_hooks is allow while hook rules are signed ({}): a path no rule          covers (a sibling such as {}X, another case, a typo) fires through the default rule,          which checks {default_checks}; set unmatched_hooks: refuse unless unsigned hooks are          wanted, and keep Reactor globs on segment boundaries",
+        names.join(", "),
+        names.first().copied().unwrap_or_default(),
+    )];
+    for glob in reactor_globs {
+        // No wildcard: one tag, routed like its path.
+        let Some(at) = glob.find(['*', '?', '[']) else {
+            continue;
+        };
+        let literal = &glob[..at];
+        for rule in &signed {
+            if crate::salt::event::hook_tag(&rule.path).starts_with(literal) {
+                out.push(format!(
+                    "reactor glob {glob:?} matches hook tags next to the signed rule {:?}                      (such as salt/netapi/hook/{}X), which that rule does not cover; match                      salt/netapi/hook/{} and salt/netapi/hook/{}/* instead",
+                    rule.path, rule.path, rule.path, rule.path
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Picks the rule for `path`: the longest configured prefix, else the default (last) rule.

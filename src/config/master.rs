@@ -43,6 +43,22 @@ pub struct MasterSettings {
     pub netapi_enable_clients: Vec<String>,
     /// The eauth ACLs, kept as written.
     pub external_auth: serde_json::Value,
+    /// The Reactor's `{tag glob: [sls, ...]}` list, kept as written; read only to warn about
+    /// globs that match hook tags outside the signed rules.
+    pub reactor: serde_json::Value,
+    /// `permissive_acl`, as written (how `*` joins an auth list).
+    pub permissive_acl: serde_json::Value,
+    /// `keep_acl_in_token`, as written (the master then uses the ACL stored in the token).
+    pub keep_acl_in_token: serde_json::Value,
+    /// `eauth_acl_module`, as written (a module that supplies eauth ACLs).
+    pub eauth_acl_module: serde_json::Value,
+    /// `auth.enable_expanded_auth_matching`, as written.
+    #[serde(rename = "auth.enable_expanded_auth_matching")]
+    pub expanded_auth_matching: serde_json::Value,
+    /// `key_cache`, as written (a cached minion list).
+    pub key_cache: serde_json::Value,
+    /// `enable_ssh_minions`, as written (roster targets join the minion list).
+    pub enable_ssh_minions: serde_json::Value,
 }
 
 impl Default for MasterSettings {
@@ -62,11 +78,29 @@ impl Default for MasterSettings {
             token_expire: 43200,
             netapi_enable_clients: Vec::new(),
             external_auth: serde_json::Value::Object(Default::default()),
+            reactor: serde_json::Value::Null,
+            permissive_acl: serde_json::Value::Null,
+            keep_acl_in_token: serde_json::Value::Null,
+            eauth_acl_module: serde_json::Value::Null,
+            expanded_auth_matching: serde_json::Value::Null,
+            key_cache: serde_json::Value::Null,
+            enable_ssh_minions: serde_json::Value::Null,
         }
     }
 }
 
 impl MasterSettings {
+    /// The tag globs of the `reactor` list (`- 'salt/netapi/hook/*': [...]`).
+    pub fn reactor_globs(&self) -> Vec<String> {
+        self.reactor
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_object)
+            .flat_map(|m| m.keys().cloned())
+            .collect()
+    }
+
     /// Applies Salt's path rules: the long-`sock_dir` rewrite, then `root_dir` prepending.
     pub fn resolve_paths(&mut self) {
         if self.sock_dir.as_os_str().len() > self.cachedir.as_os_str().len() + 10 {
@@ -109,6 +143,19 @@ impl MasterSettings {
                 Endpoint::Unix(self.sock_dir.join("master_event_pub.ipc")),
                 Endpoint::Unix(self.sock_dir.join("master_event_pull.ipc")),
             )
+        }
+    }
+
+    /// The settings that shape how the master compiles and matches eauth ACLs.
+    pub fn acl_options(&self) -> crate::security::acl::AclOptions {
+        use crate::security::acl::truthy;
+        crate::security::acl::AclOptions {
+            permissive_acl: truthy(&self.permissive_acl),
+            keep_acl_in_token: truthy(&self.keep_acl_in_token),
+            eauth_acl_module: truthy(&self.eauth_acl_module),
+            expanded_matching: truthy(&self.expanded_auth_matching),
+            key_cache: truthy(&self.key_cache),
+            ssh_minions: truthy(&self.enable_ssh_minions),
         }
     }
 

@@ -152,6 +152,12 @@ pub struct SaltgateSettings {
     /// Events each stream subscriber (`/events`, `/ws`) may fall behind by before it is told how
     /// many it missed; memory per subscriber is bounded by this queue.
     pub event_queue: usize,
+    /// Bytes of events (decoded, with their stream rendering) the subscribers' shared queue
+    /// holds before the slowest subscriber is told it missed some; bounds what stalled readers
+    /// pin whatever the event size.
+    pub event_queue_bytes: usize,
+    /// Seconds a WebSocket stream may take to write one event before the subscriber is dropped.
+    pub stream_write_timeout_secs: u64,
     /// Seconds between keep-alive comments on `/events` (pings on `/ws`); token recheck period.
     pub stream_keepalive_secs: u64,
     /// Serve `/events`, `/ws` and the events page without a Salt token. The built-in bus has no
@@ -163,6 +169,41 @@ pub struct SaltgateSettings {
     pub hooks: Vec<hooks::RawHook>,
     /// What happens to hook paths no rule covers.
     pub unmatched_hooks: Unmatched,
+    /// Open connections one client address (IPv6: one /64) may hold; `trusted_proxies` peers
+    /// are not counted (only `max_connections` bounds them).
+    pub max_connections_per_client: usize,
+    /// Open event streams (`/events`, `/ws`, `/all_events`, `/formatted_events`); a stream
+    /// leaves the `max_connections` budget once open.
+    pub max_streams: usize,
+    /// Request-body bytes buffered at once over all requests; past it bodies get 503.
+    pub max_buffered_body_bytes: u64,
+    /// HTTP/2 (TLS only) concurrent streams per connection.
+    pub http2_max_streams: u32,
+    /// Seconds from accept (or TLS handshake) to a client's first byte.
+    pub first_byte_timeout_secs: u64,
+    /// Seconds a kept-alive connection may sit idle between requests.
+    pub keep_alive_timeout_secs: u64,
+    /// Longest pause, in seconds, inside a request body (408).
+    pub body_timeout_secs: u64,
+    /// Minimum average request-body rate in bytes/s once `body_rate_grace_secs` has passed
+    /// (408 below it); 0 turns the rate check off.
+    pub body_min_bytes_per_sec: u64,
+    /// Seconds a request body may take before `body_min_bytes_per_sec` applies.
+    pub body_rate_grace_secs: u64,
+    /// Seconds a response write may stay blocked on a client that reads nothing.
+    pub write_timeout_secs: u64,
+    /// IPv6 clients are counted by this network prefix in rate limits and the login/token
+    /// throttle (IPv4 clients per address).
+    pub rate_limit_ipv6_prefix: u8,
+    /// Client keys each rate-limit table (per hook rule, and the login/token throttle) tracks;
+    /// past it the least recently used key is forgotten.
+    pub rate_limit_max_keys: usize,
+    /// Failed logins and token checks a client may make at once before it is refused (429).
+    pub auth_failure_burst: u32,
+    /// Failed logins and token checks a client may make per minute after its burst.
+    pub auth_failures_per_minute: u32,
+    /// Login and token checks sent to the master at once.
+    pub auth_max_in_flight: usize,
 }
 
 /// What happens to hook paths no rule covers.
@@ -186,11 +227,28 @@ impl Default for SaltgateSettings {
             header_timeout_secs: 10,
             trusted_proxies: Vec::new(),
             event_queue: 8192,
+            event_queue_bytes: crate::salt::bus::DEFAULT_QUEUE_BYTES,
+            stream_write_timeout_secs: 30,
             stream_keepalive_secs: 15,
             streams_disable_auth: false,
             ui_path: "/ui".into(),
             hooks: Vec::new(),
             unmatched_hooks: Unmatched::Allow,
+            max_connections_per_client: 256,
+            max_streams: 1024,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            http2_max_streams: 32,
+            first_byte_timeout_secs: 10,
+            keep_alive_timeout_secs: 10,
+            body_timeout_secs: 10,
+            body_min_bytes_per_sec: 500,
+            body_rate_grace_secs: 5,
+            write_timeout_secs: 30,
+            rate_limit_ipv6_prefix: crate::security::rate::DEFAULT_IPV6_PREFIX,
+            rate_limit_max_keys: crate::security::rate::DEFAULT_MAX_KEYS,
+            auth_failure_burst: crate::security::throttle::DEFAULT_FAILURE_BURST,
+            auth_failures_per_minute: crate::security::throttle::DEFAULT_FAILURES_PER_MINUTE,
+            auth_max_in_flight: 2,
         }
     }
 }
@@ -350,6 +408,18 @@ impl Config {
         if self.saltgate.event_queue == 0 {
             return Err(ConfigError::invalid("saltgate.event_queue", "must be > 0"));
         }
+        if self.saltgate.event_queue_bytes < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "saltgate.event_queue_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if self.saltgate.stream_write_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                "saltgate.stream_write_timeout_secs",
+                "must be > 0",
+            ));
+        }
         if self.saltgate.stream_keepalive_secs == 0 {
             return Err(ConfigError::invalid(
                 "saltgate.stream_keepalive_secs",
@@ -368,6 +438,65 @@ impl Config {
             return Err(ConfigError::invalid(
                 "saltgate.max_connections",
                 "must be > 0",
+            ));
+        }
+        if !(1..=128).contains(&self.saltgate.rate_limit_ipv6_prefix) {
+            return Err(ConfigError::invalid(
+                "saltgate.rate_limit_ipv6_prefix",
+                "must be 1 to 128",
+            ));
+        }
+        for (key, value) in [
+            (
+                "saltgate.max_connections_per_client",
+                self.saltgate.max_connections_per_client as u64,
+            ),
+            ("saltgate.max_streams", self.saltgate.max_streams as u64),
+            (
+                "saltgate.http2_max_streams",
+                u64::from(self.saltgate.http2_max_streams),
+            ),
+            (
+                "saltgate.first_byte_timeout_secs",
+                self.saltgate.first_byte_timeout_secs,
+            ),
+            (
+                "saltgate.keep_alive_timeout_secs",
+                self.saltgate.keep_alive_timeout_secs,
+            ),
+            (
+                "saltgate.body_timeout_secs",
+                self.saltgate.body_timeout_secs,
+            ),
+            (
+                "saltgate.write_timeout_secs",
+                self.saltgate.write_timeout_secs,
+            ),
+            (
+                "saltgate.auth_failure_burst",
+                self.saltgate.auth_failure_burst as u64,
+            ),
+            (
+                "saltgate.auth_failures_per_minute",
+                self.saltgate.auth_failures_per_minute as u64,
+            ),
+            (
+                "saltgate.auth_max_in_flight",
+                self.saltgate.auth_max_in_flight as u64,
+            ),
+            (
+                "saltgate.rate_limit_max_keys",
+                self.saltgate.rate_limit_max_keys as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be > 0"));
+            }
+        }
+        if self.saltgate.max_buffered_body_bytes < self.api.max_request_body_size {
+            return Err(ConfigError::invalid(
+                "saltgate.max_buffered_body_bytes",
+                "must be at least rest_cherrypy.max_request_body_size",
             ));
         }
         Ok(())
@@ -391,6 +520,25 @@ impl Config {
                 .host
                 .parse::<IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// How client addresses are keyed in rate limits and the login/token throttle.
+    pub fn client_keys(&self) -> crate::security::ClientKeys {
+        crate::security::ClientKeys::new(self.saltgate.rate_limit_ipv6_prefix)
+            .with_max_keys(self.saltgate.rate_limit_max_keys)
+    }
+
+    /// The login/token throttle's limits.
+    pub fn auth_throttle(&self) -> crate::security::throttle::ThrottleSettings {
+        use std::num::NonZeroU32;
+        crate::security::throttle::ThrottleSettings {
+            failure_burst: NonZeroU32::new(self.saltgate.auth_failure_burst)
+                .unwrap_or(NonZeroU32::MIN),
+            failures_per_minute: NonZeroU32::new(self.saltgate.auth_failures_per_minute)
+                .unwrap_or(NonZeroU32::MIN),
+            keys: self.client_keys(),
+            ..Default::default()
+        }
     }
 
     /// The header-read timeout.
@@ -422,6 +570,16 @@ fn typed<T: serde::de::DeserializeOwned + Default>(
     })
 }
 
+/// Settings that are valid but probably not what the operator means (printed by
+/// `saltgate check-config`, logged by `serve` at start).
+pub fn warnings(config: &Config) -> Vec<String> {
+    hooks::warnings(
+        &config.hooks,
+        config.saltgate.unmatched_hooks == Unmatched::Allow,
+        &config.master.reactor_globs(),
+    )
+}
+
 /// The effective configuration as YAML, for `saltgate check-config`. Secrets are never part of
 /// it: secret values are read from files or the environment and only their sources are shown.
 pub fn render_effective(config: &Config) -> String {
@@ -451,11 +609,28 @@ pub fn render_effective(config: &Config) -> String {
             "request_pool": config.saltgate.request_pool,
             "max_connections": config.saltgate.max_connections,
             "header_timeout_secs": config.saltgate.header_timeout_secs,
+            "max_connections_per_client": config.saltgate.max_connections_per_client,
+            "max_streams": config.saltgate.max_streams,
+            "max_buffered_body_bytes": config.saltgate.max_buffered_body_bytes,
+            "http2_max_streams": config.saltgate.http2_max_streams,
+            "first_byte_timeout_secs": config.saltgate.first_byte_timeout_secs,
+            "keep_alive_timeout_secs": config.saltgate.keep_alive_timeout_secs,
+            "body_timeout_secs": config.saltgate.body_timeout_secs,
+            "body_min_bytes_per_sec": config.saltgate.body_min_bytes_per_sec,
+            "body_rate_grace_secs": config.saltgate.body_rate_grace_secs,
+            "write_timeout_secs": config.saltgate.write_timeout_secs,
             "trusted_proxies": config.saltgate.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "event_queue": config.saltgate.event_queue,
+            "event_queue_bytes": config.saltgate.event_queue_bytes,
+            "stream_write_timeout_secs": config.saltgate.stream_write_timeout_secs,
             "stream_keepalive_secs": config.saltgate.stream_keepalive_secs,
             "streams_disable_auth": config.saltgate.streams_disable_auth,
             "ui_path": config.saltgate.ui_path,
+            "rate_limit_ipv6_prefix": config.saltgate.rate_limit_ipv6_prefix,
+            "rate_limit_max_keys": config.saltgate.rate_limit_max_keys,
+            "auth_failure_burst": config.saltgate.auth_failure_burst,
+            "auth_failures_per_minute": config.saltgate.auth_failures_per_minute,
+            "auth_max_in_flight": config.saltgate.auth_max_in_flight,
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -518,6 +693,68 @@ mod tests {
         );
         let e = load_text("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn listener_limits_are_read_and_checked() {
+        let c = load_text(
+            "saltgate:\n  max_connections_per_client: 8\n  keep_alive_timeout_secs: 60\n  \
+             body_min_bytes_per_sec: 0\n",
+        )
+        .unwrap();
+        assert_eq!(c.saltgate.max_connections_per_client, 8);
+        assert_eq!(c.saltgate.keep_alive_timeout_secs, 60);
+        assert_eq!(c.saltgate.body_min_bytes_per_sec, 0);
+        assert_eq!(c.saltgate.first_byte_timeout_secs, 10);
+        for bad in [
+            "max_connections_per_client: 0",
+            "max_streams: 0",
+            "first_byte_timeout_secs: 0",
+            "body_timeout_secs: 0",
+        ] {
+            let e = load_text(&format!("saltgate:\n  {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.starts_with(&format!("saltgate.{key}:")), "{e}");
+        }
+        let e = load_text("saltgate:\n  max_buffered_body_bytes: 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("saltgate.max_buffered_body_bytes:"), "{e}");
+    }
+
+    #[test]
+    fn client_keys_and_auth_throttle_settings() {
+        let c = load_text("saltgate:\n  bus: builtin\n").unwrap();
+        assert_eq!(c.client_keys().ipv6_prefix(), 64);
+        let t = c.auth_throttle();
+        assert_eq!(t.failure_burst.get(), 10);
+        assert_eq!(t.failures_per_minute.get(), 6);
+        assert_eq!(c.saltgate.auth_max_in_flight, 2);
+        let c = load_text(
+            "saltgate:\n  rate_limit_ipv6_prefix: 56\n  auth_failure_burst: 3\n  \
+             auth_failures_per_minute: 1\n  auth_max_in_flight: 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_keys().ipv6_prefix(), 56);
+        assert_eq!(c.auth_throttle().keys.ipv6_prefix(), 56);
+        assert_eq!(c.auth_throttle().failure_burst.get(), 3);
+        assert_eq!(c.saltgate.auth_max_in_flight, 8);
+        for bad in [
+            "rate_limit_ipv6_prefix: 0",
+            "rate_limit_ipv6_prefix: 129",
+            "auth_failure_burst: 0",
+            "auth_failures_per_minute: 0",
+            "auth_max_in_flight: 0",
+            "rate_limit_max_keys: 0",
+        ] {
+            let e = load_text(&format!("saltgate:\n  {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            let key = bad.split(':').next().unwrap();
+            assert!(e.starts_with(&format!("saltgate.{key}")), "{e}");
+        }
     }
 
     #[test]

@@ -339,11 +339,11 @@ impl MasterChannel {
         args: Vec<(String, Value)>,
         auth: &Auth,
     ) -> Result<Value, SaltError> {
-        let mut load = vec![
-            ("cmd".to_owned(), Value::from("wheel")),
-            ("fun".to_owned(), Value::from(fun)),
-        ];
-        load.extend(args);
+        // The arguments first: the master keeps the last of two equal keys, so the routing and
+        // credentials below win even if an argument shares their name (callers refuse those).
+        let mut load = args;
+        load.push(("cmd".to_owned(), Value::from("wheel")));
+        load.push(("fun".to_owned(), Value::from(fun)));
         load.extend(auth.fields());
         let reply = check_reply(self.call(map(load), self.timeouts.wheel).await?)?;
         map_get(&reply, "data")

@@ -50,7 +50,7 @@ impl Event {
             .map_err(|_| SaltError::Protocol("event tag is not UTF-8".into()))?
             .to_owned();
         let mut rest = &raw[split + 2..];
-        let data = rmpv::decode::read_value(&mut rest)
+        let data = crate::salt::wire::payload::decode_value(&mut rest)
             .map_err(|e| SaltError::Protocol(format!("event data is not msgpack: {e}")))?;
         Ok(Self { tag, data })
     }
@@ -67,10 +67,60 @@ impl Event {
         redact_value(&mut self.data, 0)
     }
 
+    /// An estimate of the bytes this event holds once fanned out to the streams: its decoded
+    /// data (each node's size plus its heap bytes) and its JSON rendering (strings counted with
+    /// their escapes, invalid UTF-8 at its replacement size). Linear in the data, no recursion;
+    /// the broadcast queue bounds its bytes with it.
+    pub fn footprint(&self) -> usize {
+        const NODE: usize = std::mem::size_of::<Value>();
+        let mut total = std::mem::size_of::<Self>() + 2 * self.tag.len() + 32;
+        let mut stack: Vec<&Value> = vec![&self.data];
+        while let Some(value) = stack.pop() {
+            total += NODE;
+            match value {
+                Value::String(s) => {
+                    total += s.as_bytes().len() + json_text_len(s.as_bytes(), s.as_str().is_some());
+                }
+                Value::Binary(b) | Value::Ext(_, b) => {
+                    total += b.len() + json_text_len(b, std::str::from_utf8(b).is_ok());
+                }
+                Value::Array(items) => {
+                    total += 2;
+                    stack.extend(items.iter());
+                }
+                Value::Map(entries) => {
+                    total += 2 + entries.len() * 4;
+                    for (k, v) in entries {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+                // Numbers and literals: at most a few dozen characters of JSON.
+                _ => total += 24,
+            }
+        }
+        total
+    }
+
     /// Looks up a string-keyed field of the data map.
     pub fn get(&self, key: &str) -> Option<&Value> {
         map_get(&self.data, key)
     }
+}
+
+/// The length of `bytes` as a JSON string, quotes included: escapes are counted, and bytes of
+/// invalid UTF-8 at the size of their replacement character.
+fn json_text_len(bytes: &[u8], utf8: bool) -> usize {
+    let escaped = bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' => 1,
+            0..0x20 => 5,
+            _ => 0,
+        })
+        .sum::<usize>();
+    let text = if utf8 { bytes.len() } else { 3 * bytes.len() };
+    2 + text + escaped
 }
 
 /// Keys whose values are credentials in a Salt request load.
@@ -222,6 +272,26 @@ mod tests {
         }
         let mut ev = load("salt/job/1/ret/m");
         assert!(!ev.redact_credentials());
+    }
+
+    #[test]
+    fn footprint_counts_data_and_its_escaped_rendering() {
+        let small = Event::new("t", Value::Map(vec![])).footprint();
+        assert!(small < 256, "{small}");
+        let plain = Event::new("t", Value::from("a".repeat(100_000))).footprint();
+        assert!((200_000..210_000).contains(&plain), "{plain}");
+        // Each control byte is six bytes of JSON.
+        let controls = Event::new("t", Value::from("\u{1}".repeat(100_000))).footprint();
+        assert!(controls >= 700_000, "{controls}");
+        // Many small nodes cost their node size, not their packed size.
+        let nodes = Event::new("t", Value::Array(vec![Value::from(1); 100_000])).footprint();
+        assert!(nodes >= 100_000 * std::mem::size_of::<Value>(), "{nodes}");
+        // Deep nesting does not recurse.
+        let mut deep = Value::Nil;
+        for _ in 0..5_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(Event::new("t", deep).footprint() > 5_000 * std::mem::size_of::<Value>());
     }
 
     #[test]

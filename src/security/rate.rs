@@ -1,30 +1,46 @@
-//! Per-rule, per-client rate limits.
+//! Per-rule, per-client rate limits, and the keyed buckets they and the authentication
+//! throttle ([`super::throttle`]) are built from.
 //!
 //! Defends against floods of hook deliveries (and the Reactor runs they would trigger) from one
-//! address. Each hook rule has its own governor keyed limiter, keyed only by the resolved client
-//! [`IpAddr`], never by a header value an attacker could vary freely.
+//! client. Each hook rule has its own table of buckets keyed only by the resolved client
+//! address ([`ClientKeys`]), never by a header value an attacker could vary freely. An IPv4
+//! address is one key (`/32`); an IPv6 address is keyed by its network prefix, `/64` by
+//! default (`saltgate.rate_limit_ipv6_prefix`), because one host is routinely handed a whole
+//! `/64` and could otherwise take a fresh bucket per address; an IPv4-mapped IPv6 address is
+//! keyed as the IPv4 address it maps.
 //!
-//! Memory is bounded twice: the server calls [`RateLimiter::housekeep`] on a timer, which drops
-//! keys whose buckets are full again (`retain_recent`), and each rule tracks at most `max_keys`
-//! addresses. At the cap the rule stops keying: every request on it, from any address, is
-//! charged to one shared overflow bucket with the rule's quota, and nothing new is stored,
-//! until housekeeping frees room. Memory stays bounded and the rule stays limited; the price
-//! is that during a flood from more than `max_keys` addresses all clients of that rule are
-//! limited together (fail closed rather than grow without bound). The cap is approximate
-//! under concurrency: it may be exceeded by the number of requests racing at that moment.
+//! Each bucket is a GCRA (the generic cell rate algorithm): one "theoretical arrival time" per
+//! key, which is the whole state of a token bucket of `burst` cells refilled at `per_second`.
+//!
+//! Memory is bounded: each table holds at most `max_keys` keys, and when it is full the key
+//! used least recently is evicted ([`super::lru`], O(1)), so a flood from more keys than that
+//! never merges honest senders into a shared bucket. What remains: an attacker who controls
+//! more than `max_keys` keys (that many IPv4 addresses, or IPv6 `/64`s, or addresses behind a
+//! trusted proxy) can evict an honest sender's bucket, which resets it to full. That is
+//! generous to the honest sender (it may send a fresh burst), never a starvation; the attacker
+//! gains nothing over what its many keys already give it, one burst each. Housekeeping
+//! ([`RateLimiter::housekeep`], on a timer) drops keys whose buckets are full again and gives
+//! their memory back.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use governor::Quota;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use super::lru::Lru;
 
-/// Default cap on tracked addresses per rule.
+/// Default cap on tracked keys per table.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Default IPv6 prefix length clients are keyed by.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// Tables at least this large are split into [`SHARDS`] independently locked shards.
+const SHARD_THRESHOLD: usize = 16 * 1024;
+const SHARDS: usize = 16;
 
 /// A rule's quota: `per_second` requests replenished each second, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +49,6 @@ pub struct RateQuota {
     pub per_second: NonZeroU32,
     /// Largest burst allowed after a quiet period.
     pub burst: NonZeroU32,
-}
-
-impl RateQuota {
-    fn to_governor(self) -> Quota {
-        Quota::per_second(self.per_second).allow_burst(self.burst)
-    }
 }
 
 /// A refused request and how long until it would be allowed: the `Retry-After`.
@@ -54,90 +64,313 @@ impl RetryAfter {
     }
 }
 
-type Keyed<C> = governor::RateLimiter<
-    IpAddr,
-    DashMapStateStore<IpAddr>,
-    C,
-    NoOpMiddleware<<C as Clock>::Instant>,
->;
-type Direct<C> =
-    governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
-
-#[derive(Debug)]
-struct Rule<C: Clock> {
-    keyed: Keyed<C>,
-    overflow: Direct<C>,
+/// A monotonic time source: the time elapsed since the clock's own origin.
+pub trait Clock: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// Now, as time since the origin.
+    fn now(&self) -> Duration;
 }
 
-/// One keyed limiter per hook rule, indexed by the rule's position in the config.
-#[derive(Debug)]
-pub struct RateLimiter<C: Clock = DefaultClock> {
-    rules: Vec<Rule<C>>,
-    clock: C,
+/// The real monotonic clock.
+#[derive(Debug, Clone)]
+pub struct MonotonicClock {
+    origin: Instant,
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that moves only when told to (tests). Clones share the time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// Moves the time forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(nanos(d), Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a client is counted as: an IPv4 address, or an IPv6 network of the configured prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// An IPv4 address (also an IPv4-mapped IPv6 one).
+    V4(u32),
+    /// An IPv6 address with the bits past the prefix cleared.
+    V6(u128),
+}
+
+/// How client addresses become [`ClientKey`]s, and how many keys a table tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientKeys {
+    ipv6_prefix: u8,
     max_keys: usize,
 }
 
-impl RateLimiter<DefaultClock> {
-    /// Limiters for `quotas` (rule `i` uses `quotas[i]`), on the default clock, with
-    /// [`DEFAULT_MAX_KEYS`] addresses per rule.
-    pub fn new(quotas: &[RateQuota]) -> Self {
-        RateLimiter::with_clock(quotas, DEFAULT_MAX_KEYS, DefaultClock::default())
+impl Default for ClientKeys {
+    fn default() -> Self {
+        Self::new(DEFAULT_IPV6_PREFIX)
     }
 }
 
-impl<C: Clock + Clone> RateLimiter<C> {
-    /// Limiters for `quotas` on `clock` (tests pass governor's `FakeRelativeClock`), holding at
-    /// most `max_keys` addresses per rule (at least 1).
-    pub fn with_clock(quotas: &[RateQuota], max_keys: usize, clock: C) -> Self {
+impl ClientKeys {
+    /// IPv6 clients keyed by their first `ipv6_prefix` bits (clamped to 1..=128), tables of
+    /// [`DEFAULT_MAX_KEYS`].
+    pub fn new(ipv6_prefix: u8) -> Self {
+        Self {
+            ipv6_prefix: ipv6_prefix.clamp(1, 128),
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+
+    /// The same keying with tables of at most `max_keys` keys (at least 1).
+    pub fn with_max_keys(self, max_keys: usize) -> Self {
+        Self {
+            max_keys: max_keys.max(1),
+            ..self
+        }
+    }
+
+    /// The prefix length in use.
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix
+    }
+
+    /// Keys a table tracks at most.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// The key `ip` is counted under.
+    pub fn key(&self, ip: IpAddr) -> ClientKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => ClientKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix));
+                ClientKey::V6(u128::from(v6) & mask)
+            }
+        }
+    }
+}
+
+/// GCRA parameters: one cell per `interval`, up to `tolerance / interval` cells at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    interval: u64,
+    tolerance: u64,
+}
+
+impl Gcra {
+    /// A bucket of `burst` cells, one refilled every `interval` (at least 1 ns).
+    pub fn new(interval: Duration, burst: NonZeroU32) -> Self {
+        let interval = nanos(interval).max(1);
+        Self {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst.get())),
+        }
+    }
+
+    /// `quota.burst` cells refilled at `quota.per_second`.
+    pub fn from_quota(quota: RateQuota) -> Self {
+        let interval = Duration::from_secs(1) / quota.per_second.get();
+        Self::new(interval, quota.burst)
+    }
+
+    /// How long until one more cell may be taken from a bucket whose arrival time is `tat`;
+    /// `None` when it may be now.
+    fn wait(&self, tat: u64, now: u64) -> Option<u64> {
+        let next = tat.max(now).saturating_add(self.interval);
+        let ahead = next - now;
+        (ahead > self.tolerance).then(|| ahead - self.tolerance)
+    }
+
+    fn take(&self, tat: &mut u64, now: u64) {
+        *tat = (*tat).max(now).saturating_add(self.interval);
+    }
+}
+
+/// A bounded table of GCRA buckets, one per [`ClientKey`], evicting the least recently used
+/// key when full.
+#[derive(Debug)]
+pub struct Buckets<C: Clock = MonotonicClock> {
+    shards: Box<[Mutex<Lru<ClientKey, u64>>]>,
+    hasher: RandomState,
+    gcra: Gcra,
+    clock: C,
+}
+
+impl<C: Clock> Buckets<C> {
+    /// Buckets of `gcra` for at most `max_keys` keys (about: large tables are sharded, each
+    /// shard holding its share rounded up).
+    pub fn new(gcra: Gcra, max_keys: usize, clock: C) -> Self {
+        let max_keys = max_keys.max(1);
+        let shards = if max_keys >= SHARD_THRESHOLD {
+            SHARDS
+        } else {
+            1
+        };
+        let per_shard = max_keys.div_ceil(shards);
+        Self {
+            shards: (0..shards)
+                .map(|_| Mutex::new(Lru::new(per_shard)))
+                .collect(),
+            hasher: RandomState::new(),
+            gcra,
+            clock,
+        }
+    }
+
+    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, Lru<ClientKey, u64>> {
+        let i = if self.shards.len() == 1 {
+            0
+        } else {
+            (self.hasher.hash_one(key) as usize) % self.shards.len()
+        };
+        // A panic while holding the lock leaves the table consistent (no partial updates).
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> u64 {
+        nanos(self.clock.now())
+    }
+
+    /// Takes one cell from `key`'s bucket, or says how long until one is there (and takes
+    /// nothing).
+    pub fn check(&self, key: ClientKey) -> Result<(), RetryAfter> {
+        let now = self.now();
+        let mut shard = self.shard(&key);
+        let tat = shard.get_or_insert(key, || now);
+        match self.gcra.wait(*tat, now) {
+            Some(wait) => Err(RetryAfter(Duration::from_nanos(wait))),
+            None => {
+                self.gcra.take(tat, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether one cell could be taken now, taking nothing (and not counting as a use).
+    pub fn peek(&self, key: ClientKey) -> Result<(), RetryAfter> {
+        let now = self.now();
+        let shard = self.shard(&key);
+        match shard.peek(&key).and_then(|&tat| self.gcra.wait(tat, now)) {
+            Some(wait) => Err(RetryAfter(Duration::from_nanos(wait))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `key`'s bucket is full: nothing taken from it is still being refilled.
+    pub fn is_full(&self, key: ClientKey) -> bool {
+        let now = self.now();
+        self.shard(&key).peek(&key).is_none_or(|&tat| tat <= now)
+    }
+
+    /// Takes one cell from `key`'s bucket even when it is empty (the arrival time moves on, so
+    /// the wait grows): for charging what already happened.
+    pub fn charge(&self, key: ClientKey) {
+        let now = self.now();
+        let mut shard = self.shard(&key);
+        let tat = shard.get_or_insert(key, || now);
+        self.gcra.take(tat, now);
+    }
+
+    /// Drops keys whose buckets have refilled (they would behave as new keys anyway).
+    pub fn housekeep(&self) {
+        let now = self.now();
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, &tat| tat > now);
+        }
+    }
+
+    /// Keys tracked.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One bucket table per hook rule, indexed by the rule's position in the config.
+#[derive(Debug)]
+pub struct RateLimiter<C: Clock = MonotonicClock> {
+    rules: Vec<Buckets<C>>,
+    keys: ClientKeys,
+}
+
+impl RateLimiter<MonotonicClock> {
+    /// Limiters for `quotas` (rule `i` uses `quotas[i]`), keying clients by `keys` (at most
+    /// `keys.max_keys()` per rule), on the real clock.
+    pub fn new(quotas: &[RateQuota], keys: ClientKeys) -> Self {
+        RateLimiter::with_clock(quotas, keys, MonotonicClock::default())
+    }
+}
+
+impl<C: Clock> RateLimiter<C> {
+    /// Limiters for `quotas` on `clock` (tests pass a [`ManualClock`]).
+    pub fn with_clock(quotas: &[RateQuota], keys: ClientKeys, clock: C) -> Self {
         let rules = quotas
             .iter()
-            .map(|q| Rule {
-                keyed: governor::RateLimiter::dashmap_with_clock(q.to_governor(), clock.clone()),
-                overflow: governor::RateLimiter::direct_with_clock(q.to_governor(), clock.clone()),
-            })
+            .map(|q| Buckets::new(Gcra::from_quota(*q), keys.max_keys(), clock.clone()))
             .collect();
-        RateLimiter {
-            rules,
-            clock,
-            max_keys: max_keys.max(1),
-        }
+        RateLimiter { rules, keys }
     }
 
     /// Counts one request from `ip` against rule `rule`. A rule index without a quota is not
-    /// limited. IPv4-mapped addresses share the IPv4 address's bucket.
+    /// limited.
     pub fn check(&self, rule: usize, ip: IpAddr) -> Result<(), RetryAfter> {
-        let Some(r) = self.rules.get(rule) else {
-            return Ok(());
-        };
-        let ip = ip.to_canonical();
-        let outcome = if r.keyed.len() >= self.max_keys {
-            // Full: the shared overflow bucket only, so the key set cannot grow.
-            r.overflow.check()
-        } else {
-            r.keyed.check_key(&ip)
-        };
-        outcome.map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
-    }
-
-    /// Drops addresses whose buckets have refilled (they would behave as new keys anyway) and
-    /// releases the memory. Call periodically, e.g. every minute.
-    pub fn housekeep(&self) {
-        for r in &self.rules {
-            r.keyed.retain_recent();
-            r.keyed.shrink_to_fit();
+        match self.rules.get(rule) {
+            Some(r) => r.check(self.keys.key(ip)),
+            None => Ok(()),
         }
     }
 
-    /// Addresses tracked for `rule`.
+    /// Drops keys whose buckets have refilled and releases the memory. Call periodically, e.g.
+    /// every minute.
+    pub fn housekeep(&self) {
+        for r in &self.rules {
+            r.housekeep();
+        }
+    }
+
+    /// Keys tracked for `rule`.
     pub fn tracked(&self, rule: usize) -> usize {
-        self.rules.get(rule).map_or(0, |r| r.keyed.len())
+        self.rules.get(rule).map_or(0, Buckets::len)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use governor::clock::FakeRelativeClock;
-
     use super::*;
 
     fn quota(per_second: u32, burst: u32) -> RateQuota {
@@ -151,10 +384,16 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn limiter(quotas: &[RateQuota], max_keys: usize) -> (RateLimiter<ManualClock>, ManualClock) {
+        let clock = ManualClock::default();
+        let keys = ClientKeys::default().with_max_keys(max_keys);
+        let l = RateLimiter::with_clock(quotas, keys, clock.clone());
+        (l, clock)
+    }
+
     #[test]
     fn burst_then_refused_with_retry_after() {
-        let clock = FakeRelativeClock::default();
-        let l = RateLimiter::with_clock(&[quota(1, 3)], 10, clock.clone());
+        let (l, clock) = limiter(&[quota(1, 3)], 10);
         for _ in 0..3 {
             assert!(l.check(0, ip("192.0.2.1")).is_ok());
         }
@@ -165,12 +404,26 @@ mod tests {
         assert!(l.check(0, ip("192.0.2.2")).is_ok());
         clock.advance(Duration::from_secs(1));
         assert!(l.check(0, ip("192.0.2.1")).is_ok());
+        assert!(l.check(0, ip("192.0.2.1")).is_err());
+    }
+
+    #[test]
+    fn sustained_rate_is_per_second() {
+        let (l, clock) = limiter(&[quota(4, 1)], 10);
+        let mut allowed = 0;
+        for _ in 0..400 {
+            if l.check(0, ip("192.0.2.1")).is_ok() {
+                allowed += 1;
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        // 4 s at 4/s
+        assert_eq!(allowed, 16);
     }
 
     #[test]
     fn rules_are_independent_and_unknown_rule_is_open() {
-        let clock = FakeRelativeClock::default();
-        let l = RateLimiter::with_clock(&[quota(1, 1), quota(1, 1)], 10, clock);
+        let (l, _) = limiter(&[quota(1, 1), quota(1, 1)], 10);
         assert!(l.check(0, ip("192.0.2.1")).is_ok());
         assert!(matches!(l.check(0, ip("192.0.2.1")), Err(RetryAfter(_))));
         assert!(l.check(1, ip("192.0.2.1")).is_ok());
@@ -179,8 +432,7 @@ mod tests {
 
     #[test]
     fn mapped_address_shares_bucket() {
-        let clock = FakeRelativeClock::default();
-        let l = RateLimiter::with_clock(&[quota(1, 1)], 10, clock);
+        let (l, _) = limiter(&[quota(1, 1)], 10);
         assert!(l.check(0, ip("192.0.2.1")).is_ok());
         assert!(matches!(
             l.check(0, ip("::ffff:192.0.2.1")),
@@ -189,22 +441,121 @@ mod tests {
     }
 
     #[test]
-    fn key_cap_uses_overflow_bucket_and_housekeep_frees() {
-        let clock = FakeRelativeClock::default();
-        let l = RateLimiter::with_clock(&[quota(1, 2)], 2, clock.clone());
+    fn ipv6_is_keyed_by_its_slash_64() {
+        let (l, _) = limiter(&[quota(1, 2)], 10);
+        assert!(l.check(0, ip("2001:db8:1:2::1")).is_ok());
+        assert!(l.check(0, ip("2001:db8:1:2:ffff:ffff:ffff:ffff")).is_ok());
+        // a third address in the same /64 shares the bucket
+        assert!(l.check(0, ip("2001:db8:1:2:dead::beef")).is_err());
+        assert_eq!(l.tracked(0), 1);
+        // the next /64 is another client
+        assert!(l.check(0, ip("2001:db8:1:3::1")).is_ok());
+        assert_eq!(l.tracked(0), 2);
+    }
+
+    #[test]
+    fn ipv6_prefix_is_configurable_and_ipv4_stays_per_address() {
+        let k = ClientKeys::new(48);
+        assert_eq!(
+            k.key(ip("2001:db8:1:2::1")),
+            k.key(ip("2001:db8:1:ffff::9"))
+        );
+        assert_ne!(k.key(ip("2001:db8:1::1")), k.key(ip("2001:db8:2::1")));
+        let k = ClientKeys::new(128);
+        assert_ne!(k.key(ip("2001:db8::1")), k.key(ip("2001:db8::2")));
+        // IPv4 is per /32 whatever the IPv6 prefix; mapped addresses are IPv4
+        let k = ClientKeys::new(1);
+        assert_ne!(k.key(ip("192.0.2.1")), k.key(ip("192.0.2.2")));
+        assert_eq!(k.key(ip("::ffff:192.0.2.1")), k.key(ip("192.0.2.1")));
+        assert_eq!(ClientKeys::new(0).ipv6_prefix(), 1);
+        assert_eq!(ClientKeys::new(200).ipv6_prefix(), 128);
+    }
+
+    #[test]
+    fn full_table_evicts_least_recently_used_not_a_shared_bucket() {
+        let (l, _) = limiter(&[quota(1, 2)], 3);
+        // the honest sender uses its burst
+        assert!(l.check(0, ip("192.0.2.1")).is_ok());
+        assert!(l.check(0, ip("192.0.2.1")).is_ok());
+        assert!(l.check(0, ip("192.0.2.1")).is_err());
+        // a flood from many addresses: each gets its own bucket, the table stays at 3
+        for i in 0..1000u32 {
+            let flood = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(l.check(0, flood).is_ok());
+            assert!(l.tracked(0) <= 3);
+            // the most recent key is still limited: no collapse into an overflow bucket
+            assert!(l.check(0, flood).is_ok());
+            assert!(l.check(0, flood).is_err());
+        }
+        assert_eq!(l.tracked(0), 3);
+        // the honest sender was evicted: its bucket reset to full (generous, not starved)
+        assert!(l.check(0, ip("192.0.2.1")).is_ok());
+    }
+
+    #[test]
+    fn a_recently_used_key_survives_a_flood_smaller_than_the_table() {
+        let (l, _) = limiter(&[quota(1, 1)], 100);
+        assert!(l.check(0, ip("192.0.2.1")).is_ok());
+        for i in 0..50u32 {
+            let flood = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.check(0, flood);
+        }
+        // still tracked, still limited
+        assert!(l.check(0, ip("192.0.2.1")).is_err());
+    }
+
+    #[test]
+    fn housekeep_frees_refilled_keys() {
+        let (l, clock) = limiter(&[quota(1, 2)], 10);
         assert!(l.check(0, ip("192.0.2.1")).is_ok());
         assert!(l.check(0, ip("192.0.2.2")).is_ok());
         assert_eq!(l.tracked(0), 2);
-        // at the cap: every request shares one overflow bucket of burst 2; nothing new is tracked
-        assert!(l.check(0, ip("192.0.2.3")).is_ok());
-        assert!(l.check(0, ip("192.0.2.4")).is_ok());
-        assert!(matches!(l.check(0, ip("192.0.2.5")), Err(RetryAfter(_))));
+        l.housekeep();
         assert_eq!(l.tracked(0), 2);
         clock.advance(Duration::from_secs(10));
         l.housekeep();
         assert_eq!(l.tracked(0), 0);
         assert!(l.check(0, ip("192.0.2.5")).is_ok());
         assert_eq!(l.tracked(0), 1);
+    }
+
+    #[test]
+    fn large_tables_are_sharded_and_bounded() {
+        let clock = ManualClock::default();
+        let b = Buckets::new(
+            Gcra::new(Duration::from_secs(1), NonZeroU32::new(1).unwrap()),
+            SHARD_THRESHOLD,
+            clock,
+        );
+        for i in 0..(3 * SHARD_THRESHOLD as u32) {
+            let _ = b.check(ClientKey::V4(i));
+        }
+        assert!(b.len() <= SHARD_THRESHOLD + SHARDS, "{}", b.len());
+        assert!(b.len() >= SHARD_THRESHOLD * 3 / 4, "{}", b.len());
+    }
+
+    #[test]
+    fn peek_and_charge_count_what_already_happened() {
+        let clock = ManualClock::default();
+        let b = Buckets::new(
+            Gcra::new(Duration::from_secs(10), NonZeroU32::new(2).unwrap()),
+            10,
+            clock.clone(),
+        );
+        let k = ClientKey::V4(1);
+        assert!(b.peek(k).is_ok());
+        assert!(b.is_empty(), "peek stores nothing");
+        assert!(b.is_full(k));
+        b.charge(k);
+        assert!(!b.is_full(k));
+        assert!(b.peek(k).is_ok());
+        b.charge(k);
+        assert_eq!(b.peek(k), Err(RetryAfter(Duration::from_secs(10))));
+        // charging past empty pushes the wait further out
+        b.charge(k);
+        assert_eq!(b.peek(k), Err(RetryAfter(Duration::from_secs(20))));
+        clock.advance(Duration::from_secs(20));
+        assert!(b.peek(k).is_ok());
     }
 
     #[test]

@@ -1,11 +1,21 @@
 //! Duplicate-delivery guard and timestamp window.
 //!
-//! Defends against replays and double firing. Senders retry deliveries (and attackers can
-//! resend captured ones), so a delivery id already fired within the TTL is refused, and a
-//! delivery still being processed is refused too, so two concurrent retries cannot both fire.
-//! A reservation dropped without [`Reservation::commit`] releases its id, so a delivery that
-//! failed to fire can be retried by the sender. Memory is bounded: at capacity the oldest entry
-//! is evicted. Ids are stored as 128-bit SHA-256 prefixes, so a long attacker-chosen id costs 16 bytes.
+//! What the delivery-id guard stops, exactly: a sender's retries and redeliveries (they reuse
+//! the id) and two copies of one delivery being fired at once (the second is refused while the
+//! first is in flight). What it does not stop: an attacker who captured a signed delivery and
+//! sends it again with a new or no id. GitHub (`X-GitHub-Delivery`), GitLab
+//! (`X-Gitlab-Event-UUID`), Gitea/Forgejo (`X-Gitea-Delivery`, `X-Forgejo-Delivery`) and
+//! Bitbucket (`X-Request-UUID`) ids, and a generic `hmac` rule's `delivery_header`, are plain
+//! headers outside the signature, so a changed id still verifies. Only Amazon SNS signs its id (`MessageId`). Against resent bodies, the
+//! defences are the signed timestamp window ([`check_timestamp`]: Slack, Stripe, Standard
+//! Webhooks, SNS) and, for senders whose bodies are unique per delivery, a rule's
+//! `dedupe: body`, which keys the guard on the body's SHA-256 ([`body_key`]) instead of the id.
+//!
+//! A delivery already fired within the TTL is answered as a duplicate, and a delivery still
+//! being processed is refused too, so two concurrent retries cannot both fire. A reservation
+//! dropped without [`Reservation::commit`] releases its key, so a delivery that failed to fire
+//! can be retried by the sender. Memory is bounded: at capacity the oldest entry is evicted.
+//! Keys are stored as 128-bit SHA-256 prefixes, so a long attacker-chosen id costs 16 bytes.
 //!
 //! [`check_timestamp`] refuses signed timestamps outside a window in both directions. Time is
 //! always an argument.
@@ -25,6 +35,12 @@ fn key_hash(key: &str) -> KeyHash {
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest[..16]);
     u128::from_be_bytes(first)
+}
+
+/// The guard key for `dedupe: body`: the rule's scope and the SHA-256 of the raw body, so a
+/// resent body is a duplicate whatever delivery id (or none) it comes with.
+pub fn body_key(scope: &str, body: &[u8]) -> String {
+    format!("{scope}:body:{}", hex::encode(Sha256::digest(body)))
 }
 
 /// Why [`ReplayGuard::begin`] refused a key.
@@ -350,6 +366,20 @@ mod tests {
                 .sum()
         });
         assert_eq!(admitted, 1);
+    }
+
+    #[test]
+    fn body_keys_ignore_everything_but_scope_and_bytes() {
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        g.begin(&body_key("github/deploy", b"{}"), at(1))
+            .unwrap()
+            .commit(at(1));
+        assert!(matches!(
+            g.begin(&body_key("github/deploy", b"{}"), at(2)),
+            Err(Duplicate::Committed)
+        ));
+        assert!(g.begin(&body_key("github/deploy", b"{} "), at(2)).is_ok());
+        assert!(g.begin(&body_key("gitlab", b"{}"), at(2)).is_ok());
     }
 
     #[track_caller]

@@ -1,25 +1,27 @@
 //! Serving: build the state from config, accept connections, shut down gracefully.
 //!
-//! Not bare `axum::serve`: each connection gets a header-read timeout (a client that sends its
-//! headers a byte at a time is cut off), the number of open connections is capped (excess ones
-//! wait in the kernel backlog), and TLS handshakes run inside the connection's task.
+//! Not bare `axum::serve`: every connection state has a deadline (see [`conn`]: first byte,
+//! headers, keep-alive, request body idle and rate, blocked writes; TLS handshakes run inside the
+//! connection's task with their own timeout), the number of open connections is capped (excess
+//! ones wait in the kernel backlog) and so is each client address's share of them, event streams
+//! have their own budget, and buffered request bodies share one byte budget
+//! ([`crate::api::limits`]).
 
+pub mod conn;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
+use crate::api::limits::{Budgets, ConnSlot, Limit};
 use crate::api::{self, App, AppState};
 use crate::config::Config;
 use crate::salt::bus::ipc::{IpcBus, IpcBusConfig};
@@ -44,6 +46,7 @@ pub fn build_state_with(
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
         bus_config.pull_framing = config.pull_framing();
         bus_config.subscriber_capacity = config.saltgate.event_queue;
+        bus_config.subscriber_bytes = config.saltgate.event_queue_bytes;
         let bus: SharedBus = Arc::new(IpcBus::start(bus_config));
         let channel = MasterChannel::new(
             config.master.ret_endpoint(),
@@ -67,13 +70,20 @@ pub fn build_state_with(
             "No Salt master configured or found: serving on the built-in event bus. \
              Hooks are accepted and visible on this saltgate's own bus only; no Reactor sees them"
         );
-        (Arc::new(MemoryBus::new(config.saltgate.event_queue)), None)
+        (
+            Arc::new(MemoryBus::with_bytes(
+                config.saltgate.event_queue,
+                config.saltgate.event_queue_bytes,
+            )),
+            None,
+        )
     };
-    let tokens = api::state::TokenCache::new(Duration::from_secs(10), 10_000);
+    let tokens = api::state::TokenCache::from_config(&config);
     let hooks = api::hook::Hooks::new(
         config.hooks.clone(),
         config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
         config.saltgate.trusted_proxies.clone(),
+        config.client_keys(),
         sns_http,
     );
     let state = AppState(Arc::new(App {
@@ -102,10 +112,34 @@ pub fn build_state_with(
 /// Serving limits for the listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Open connections at once.
+    /// Open connections at once (connections carrying an event stream count in `max_streams`).
     pub max_connections: usize,
-    /// Time to receive a request's headers.
+    /// Open connections one client address (IPv6: one /64) may hold; `exempt` peers are not
+    /// counted.
+    pub max_connections_per_client: usize,
+    /// Peers not counted per client (the `trusted_proxies`: every client behind a proxy shares
+    /// its address).
+    pub exempt: Vec<ipnet::IpNet>,
+    /// Open event streams (`/events`, `/ws`, `/all_events`, `/formatted_events`) at once.
+    pub max_streams: usize,
+    /// Request-body bytes buffered at once, over all requests.
+    pub max_buffered_body_bytes: u64,
+    /// HTTP/2 (TLS only) concurrent streams per connection.
+    pub http2_max_streams: u32,
+    /// Accept to first byte (after a TLS handshake: handshake to first byte).
+    pub first_byte_timeout: Duration,
+    /// Time to receive a request's headers, from its first byte.
     pub header_timeout: Duration,
+    /// Idle time between requests on a kept-alive connection.
+    pub keep_alive_timeout: Duration,
+    /// Longest pause inside a request body.
+    pub body_idle_timeout: Duration,
+    /// Minimum average request-body rate in bytes/s once `body_rate_grace` has passed (0: off).
+    pub body_min_rate: u64,
+    /// Time a request body may take before `body_min_rate` applies.
+    pub body_rate_grace: Duration,
+    /// Longest time a write may stay blocked on a client that reads nothing.
+    pub write_timeout: Duration,
     /// Time for a TLS handshake.
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish after shutdown starts.
@@ -115,11 +149,36 @@ pub struct Limits {
 impl Limits {
     /// Limits from config.
     pub fn from_config(config: &Config) -> Self {
+        let s = &config.saltgate;
+        let secs = |n: u64| Duration::from_secs(n.max(1));
         Self {
-            max_connections: config.saltgate.max_connections,
+            max_connections: s.max_connections,
+            max_connections_per_client: s.max_connections_per_client,
+            exempt: s.trusted_proxies.clone(),
+            max_streams: s.max_streams,
+            max_buffered_body_bytes: s.max_buffered_body_bytes,
+            http2_max_streams: s.http2_max_streams,
+            first_byte_timeout: secs(s.first_byte_timeout_secs),
             header_timeout: config.header_timeout(),
+            keep_alive_timeout: secs(s.keep_alive_timeout_secs),
+            body_idle_timeout: secs(s.body_timeout_secs),
+            body_min_rate: s.body_min_bytes_per_sec,
+            body_rate_grace: Duration::from_secs(s.body_rate_grace_secs),
+            write_timeout: secs(s.write_timeout_secs),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn deadlines(&self) -> conn::Deadlines {
+        conn::Deadlines {
+            first_byte: self.first_byte_timeout,
+            header: self.header_timeout,
+            keep_alive: self.keep_alive_timeout,
+            body_idle: self.body_idle_timeout,
+            body_min_rate: self.body_min_rate,
+            body_rate_grace: self.body_rate_grace,
+            write: self.write_timeout,
         }
     }
 }
@@ -144,6 +203,10 @@ pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
 
 /// Serves `state` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish (bounded by `limits.drain_timeout`).
+///
+/// Plain-text connections speak HTTP/1.1 only: HTTP/2 without TLS (h2c) is not served, since
+/// salt-api clients never use it and it lets one connection buffer many streams. Over TLS the
+/// protocol is what ALPN chose: `h2` or HTTP/1.1.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
@@ -152,14 +215,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let streams_stop = state.shutdown.clone();
+    let budgets = Arc::new(Budgets::new(
+        limits.max_connections,
+        limits.max_streams,
+        limits.max_buffered_body_bytes,
+        Some(state.clone()),
+    ));
+    let clients = conn::ClientTable::new(limits.max_connections_per_client, limits.exempt.clone());
     let router = api::router(state);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
-            permit = Arc::clone(&slots).acquire_owned() => permit.context("connection limiter closed")?,
+            permit = Arc::clone(&budgets.general).acquire_owned() => permit.context("connection limiter closed")?,
         };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -173,43 +243,52 @@ pub async fn run(
                 }
             },
         };
+        let Some(client) = clients.admit(peer.ip()) else {
+            // Over its cap: closed at once, the slot goes back to everyone else.
+            budgets.hit(Limit::PerClient, peer.ip());
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(move |mut req: http::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
-        let service = TowerToHyperService::new(service);
+        let slot = Arc::new(ConnSlot::new(Arc::clone(&budgets), peer.ip(), permit));
+        let activity = conn::Activity::new(client, slot);
+        let service = conn::ConnService::new(
+            router.clone(),
+            peer,
+            Arc::clone(&activity),
+            Arc::clone(&budgets),
+            limits.deadlines(),
+        );
+        let stream = conn::Tracked::new(stream, Arc::clone(&activity));
         let tls = tls.clone();
         let limits = limits.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
+        let stop = stop.clone();
+        let budgets = Arc::clone(&budgets);
+        tracker.spawn(async move {
+            let deadlines = limits.deadlines();
             let result = match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    let conn = http1(&limits)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    guarded(conn, &activity, deadlines, &stop).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
-                            watcher.watch(conn.into_owned()).await
+                            activity.restart_idle();
+                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let io = TokioIo::new(tls_stream);
+                            if h2 {
+                                let conn = http2(&limits).serve_connection(io, service);
+                                guarded(conn, &activity, deadlines, &stop).await
+                            } else {
+                                let conn =
+                                    http1(&limits).serve_connection(io, service).with_upgrades();
+                                guarded(conn, &activity, deadlines, &stop).await
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client_ip = %peer.ip(), error = %e, "TLS handshake failed");
@@ -222,8 +301,15 @@ pub async fn run(
                     }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(client_ip = %peer.ip(), error = %e, "Connection ended with an error");
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(client_ip = %peer.ip(), error = %e, "Connection ended with an error");
+                }
+                Err(limit) => {
+                    budgets.hit(limit, peer.ip());
+                    tracing::debug!(client_ip = %peer.ip(), limit = limit.name(), "Connection deadline passed: closed");
+                }
             }
         });
     }
@@ -231,11 +317,103 @@ pub async fn run(
     // Event streams never finish on their own; end them so the drain below can complete.
     streams_stop.cancel();
     tracing::info!("Shutting down: no new connections; waiting for in-flight requests");
-    match tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await {
+    stop.cancel();
+    tracker.close();
+    match tokio::time::timeout(limits.drain_timeout, tracker.wait()).await {
         Ok(()) => tracing::info!("All connections closed"),
         Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
     }
     Ok(())
+}
+
+/// The HTTP/1.1 side. hyper's own header timeout stays as a backstop behind the watchdog's.
+fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(
+            limits.first_byte_timeout.max(limits.keep_alive_timeout) + limits.header_timeout,
+        )
+        .keep_alive(true);
+    b
+}
+
+/// The HTTP/2 side (TLS only): few streams per connection and small windows, so one connection
+/// buffers at most `HTTP2_CONN_WINDOW` bytes of request bodies that nobody has read yet.
+fn http2(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(limits.http2_max_streams.max(1))
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONN_WINDOW)
+        .max_header_list_size(64 * 1024)
+        .max_send_buf_size(256 * 1024);
+    b
+}
+
+/// Per-stream HTTP/2 flow-control window.
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Per-connection HTTP/2 flow-control window.
+const HTTP2_CONN_WINDOW: u32 = 256 * 1024;
+
+/// A connection that can be asked to finish its in-flight requests and close.
+trait Graceful {
+    fn begin_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives `conn` until it ends or passes a deadline (`Err` with the deadline; `conn` is dropped,
+/// which closes the socket). Once `stop` fires, the connection finishes what is in flight and
+/// closes.
+async fn guarded<C, E>(
+    conn: C,
+    activity: &conn::Activity,
+    deadlines: conn::Deadlines,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Result<(), E>, Limit>
+where
+    C: Future<Output = Result<(), E>> + Graceful,
+{
+    let mut conn = std::pin::pin!(conn);
+    let expired = activity.expired(deadlines);
+    let mut expired = std::pin::pin!(expired);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return Ok(r),
+            limit = &mut expired => return Err(limit),
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().begin_shutdown();
+            }
+        }
+    }
 }
 
 /// The address to bind from config.

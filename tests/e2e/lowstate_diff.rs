@@ -36,6 +36,24 @@ const INTENDED: &[(&str, u16, u16, &str)] = &[
         406,
         "415 names the request body, 406 is about Accept",
     ),
+    (
+        "login from another origin",
+        403,
+        200,
+        "login CSRF: a login (and any cookie-authenticated POST) must come from this server's own origin",
+    ),
+    (
+        "limited user's compound command with cmd.run",
+        403,
+        200,
+        "the master allows a fun list when one function is allowed; saltgate checks each",
+    ),
+    (
+        "wheel chunk with a cmd key",
+        400,
+        200,
+        "a chunk may not carry a key saltgate sets in the master's request",
+    ),
 ];
 
 struct Case {
@@ -50,6 +68,8 @@ struct Case {
     status: u16,
     /// Compare the `return` payloads.
     compare_return: bool,
+    /// An `Origin` header, as a browser sends it.
+    origin: Option<&'static str>,
 }
 
 fn case(name: &'static str, path: &str, status: u16) -> Case {
@@ -63,6 +83,7 @@ fn case(name: &'static str, path: &str, status: u16) -> Case {
         accept: "application/json",
         status,
         compare_return: false,
+        origin: None,
     }
 }
 
@@ -117,6 +138,15 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
         },
         Case { body: Some(ping.clone()), token: Some("limited"), compare_return: true, ..case("limited user runs test.ping", "/", 200) },
         Case {
+            body: Some(json!([{"client": "local", "tgt": mid, "fun": ["cmd.run", "test.ping"], "arg": [["id"], []]}]).to_string()),
+            token: Some("limited"),
+            ..case("limited user's compound command with cmd.run", "/", 403)
+        },
+        Case {
+            body: Some(json!([{"client": "wheel", "fun": "key.list_all", "cmd": "runner"}]).to_string()),
+            ..case("wheel chunk with a cmd key", "/", 400)
+        },
+        Case {
             body: Some(json!([{"client": "ssh", "tgt": mid, "fun": "test.ping"}]).to_string()),
             ..case("ssh client (not enabled)", "/", 400)
         },
@@ -164,6 +194,12 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
             token: None,
             ..case("login with a wrong password", "/login", 401)
         },
+        Case {
+            body: Some(json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}).to_string()),
+            token: None,
+            origin: Some("https://evil.example"),
+            ..case("login from another origin", "/login", 403)
+        },
         Case { method: reqwest::Method::GET, token: None, compare_return: true, ..case("GET /login", "/login", 200) },
         Case { method: reqwest::Method::GET, ..case("GET /minions/<mid>", &format!("/minions/{mid}"), 200) },
         Case { method: reqwest::Method::GET, ..case("GET /jobs", "/jobs", 200) },
@@ -185,6 +221,9 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
                     .find(|(u, _)| *u == user)
                     .map_or(user.to_owned(), |(_, t)| t.clone());
                 req = req.header("x-auth-token", token);
+            }
+            if let Some(origin) = case.origin {
+                req = req.header("origin", origin);
             }
             if let Some(ct) = case.content_type {
                 req = req.header("content-type", ct);

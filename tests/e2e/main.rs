@@ -8,8 +8,10 @@
     reason = "test code: a failed step is a failed test, and the panic message says which"
 )]
 
+mod acl;
 mod gate;
 mod hooks;
+mod hostile_auth;
 mod lowstate;
 mod lowstate_diff;
 mod reactor_examples;

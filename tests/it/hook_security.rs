@@ -13,7 +13,7 @@ const GITHUB_RULE: &str = r#"
   verify: {github: {secret_env: GH_SECRET}}
 "#;
 
-fn github_headers(body: &[u8], secret: &str) -> reqwest::header::HeaderMap {
+pub(crate) fn github_headers(body: &[u8], secret: &str) -> reqwest::header::HeaderMap {
     let mut h = reqwest::header::HeaderMap::new();
     for (k, v) in github::sign(&Secret::new(secret.into()).unwrap(), body) {
         h.insert(k, v.parse().unwrap());

@@ -73,7 +73,10 @@ async fn shutdown_drains_and_stops_accepting() {
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed() {
     let app = TestApp::builder()
-        .with_limits(|l| l.header_timeout = Duration::from_secs(1))
+        .with_limits(|l| {
+            l.header_timeout = Duration::from_secs(1);
+            l.keep_alive_timeout = Duration::from_secs(1);
+        })
         .spawn()
         .await;
     let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();

@@ -5,10 +5,16 @@
     reason = "test helpers fail the test by panicking"
 )]
 
+mod acl;
 mod config_files;
 mod files;
 mod hook_pipeline;
 mod hook_security;
+mod hostile_auth;
+mod hostile_body;
+mod hostile_conn;
+mod hostile_edge;
+mod hostile_streams;
 mod listener;
 mod lowstate;
 mod streams;

@@ -25,10 +25,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusItem, BusStatus, EventBus, Subscription};
+use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, ring};
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;
 use crate::salt::wire::framing::{Decoded, Framing, decode_frame, encode_frame, frame_body};
@@ -73,6 +73,8 @@ pub struct IpcBusConfig {
     pub max_frame: usize,
     /// Items each in-process subscriber may have queued before it lags.
     pub subscriber_capacity: usize,
+    /// Bytes of events the subscribers' shared queue holds before the slowest lag.
+    pub subscriber_bytes: usize,
     /// Events waiting to be written before `fire` answers busy.
     pub fire_queue: usize,
     /// How long to wait for a framing probe's echo.
@@ -90,6 +92,7 @@ impl IpcBusConfig {
             pull_framing: PullFraming::Auto,
             max_frame: 16 << 20,
             subscriber_capacity: 8192,
+            subscriber_bytes: DEFAULT_QUEUE_BYTES,
             fire_queue: 65536,
             probe_timeout: Duration::from_millis(1500),
             fire_timeout: Duration::from_secs(10),
@@ -148,7 +151,7 @@ struct FireRequest {
 /// The master's event bus.
 #[derive(Debug)]
 pub struct IpcBus {
-    tx: broadcast::Sender<BusItem>,
+    tx: ring::Sender,
     fire_tx: mpsc::Sender<FireRequest>,
     shared: Arc<Shared>,
     fire_timeout: Duration,
@@ -165,7 +168,7 @@ impl IpcBus {
     /// Starts the reader and the pusher. Must be called inside a tokio runtime. Returns at once;
     /// the connection comes up in the background.
     pub fn start(config: IpcBusConfig) -> Self {
-        let (tx, _) = broadcast::channel(config.subscriber_capacity.max(16));
+        let tx = ring::Sender::new(config.subscriber_capacity.max(16), config.subscriber_bytes);
         let (fire_tx, fire_rx) = mpsc::channel(config.fire_queue.max(1));
         let shared = Arc::new(Shared::default());
         let stop = CancellationToken::new();
@@ -260,7 +263,7 @@ impl EventBus for IpcBus {
 
 struct Reader {
     config: IpcBusConfig,
-    tx: broadcast::Sender<BusItem>,
+    tx: ring::Sender,
     shared: Arc<Shared>,
 }
 
@@ -276,11 +279,11 @@ impl Reader {
                     self.shared.generation.fetch_add(1, Ordering::AcqRel);
                     self.shared.connected.store(true, Ordering::Release);
                     tracing::info!(endpoint = %self.config.publisher, "Connected to the master event bus");
-                    let _ = self.tx.send(BusItem::Connected);
+                    self.tx.send(BusItem::Connected);
                     let why = self.read_frames(conn).await;
                     self.shared.connected.store(false, Ordering::Release);
                     self.shared.pub_framing.store(0, Ordering::Release);
-                    let _ = self.tx.send(BusItem::Disconnected);
+                    self.tx.send(BusItem::Disconnected);
                     tracing::warn!(endpoint = %self.config.publisher, reason = %why, "Lost the master event bus; reconnecting");
                 }
                 Err(e) => {
@@ -349,7 +352,7 @@ impl Reader {
                     tracing::debug!(tag = %event.tag, "Removed credentials from a master error event");
                 }
                 self.shared.events_in.fetch_add(1, Ordering::Relaxed);
-                let _ = self.tx.send(BusItem::Event(Arc::new(event)));
+                self.tx.send(BusItem::Event(Arc::new(event)));
             }
             // Any local root process can write to the bus: skip what cannot be read.
             Err(e) => tracing::warn!(error = %e, "Skipped an unreadable event from the master bus"),
@@ -359,7 +362,7 @@ impl Reader {
 
 struct Pusher {
     config: IpcBusConfig,
-    tx: broadcast::Sender<BusItem>,
+    tx: ring::Sender,
     shared: Arc<Shared>,
     conn: Option<Conn>,
     framing: Option<Framing>,

@@ -4,25 +4,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
-use tokio::sync::broadcast;
 
-use super::{BusItem, BusStatus, EventBus, Subscription};
+use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, ring};
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;
 
 /// A broadcast bus living inside saltgate.
 #[derive(Debug)]
 pub struct MemoryBus {
-    tx: broadcast::Sender<BusItem>,
+    tx: ring::Sender,
     fired: AtomicU64,
 }
 
 impl MemoryBus {
-    /// A bus whose subscribers each buffer at most `capacity` items.
+    /// A bus whose subscribers fall behind by at most `capacity` items (and
+    /// [`DEFAULT_QUEUE_BYTES`]) before they lag.
     pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self::with_bytes(capacity, DEFAULT_QUEUE_BYTES)
+    }
+
+    /// A bus whose queue holds at most `capacity` items and `max_bytes` of events.
+    pub fn with_bytes(capacity: usize, max_bytes: usize) -> Self {
         Self {
-            tx,
+            tx: ring::Sender::new(capacity, max_bytes),
             fired: AtomicU64::new(0),
         }
     }
@@ -40,7 +44,7 @@ impl EventBus for MemoryBus {
             event.pack()?;
             self.fired.fetch_add(1, Ordering::Relaxed);
             // No subscriber is not an error: the built-in bus has no Reactor behind it.
-            let _ = self.tx.send(BusItem::Event(Arc::new(event)));
+            self.tx.send(BusItem::Event(Arc::new(event)));
             Ok(())
         })
     }

@@ -1,16 +1,19 @@
 //! Event buses: the master's (IPC or TCP stream sockets) and the built-in in-process one.
 //!
-//! Both fan events out inside saltgate through one bounded broadcast queue: one subscription to
-//! the master, many in-process subscribers. A subscriber that falls behind is told how many
-//! events it missed ([`BusItem::Lagged`]); nothing is dropped without the subscriber knowing.
+//! Both fan events out inside saltgate through one broadcast queue ([`ring`]), bounded in events
+//! and in bytes: one subscription to the master, many in-process subscribers. A subscriber that
+//! falls behind is told how many events it missed ([`BusItem::Lagged`]); nothing is dropped
+//! without the subscriber knowing.
 
 pub mod ipc;
 pub mod memory;
+pub mod ring;
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tokio::sync::broadcast;
+
+pub use ring::{Chunked, Published, Received};
 
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;
@@ -59,24 +62,28 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
 /// A shared handle to any bus.
 pub type SharedBus = Arc<dyn EventBus>;
 
-/// One in-process subscriber's queue.
+/// Bytes of events the broadcast queue holds at most by default (`saltgate.event_queue_bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+
+/// One in-process subscriber's position in the bus's queue.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: broadcast::Receiver<BusItem>,
+    rx: ring::Receiver,
 }
 
 impl Subscription {
-    pub(crate) fn new(rx: broadcast::Receiver<BusItem>) -> Self {
+    pub(crate) fn new(rx: ring::Receiver) -> Self {
         Self { rx }
     }
 
     /// The next item; `None` when the bus is gone.
     pub async fn recv(&mut self) -> Option<BusItem> {
-        match self.rx.recv().await {
-            Ok(item) => Some(item),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(BusItem::Lagged(n)),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
+        self.rx.recv().await.map(Received::into_item)
+    }
+
+    /// The next item, events with their shared stream rendering; `None` when the bus is gone.
+    pub async fn recv_published(&mut self) -> Option<Received> {
+        self.rx.recv().await
     }
 
     /// Waits for the first event whose tag satisfies `pred`, up to `timeout`. Lag and

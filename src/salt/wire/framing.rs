@@ -12,6 +12,7 @@
 use rmpv::Value;
 
 use crate::salt::error::SaltError;
+use crate::salt::wire::payload::MAX_DEPTH;
 
 /// How frames are delimited on one side of the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ fn too_big(n: usize, max: usize) -> SaltError {
 /// Extracts the packed event (`body`) from a frame's msgpack bytes.
 pub fn frame_body(frame: &[u8]) -> Result<Vec<u8>, SaltError> {
     let mut cursor = frame;
-    let value = rmpv::decode::read_value(&mut cursor)
+    let value = crate::salt::wire::payload::decode_value(&mut cursor)
         .map_err(|e| SaltError::Protocol(format!("frame is not msgpack: {e}")))?;
     match crate::salt::event::map_get(&value, "body") {
         Some(Value::Binary(b)) => Ok(b.clone()),
@@ -124,8 +125,6 @@ pub fn frame_body(frame: &[u8]) -> Result<Vec<u8>, SaltError> {
         _ => Err(SaltError::Protocol("frame without a bytes `body`".into())),
     }
 }
-
-const MAX_DEPTH: usize = 512;
 
 /// The encoded length of the msgpack value at the start of `buf`, or `None` if incomplete.
 /// Walks the structure without allocating; nesting is bounded.

@@ -37,10 +37,22 @@ pub fn clear_request(load: Value) -> Result<Vec<u8>, SaltError> {
     Ok(out)
 }
 
+/// The deepest msgpack nesting saltgate decodes (the frame walker's bound too).
+pub const MAX_DEPTH: usize = 512;
+
+/// Decodes one msgpack value from the front of `bytes` and advances it: the one msgpack
+/// decoder (`clippy.toml` bans the others). It takes a slice, never a stream, so its input is
+/// a whole buffer whose size was bounded where it was read (a frame, a reply); nesting is
+/// bounded by [`MAX_DEPTH`], and lengths in the data do not preallocate beyond what is there.
+#[allow(clippy::disallowed_methods, reason = "the one bounded msgpack decoder")]
+pub fn decode_value(bytes: &mut &[u8]) -> Result<Value, rmpv::decode::Error> {
+    rmpv::decode::read_value_with_max_depth(bytes, MAX_DEPTH)
+}
+
 /// Decodes a reply without trusting its strings to be UTF-8.
 pub fn decode_reply(bytes: &[u8]) -> Result<Value, SaltError> {
     let mut cursor = bytes;
-    let value = rmpv::decode::read_value(&mut cursor)
+    let value = decode_value(&mut cursor)
         .map_err(|e| SaltError::Protocol(format!("reply is not msgpack: {e}")))?;
     if !cursor.is_empty() {
         return Err(SaltError::Protocol("trailing bytes after the reply".into()));

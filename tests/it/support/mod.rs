@@ -1,5 +1,7 @@
 //! An in-process saltgate on an ephemeral port with the built-in bus.
 
+pub mod fake_master;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -82,6 +84,16 @@ impl Builder {
         self.config.saltgate.hooks = serde_yaml::from_str(yaml).unwrap();
         self.env
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Attach to `master`'s request server for credential checks (`mk_token`, `get_token`).
+    /// The event bus is the master's, whose sockets do not exist: hooks cannot fire.
+    pub fn with_master(mut self, master: &fake_master::FakeMaster) -> Self {
+        self.config.use_master = true;
+        self.config.master.interface = "127.0.0.1".into();
+        self.config.master.ret_port = master.port;
+        self.config.master.sock_dir = "/nonexistent/saltgate-it/sock".into();
         self
     }
 

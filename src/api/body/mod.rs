@@ -1,28 +1,39 @@
-//! Request bodies of the lowstate routes (`/`, `/run`, `/login`, `/token`, `POST /minions`):
-//! bytes + `Content-Type` → a JSON value, with rest_cherrypy's input formats.
+//! Request bodies of the lowstate routes (`/`, `/run`, `/login`, `/token`, `POST /minions`)
+//! and of hooks: bytes + `Content-Type` → a JSON value, with rest_cherrypy's input formats.
 //!
 //! | Content-Type | parsed as |
 //! | --- | --- |
 //! | `application/json` (any `+json`) | JSON; serde_json refuses nesting deeper than 128 |
-//! | `application/x-yaml`, `application/yaml`, `text/yaml` | YAML 1.2, one document; tags carry no meaning (nothing is ever constructed from them) |
+//! | `application/x-yaml`, `application/yaml`, `text/yaml` | YAML 1.2, one document; `yes`/`no` stay strings; tags other than the core ones (`!!str`, `!!int`, ...) are refused |
 //! | `application/x-www-form-urlencoded` | one chunk; repeated keys → list, `arg` always a list, `arg` items and `kwarg` read as YAML flow scalars (rest_cherrypy's `yamlify_arg`) |
 //! | `text/plain` | JSON when it parses, else the text (which is then "not a list": 400) |
 //! | anything else, or none with a body | 415 |
 //!
-//! Security: every parse is bounded by a node budget and a depth limit *while* it runs. That
-//! matters for YAML: serde_yaml expands aliases lazily and only caps the number of alias jumps
-//! (100 × the event count), which still lets a small "billion laughs" document expand to
-//! millions of nodes. The budget stops the expansion as it happens, so the largest value built is
-//! [`MAX_NODES`] nodes whatever the document.
+//! Security: every parse of one request body shares one node budget ([`MAX_NODES`]) and a depth
+//! limit ([`MAX_DEPTH`]), enforced *while* it runs: JSON and YAML are built value by value from
+//! a streaming parser, so a parse stops at the first value over the budget, and a YAML alias is
+//! charged the full size of what it repeats before it is copied ("billion laughs" stops at the
+//! budget). A form body charges each pair and every `arg`/`kwarg` value it reads as YAML to the
+//! same budget. YAML is first refused by a linear pre-scan ([`yaml::prescan`]) when it is
+//! plainly too deep, too large or more than one document, and is parsed by a pure-Rust parser
+//! whose cost is linear in the input (libyaml's is quadratic in flow nesting). Bodies above
+//! [`offload::INLINE_MAX`] bytes are parsed on a bounded blocking pool ([`parse_async`]), not
+//! on the async workers.
 
 use std::cell::Cell;
 use std::fmt;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+
+pub mod offload;
+pub mod yaml;
+
+pub use offload::offload;
 
 /// The most values (scalars, lists, maps) one body may produce.
 pub const MAX_NODES: usize = 100_000;
@@ -45,23 +56,41 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Parses a request body. An empty body is `Value::Null` (whatever the type): callers decide
-/// what that means (for a lowstate it is "not a list").
+/// what that means (for a lowstate it is "not a list"). Synchronous and bounded (see the module
+/// doc); request handlers call [`parse_async`], which runs this off the async workers when the
+/// body is large.
 pub fn parse(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
+    parse_media(media_type(headers).as_deref(), raw)
+}
+
+/// [`parse`], on the bounded blocking pool when the body is above [`offload::INLINE_MAX`].
+pub async fn parse_async(headers: &HeaderMap, raw: &Bytes) -> Result<Value, ApiError> {
     let media = media_type(headers);
+    let raw = raw.clone();
+    offload(raw.len(), move || parse_media(media.as_deref(), &raw)).await?
+}
+
+fn parse_media(media: Option<&str>, raw: &[u8]) -> Result<Value, ApiError> {
     if raw.is_empty() {
         return Ok(Value::Null);
     }
-    match media.as_deref() {
+    match media {
         Some("application/json") => parse_json(raw),
         Some(m) if m.starts_with("application/") && m.ends_with("+json") => parse_json(raw),
-        Some("application/x-yaml" | "application/yaml" | "text/yaml" | "text/x-yaml") => {
-            parse_yaml(raw)
-        }
+        Some(m) if is_yaml_media(m) => parse_yaml(raw),
         Some("application/x-www-form-urlencoded") => parse_form(raw),
         Some("text/plain") => Ok(parse_json(raw)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))),
         _ => Err(ApiError::UnsupportedMedia),
     }
+}
+
+/// The media types read as YAML.
+pub fn is_yaml_media(media: &str) -> bool {
+    matches!(
+        media,
+        "application/x-yaml" | "application/yaml" | "text/yaml" | "text/x-yaml"
+    )
 }
 
 /// JSON, bounded.
@@ -85,36 +114,32 @@ pub fn parse_json(raw: &[u8]) -> Result<Value, ApiError> {
 /// YAML, bounded (see the module doc), one document. Unlike PyYAML (YAML 1.1), `yes`/`no` stay
 /// strings.
 pub fn parse_yaml(raw: &[u8]) -> Result<Value, ApiError> {
-    let budget = Budget::new();
-    let de = serde_yaml::Deserializer::from_slice(raw);
-    Bounded::new(&budget).deserialize(de).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        ApiError::BadBody(format!("invalid YAML{at}{}", budget.why()))
-    })
+    yaml::parse(raw, &Budget::new())
 }
 
 /// One form-encoded chunk, as rest_cherrypy's `urlencoded_processor`: blank values dropped,
 /// repeated keys become a list, `arg` is always a list, and each `arg` item and `kwarg` are
-/// read as YAML flow scalars (`2` → 2, `[1, 2]` → a list, `k=v` stays text).
+/// read as YAML flow scalars (`2` → 2, `[1, 2]` → a list, `k=v` stays text). Every pair and
+/// every value read as YAML draw on one budget for the whole body.
 pub fn parse_form(raw: &[u8]) -> Result<Value, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(raw)
-        .map_err(|_| ApiError::BadBody("invalid form encoding".into()))?;
+    let budget = Budget::new();
     let mut chunk = Map::new();
-    for (k, v) in pairs {
+    for (k, v) in form_urlencoded::parse(raw) {
+        budget
+            .charge(1)
+            .map_err(|_| ApiError::BadBody(format!("invalid form{}", budget.why())))?;
         if v.is_empty() {
             continue;
         }
-        match chunk.get_mut(&k) {
-            Some(Value::Array(items)) => items.push(Value::String(v)),
+        let v = Value::String(v.into_owned());
+        match chunk.get_mut(k.as_ref()) {
+            Some(Value::Array(items)) => items.push(v),
             Some(existing) => {
                 let first = existing.take();
-                *existing = Value::Array(vec![first, Value::String(v)]);
+                *existing = Value::Array(vec![first, v]);
             }
             None => {
-                chunk.insert(k, Value::String(v));
+                chunk.insert(k.into_owned(), v);
             }
         }
     }
@@ -123,56 +148,93 @@ pub fn parse_form(raw: &[u8]) -> Result<Value, ApiError> {
             Value::Array(items) => items,
             one => vec![one],
         };
-        *arg = Value::Array(items.into_iter().map(yamlify).collect());
+        *arg = Value::Array(
+            items
+                .into_iter()
+                .map(|v| yamlify(v, &budget))
+                .collect::<Result<_, _>>()?,
+        );
     }
     if let Some(kwarg) = chunk.get_mut("kwarg") {
-        let v = yamlify(kwarg.take());
+        let v = yamlify(kwarg.take(), &budget)?;
         *kwarg = v;
     }
     Ok(Value::Object(chunk))
 }
 
 /// rest_cherrypy's `yamlify_arg`, reduced to what is safe: a string that reads as a YAML
-/// scalar, flow list or flow map becomes that value; `k=v` and block YAML stay text.
-fn yamlify(v: Value) -> Value {
-    let Value::String(s) = &v else { return v };
+/// scalar, flow list or flow map becomes that value; `k=v` and block YAML stay text. A value
+/// that is not valid YAML stays text; one that exhausts the body's budget fails the body.
+fn yamlify(v: Value, budget: &Budget) -> Result<Value, ApiError> {
+    let Value::String(s) = &v else { return Ok(v) };
     if s.contains('=') && !s.trim_start().starts_with(['{', '[']) {
-        return v;
+        return Ok(v);
     }
     if s.contains('\n') {
-        return v;
+        return Ok(v);
     }
-    match parse_yaml(s.as_bytes()) {
-        Ok(Value::String(_)) | Err(_) => v,
-        Ok(parsed) => parsed,
+    match yaml::parse(s.as_bytes(), budget) {
+        Ok(Value::String(_)) => Ok(v),
+        Ok(parsed) => Ok(parsed),
+        Err(e) if budget.exhausted() => Err(e),
+        Err(_) => Ok(v),
     }
 }
 
-/// The shared node budget of one parse.
-struct Budget {
+/// The node budget of one request body, shared by every parse of a value in it.
+#[derive(Debug)]
+pub struct Budget {
     nodes: Cell<usize>,
     exceeded: Cell<Option<&'static str>>,
 }
 
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Budget {
-    fn new() -> Self {
+    /// A fresh budget of [`MAX_NODES`] values.
+    pub fn new() -> Self {
         Self {
             nodes: Cell::new(0),
             exceeded: Cell::new(None),
         }
     }
 
-    fn take<E: de::Error>(&self) -> Result<(), E> {
-        let n = self.nodes.get() + 1;
-        self.nodes.set(n);
-        if n > MAX_NODES {
-            self.exceeded.set(Some("too many values"));
-            return Err(E::custom("too many values"));
+    /// Values used so far.
+    pub fn used(&self) -> usize {
+        self.nodes.get()
+    }
+
+    /// Charges `n` values; `Err` once the total is over [`MAX_NODES`].
+    pub fn charge(&self, n: usize) -> Result<(), &'static str> {
+        let total = self.nodes.get().saturating_add(n);
+        self.nodes.set(total);
+        if total > MAX_NODES {
+            return Err(self.exceed("too many values"));
         }
         Ok(())
     }
 
-    fn why(&self) -> String {
+    /// Records why the parse was cut off; returns the reason.
+    pub fn exceed(&self, why: &'static str) -> &'static str {
+        self.exceeded.set(Some(why));
+        why
+    }
+
+    /// Whether a bound was hit (the body is refused, not read as text).
+    pub fn exhausted(&self) -> bool {
+        self.exceeded.get().is_some()
+    }
+
+    fn take<E: de::Error>(&self) -> Result<(), E> {
+        self.charge(1).map_err(E::custom)
+    }
+
+    /// `" (why; at most N values, M levels)"` when a bound was hit, else empty.
+    pub fn why(&self) -> String {
         self.exceeded
             .get()
             .map(|w| format!(" ({w}; at most {MAX_NODES} values, {MAX_DEPTH} levels)"))
@@ -201,8 +263,7 @@ impl<'b> Bounded<'b> {
     fn enter<E: de::Error>(&self) -> Result<(), E> {
         self.budget.take()?;
         if self.depth >= MAX_DEPTH {
-            self.budget.exceeded.set(Some("nested too deeply"));
-            return Err(E::custom("nested too deeply"));
+            return Err(E::custom(self.budget.exceed("nested too deeply")));
         }
         Ok(())
     }
@@ -379,6 +440,32 @@ mod tests {
             "{e:?}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // One budget for the whole form: a bomb in each `arg` item cannot each take a fresh
+        // budget (and a bomb is refused, not kept as text).
+        let mut bomb = String::from("[&a0 [x, x, x, x, x, x, x, x, x]");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                ", &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]"
+            ));
+        }
+        bomb.push(']');
+        let item = format!(
+            "&arg={}",
+            bomb.replace('&', "%26")
+                .replace(' ', "+")
+                .replace(',', "%2C")
+        );
+        let e = parse_form(format!("fun=x{}", item.repeat(100)).as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadBody(m) if m.contains("values")),
+            "{e:?}"
+        );
+        let honest = "&arg=%5B1%2C2%5D".repeat(1000);
+        assert_eq!(
+            parse_form(format!("fun=x{honest}").as_bytes()).unwrap()["arg"][999],
+            json!([1, 2])
+        );
         // A few honest aliases are fine.
         let ok = parse_yaml(b"base: &b {tgt: '*'}\nchunk: *b\n").unwrap();
         assert_eq!(ok["chunk"], json!({"tgt": "*"}));
