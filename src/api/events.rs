@@ -48,6 +48,7 @@ use super::negotiate::{Format, response_format};
 use super::state::{App, AppState};
 use crate::salt::bus::{Chunked, Published, Received};
 use crate::salt::event::stamp_now;
+use crate::salt::wire::payload::MAX_KEY_NESTING;
 use crate::salt::{BusItem, Event, Subscription};
 
 /// Tag of the notice sent when a subscriber missed events.
@@ -499,6 +500,10 @@ pub fn salt_json(event: &Event) -> String {
 
 /// Writes `value` as Python's `json.dumps(value, ensure_ascii=False)` does.
 pub fn write_py_json(out: &mut String, value: &Value) {
+    write_py_json_at(out, value, 0);
+}
+
+fn write_py_json_at(out: &mut String, value: &Value, key_nesting: usize) {
     match value {
         Value::Nil => out.push_str("null"),
         Value::Boolean(true) => out.push_str("true"),
@@ -514,7 +519,7 @@ pub fn write_py_json(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_py_json(out, item);
+                write_py_json_at(out, item, key_nesting);
             }
             out.push(']');
         }
@@ -524,9 +529,9 @@ pub fn write_py_json(out: &mut String, value: &Value) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                push_str_json(out, &key_text(k));
+                push_str_json(out, &key_text(k, key_nesting));
                 out.push_str(": ");
-                write_py_json(out, v);
+                write_py_json_at(out, v, key_nesting);
             }
             out.push('}');
         }
@@ -534,17 +539,23 @@ pub fn write_py_json(out: &mut String, value: &Value) {
     }
 }
 
-/// Python turns int, float, bool and None keys into strings.
-fn key_text(key: &Value) -> String {
+/// A map key as text, as Python turns int, float, bool and None keys into strings. A list or map key becomes its JSON text, which is escaped again as a
+/// string, doubling its length per level: past [`MAX_KEY_NESTING`] levels of keys within keys
+/// it is written as `<nested key>` (the same bound as the clear-channel replies), so an 81-byte
+/// frame cannot cost seconds and megabytes.
+fn key_text(key: &Value, key_nesting: usize) -> String {
     match key {
         Value::String(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         Value::Binary(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Nil => "null".into(),
         Value::Boolean(b) => b.to_string(),
         Value::Integer(i) => i.to_string(),
+        Value::Array(_) | Value::Map(_) if key_nesting >= MAX_KEY_NESTING => {
+            "<nested key>".to_owned()
+        }
         other => {
             let mut s = String::new();
-            write_py_json(&mut s, other);
+            write_py_json_at(&mut s, other, key_nesting + 1);
             s
         }
     }
@@ -595,6 +606,26 @@ mod tests {
         let mut s = String::new();
         write_py_json(&mut s, &Value::from(2.0));
         assert_eq!(s, "2.0");
+    }
+
+    #[test]
+    fn keys_nested_in_keys_stay_small() {
+        // Found by the `frame` fuzz target: a map key holding a map key holding ..., each
+        // escaped once more per level, doubled the text per level (81 bytes took seconds).
+        let mut key = Value::from("\"");
+        for _ in 0..24 {
+            key = Value::Map(vec![(key, Value::Nil)]);
+        }
+        let ev = Event::new("t", Value::Map(vec![(key, Value::Nil)]));
+        let text = salt_json(&ev);
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        assert!(text.contains("<nested key>"), "{text}");
+        // Shallow list keys are still written as their JSON text.
+        let ev = Event::new(
+            "t",
+            Value::Map(vec![(Value::Array(vec![1.into()]), 2.into())]),
+        );
+        assert_eq!(salt_json(&ev), r#"{"data": {"[1]": 2}, "tag": "t"}"#);
     }
 
     #[test]

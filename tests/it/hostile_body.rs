@@ -262,6 +262,20 @@ fn shapes() -> Vec<Shape> {
             form_hostile: true,
         },
         Shape {
+            // Found by the `body` fuzz target: few nodes, but every alias repeats 64 KiB.
+            name: "aliases of long text",
+            form: form_of(format!("[&x {}, {}]", "y".repeat(2048), "*x, ".repeat(500)).as_bytes()),
+            yaml: format!(
+                "a: &x {}\nb: [{}]\n",
+                "y".repeat(64 << 10),
+                "*x, ".repeat((MIB - (80 << 10)) / 4)
+            )
+            .into_bytes(),
+            json: None,
+            hostile: true,
+            form_hostile: true,
+        },
+        Shape {
             name: "many keys",
             yaml: keys.into_bytes(),
             json: Some(json_keys.into_bytes()),

@@ -37,6 +37,10 @@ pub use offload::offload;
 
 /// The most values (scalars, lists, maps) one body may produce.
 pub const MAX_NODES: usize = 100_000;
+/// The most bytes of scalar text one body may produce once YAML aliases are expanded (a
+/// 64 KiB string repeated by 22,000 aliases is 130 KB of YAML and 1.4 GB of values). JSON and
+/// form bodies cannot expand, so the bound only bites on aliases.
+pub const MAX_EXPANDED_BYTES: usize = 4 << 20;
 /// The deepest nesting of lists and maps.
 pub const MAX_DEPTH: usize = 64;
 
@@ -185,6 +189,7 @@ fn yamlify(v: Value, budget: &Budget) -> Result<Value, ApiError> {
 #[derive(Debug)]
 pub struct Budget {
     nodes: Cell<usize>,
+    bytes: Cell<usize>,
     exceeded: Cell<Option<&'static str>>,
 }
 
@@ -199,8 +204,24 @@ impl Budget {
     pub fn new() -> Self {
         Self {
             nodes: Cell::new(0),
+            bytes: Cell::new(0),
             exceeded: Cell::new(None),
         }
+    }
+
+    /// Scalar bytes used so far.
+    pub fn bytes_used(&self) -> usize {
+        self.bytes.get()
+    }
+
+    /// Charges `n` bytes of scalar text; `Err` once the total is over [`MAX_EXPANDED_BYTES`].
+    pub fn charge_bytes(&self, n: usize) -> Result<(), &'static str> {
+        let total = self.bytes.get().saturating_add(n);
+        self.bytes.set(total);
+        if total > MAX_EXPANDED_BYTES {
+            return Err(self.exceed("too much text once aliases are expanded"));
+        }
+        Ok(())
     }
 
     /// Values used so far.
@@ -237,7 +258,12 @@ impl Budget {
     pub fn why(&self) -> String {
         self.exceeded
             .get()
-            .map(|w| format!(" ({w}; at most {MAX_NODES} values, {MAX_DEPTH} levels)"))
+            .map(|w| {
+                format!(
+                    " ({w}; at most {MAX_NODES} values, {MAX_DEPTH} levels, {} MiB of text)",
+                    MAX_EXPANDED_BYTES >> 20
+                )
+            })
             .unwrap_or_default()
     }
 }

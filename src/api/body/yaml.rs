@@ -302,6 +302,7 @@ struct Open {
     value: Collection,
     anchor: usize,
     used_at_start: usize,
+    bytes_at_start: usize,
     child_height: usize,
 }
 
@@ -316,6 +317,7 @@ enum Collection {
 struct Anchored {
     value: Value,
     nodes: usize,
+    bytes: usize,
     height: usize,
 }
 
@@ -348,6 +350,7 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
             Event::Alias(id) => {
                 let a = anchors.get(&id).ok_or_else(|| located("unknown alias"))?;
                 budget.charge(a.nodes).map_err(located)?;
+                budget.charge_bytes(a.bytes).map_err(located)?;
                 if stack.len() + a.height > MAX_DEPTH {
                     return Err(located(budget.exceed("nested too deeply")));
                 }
@@ -355,12 +358,14 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
             }
             Event::Scalar(v, style, anchor, tag) => {
                 budget.charge(1).map_err(located)?;
+                budget.charge_bytes(v.len()).map_err(located)?;
                 let value = scalar(&v, style, tag.as_deref()).map_err(located)?;
                 (value, 0, anchor)
             }
             Event::SequenceStart(anchor, ref tag) | Event::MappingStart(anchor, ref tag) => {
                 check_collection_tag(tag.as_deref()).map_err(located)?;
                 let used_at_start = budget.used();
+                let bytes_at_start = budget.bytes_used();
                 budget.charge(1).map_err(located)?;
                 if stack.len() >= MAX_DEPTH {
                     return Err(located(budget.exceed("nested too deeply")));
@@ -374,6 +379,7 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
                     value,
                     anchor,
                     used_at_start,
+                    bytes_at_start,
                     child_height: 0,
                 });
                 continue;
@@ -388,28 +394,35 @@ fn build(text: &str, budget: &Budget) -> Result<Value, BuildError> {
                 };
                 let height = open.child_height + 1;
                 if open.anchor != 0 {
+                    let nodes = budget.used() - open.used_at_start;
+                    let bytes = budget.bytes_used() - open.bytes_at_start;
                     anchors.insert(
                         open.anchor,
                         Anchored {
                             value: value.clone(),
-                            nodes: budget.used() - open.used_at_start,
+                            nodes,
+                            bytes,
                             height,
                         },
                     );
-                    budget
-                        .charge(budget.used() - open.used_at_start)
-                        .map_err(located)?;
+                    budget.charge(nodes).map_err(located)?;
+                    budget.charge_bytes(bytes).map_err(located)?;
                 }
                 (value, height, 0)
             }
         };
         let (value, height, anchor) = done;
         if anchor != 0 {
+            let bytes = match &value {
+                Value::String(s) => s.len(),
+                _ => 0,
+            };
             anchors.insert(
                 anchor,
                 Anchored {
                     value: value.clone(),
                     nodes: 1,
+                    bytes,
                     height,
                 },
             );
@@ -614,5 +627,36 @@ mod tests {
         );
         assert!(y(&deep).is_err());
         assert!(y("a: &a [*a]\n").is_err());
+    }
+
+    #[test]
+    fn aliases_of_long_text_are_charged_their_bytes() {
+        // Found by the `body` fuzz target: one 64 KiB scalar repeated by 22,000 aliases is 130 KB
+        // of YAML, within the node budget, and over 1 GiB of values.
+        let doc = format!(
+            "a: &x {}\nb: [{}]\n",
+            "y".repeat(64 << 10),
+            "*x, ".repeat(22_000)
+        );
+        let budget = Budget::new();
+        let e = parse(doc.as_bytes(), &budget).unwrap_err();
+        assert!(
+            budget.bytes_used() <= crate::api::body::MAX_EXPANDED_BYTES + (64 << 10),
+            "{e:?}"
+        );
+        assert!(budget.why().contains("too much text"), "{}", budget.why());
+        // The same text through a collection anchor.
+        let doc = format!(
+            "a: &x [{}]\nb: [{}]\n",
+            "y".repeat(64 << 10),
+            "*x, ".repeat(100)
+        );
+        assert!(y(&doc).is_err());
+        // Honest repetition stays fine.
+        let doc = format!("a: &x {}\nb: [*x, *x, *x]\n", "y".repeat(64 << 10));
+        assert_eq!(
+            y(&doc).unwrap()["b"][2].as_str().map(str::len),
+            Some(64 << 10)
+        );
     }
 }
