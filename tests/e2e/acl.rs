@@ -71,7 +71,8 @@ fn token_files_of(gate: &Gate, user: &str) -> Vec<String> {
             let Ok(bytes) = std::fs::read(e.path()) else {
                 return false; // removed meanwhile
             };
-            let t = rmpv::decode::read_value(&mut &bytes[..]).expect("a msgpack token");
+            let t = saltgate::salt::wire::payload::decode_value(&mut &bytes[..])
+                .expect("a msgpack token");
             names(&t, user)
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -173,7 +173,7 @@ fn text(map: &Value, key: &str) -> String {
 }
 
 fn answer(payload: &[u8], store: &Mutex<Store>, calls: &Calls) -> Value {
-    let Ok(request) = rmpv::decode::read_value(&mut &payload[..]) else {
+    let Ok(request) = saltgate::salt::wire::payload::decode_value(&mut &payload[..]) else {
         return Value::from("bad load");
     };
     let Some(load) = get(&request, "load") else {
