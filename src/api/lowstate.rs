@@ -19,10 +19,14 @@
 //! token present (401) → body size (413) → `Content-Type` (415) → parse (400) → shape of *every*
 //! chunk: a map, a known client, enabled in `netapi_enable_clients`, credentials present, `fun`
 //! (and `tgt`) present, no key that saltgate sets in the master's request (`cmd`, `user`, `key`;
-//! for wheel also `__jid__`, `__tag__`, `__user__`) (400/401) → compound commands of eauth
-//! chunks (403) → a master is attached (503) → the session token is valid (401) → compound
-//! commands of token chunks, against the token's user and groups (403). Then the chunks run one
-//! after the other; each publish of a compound command is checked again against the same list.
+//! for wheel also `__jid__`, `__tag__`, `__user__`) (400/401) → a master is attached (503) → the
+//! session token is valid (401), or on `/run` the client is within its failure budget (429) →
+//! eauth chunks with a compound command log in with the master's `mk_token` (throttled as
+//! `/login`; a wrong password is 401, the same as for any chunk, whatever the ACL) and their
+//! command is checked against the new token's user and groups (403) → compound commands of
+//! token chunks, against the token's user and groups (403). Then the chunks run one after the
+//! other (an eauth chunk checked that way runs with its new token, which is revoked when the
+//! request ends); each publish of a compound command is checked again against the same list.
 //!
 //! A failing chunk: a chunk that fails at run time (refused by the master, timeout, master
 //! gone) ends the request with that chunk's error (`message` starts with `chunk <n>:`); the
@@ -58,8 +62,7 @@ use super::body;
 use super::error::{ApiError, render_body};
 use super::extract::{read_capped, session_token};
 use super::negotiate::{Format, response_format};
-use super::state::AppState;
-use crate::config::Config;
+use super::state::{AppState, AuthError};
 use crate::salt::channel::{Auth, PublishRequest, Token};
 use crate::salt::client::local::LocalReturns;
 use crate::salt::client::new_jid;
@@ -847,13 +850,12 @@ async fn respond(
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
     let chunks = shape(body::parse_async(headers, &raw).await?)?;
     let forced = (mode == Mode::Minions).then_some(Client::LocalAsync);
-    let mut prepared = prepare(
+    let prepared = prepare(
         chunks,
         &creds,
         &app.config.master.netapi_enable_clients,
         forced,
     )?;
-    authorize_eauth(&app.config, &mut prepared)?;
     let salt = master(app)?;
     let per_chunk = matches!(creds, Credentials::PerChunk);
     let session = match &creds {
@@ -864,12 +866,19 @@ async fn respond(
             None
         }
     };
-    authorize_tokens(app, salt, &mut prepared, session.as_ref()).await?;
-    let results = execute(salt, background, prepared).await;
-    if per_chunk && matches!(&results, Err(e) if e.status_code().0 == StatusCode::UNAUTHORIZED) {
-        app.tokens.refused();
-    }
-    let results = results?;
+    let mut fresh = Vec::new();
+    let results = authorize_and_execute(app, salt, background, prepared, session, &mut fresh).await;
+    revoke(app, &fresh);
+    let results = match results {
+        Ok(r) => r,
+        Err(Stage::Checks(e)) => return Err(e),
+        Err(Stage::Run(e)) => {
+            if per_chunk && e.status_code().0 == StatusCode::UNAUTHORIZED {
+                app.tokens.refused();
+            }
+            return Err(e);
+        }
+    };
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()
@@ -882,6 +891,32 @@ async fn respond(
         ));
     }
     Ok((StatusCode::OK, json!({ "return": results })))
+}
+
+/// Where a request failed: in saltgate's checks (whose credential failures are already
+/// counted), or when the chunks ran (the master refused the credentials it was sent).
+enum Stage {
+    Checks(ApiError),
+    Run(ApiError),
+}
+
+async fn authorize_and_execute(
+    app: &AppState,
+    salt: &SaltClients,
+    background: &Background,
+    mut prepared: Vec<Prepared>,
+    session: Option<Token>,
+    fresh: &mut Vec<Token>,
+) -> Result<Vec<Value>, Stage> {
+    authorize_eauth(app, salt, &mut prepared, fresh)
+        .await
+        .map_err(Stage::Checks)?;
+    authorize_tokens(app, salt, &mut prepared, session.as_ref())
+        .await
+        .map_err(Stage::Checks)?;
+    execute(salt, background, prepared)
+        .await
+        .map_err(Stage::Run)
 }
 
 /// The session's Salt token from `X-Auth-Token` or the `session_id` cookie, checked for shape.
@@ -923,33 +958,91 @@ pub async fn valid_token(
 }
 
 // Compound commands: saltgate's own ACL check (see `security::acl` for why the master's is not
-// enough). Checked before anything runs; eauth chunks before any master call.
+// enough). Checked before anything runs; eauth chunks after their credentials are.
 
 /// Whether a chunk publishes a compound command (a `fun` list of two or more).
 fn is_compound(p: &Prepared) -> bool {
     p.client.needs_target() && matches!(p.low.get("fun"), Some(Value::Array(f)) if f.len() >= 2)
 }
 
-/// Checks the compound commands of chunks with eauth credentials against the master's
-/// `external_auth`, which needs no master call: a refusal is answered before anything is sent.
-pub fn authorize_eauth(config: &Config, chunks: &mut [Prepared]) -> Result<(), ApiError> {
-    let options = config.master.acl_options();
+/// Logs in, with the master's `mk_token`, the eauth credentials of every chunk with a compound
+/// command, then checks the command against the new token's user, backend and groups as
+/// [`authorize_tokens`] does; the chunk then runs with that token instead of the password.
+///
+/// Authentication comes first so that a wrong password is the same 401 whatever the ACL says
+/// (no 401/403 oracle on the master's `external_auth`), and so that `<group>%` entries are
+/// decidable (the token names the groups). The login is the throttled one of `/login`: a refusal
+/// counts as a failure of the client's. The same credentials in several chunks log in once.
+/// Each token made here is pushed to `fresh`, for [`revoke`] once the request is done.
+/// Single-function chunks are left to the master (no extra round trip).
+pub async fn authorize_eauth(
+    app: &AppState,
+    salt: &SaltClients,
+    chunks: &mut [Prepared],
+    fresh: &mut Vec<Token>,
+) -> Result<(), ApiError> {
+    let options = app.config.master.acl_options();
+    let mut logins: Vec<(String, String, String, Token)> = Vec::new();
     for (index, chunk) in chunks.iter_mut().enumerate() {
         if !is_compound(chunk) {
             continue;
         }
         let Auth::Eauth {
-            eauth, username, ..
+            eauth,
+            username,
+            password,
         } = &chunk.auth
         else {
             continue;
         };
-        let caller = Caller::Eauth { eauth, username };
-        let list = acl::auth_list(&config.master.external_auth, &options, &caller);
+        let seen = logins
+            .iter()
+            .find(|(e, u, p, _)| e == eauth && u == username && p == password)
+            .map(|(.., t)| t.clone());
+        let token = match seen {
+            Some(t) => t,
+            None => {
+                let t = match app.tokens.login(salt, eauth, username, password).await {
+                    Ok(t) => t,
+                    Err(AuthError::Salt(SaltError::AuthRefused(_) | SaltError::Master(_))) => {
+                        tracing::info!(
+                            chunk = index, user = %username, eauth = %eauth,
+                            "Compound command: credentials refused by the Salt master"
+                        );
+                        // What a single function with a wrong password gets from the master.
+                        return Err(in_chunk(
+                            index,
+                            SaltError::AuthRefused(String::new()).into(),
+                        ));
+                    }
+                    Err(e) => return Err(in_chunk(index, e.into())),
+                };
+                fresh.push(t.clone());
+                logins.push((eauth.clone(), username.clone(), password.clone(), t.clone()));
+                t
+            }
+        };
+        let caller = Caller::Token {
+            eauth: &token.eauth,
+            name: &token.name,
+            groups: &token.groups,
+        };
+        let list = acl::auth_list(&app.config.master.external_auth, &options, &caller);
         check_chunk(&list, &chunk.low).map_err(|e| in_chunk(index, e))?;
         chunk.acl = Some(list);
+        chunk.auth = Auth::Token(token.token.clone());
     }
     Ok(())
+}
+
+/// Revokes the tokens [`authorize_eauth`] made, once the request's chunks have run: forgotten by
+/// saltgate and removed from the master's file token store (as `/logout` does; other token
+/// stores keep them until they expire).
+pub fn revoke(app: &AppState, fresh: &[Token]) {
+    for t in fresh {
+        app.tokens.forget(&t.token);
+        super::session::remove_token(&app.config, &t.token);
+    }
 }
 
 /// Checks the compound commands of chunks with a token against the token's user, backend and

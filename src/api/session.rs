@@ -221,7 +221,7 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response
 /// `localfs` token module of 3006 and 3007) or `<cachedir>/tokens/<token>.p` (3008 keeps tokens
 /// in `salt.cache`'s `localfs` driver, bank `tokens`). `token` is hex (checked by [`session`]),
 /// so it cannot name another file.
-fn remove_token(config: &Config, token: &str) {
+pub(super) fn remove_token(config: &Config, token: &str) {
     let dir = config.master.cachedir.join("tokens");
     let mut removed = false;
     for path in [dir.join(token), dir.join(format!("{token}.p"))] {

@@ -13,7 +13,9 @@
 //!   subject), the `<group>%` keys of the caller's groups, and `*` unless a key matched the user
 //!   (all as `permissive_acl` changes them). A token carries its user, backend and groups; eauth
 //!   credentials in the request do not carry the backend's groups (`pam`, `ldap`, `yubico`), so
-//!   for them the `<group>%` entries are unknown;
+//!   for them the `<group>%` entries are unknown ([`Caller::Eauth`]; the lowstate API does not
+//!   use it: it logs eauth credentials of a compound command in first, which also keeps a wrong
+//!   password from learning what the ACL allows, and checks the token);
 //! - **a function** is allowed (Salt's `auth_check` for that function alone) when an entry that
 //!   is a string matches it as a Python regex (`re.match`: anchored at the start only), or when an
 //!   entry `{target: [conditions]}` covers every targeted minion and one of its conditions matches

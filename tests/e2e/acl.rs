@@ -3,7 +3,9 @@
 //! by listing `test.ping` beside it. saltgate checks every function itself: the limited user's
 //! compound commands are refused on every client and route that publishes, and nothing reaches
 //! the master; `saltdev` (allowed `.*`) still runs them. Also the wheel `cmd` trick: a chunk key
-//! that would replace the request's `cmd` is refused, and nothing runs.
+//! that would replace the request's `cmd` is refused, and nothing runs. eauth chunks with a
+//! compound command are logged in first: a wrong password is the same 401 as for a single
+//! function, whatever the ACL, and the token made for the check is revoked afterwards.
 
 use std::time::Duration;
 
@@ -58,6 +60,35 @@ async fn drain(sub: &mut Subscription, quiet: Duration) -> Vec<(String, Value)> 
     seen
 }
 
+/// The names of the master's token files (`<cachedir>/tokens`) that belong to `user`.
+fn token_files_of(gate: &Gate, user: &str) -> Vec<String> {
+    let dir = gate.state.config.master.cachedir.join("tokens");
+    let mut out: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                return false; // removed meanwhile
+            };
+            let t = saltgate::salt::wire::payload::decode_value(&mut &bytes[..])
+                .expect("a msgpack token");
+            names(&t, user)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether the token data names `user` (3008's `salt.cache` may wrap it in another map).
+fn names(t: &rmpv::Value, user: &str) -> bool {
+    t.as_map()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| (k.as_str() == Some("name") && v.as_str() == Some(user)) || names(v, user))
+}
+
 /// Published jobs (`salt/job/<jid>/new`) of `user`.
 fn jobs_of<'a>(events: &'a [(String, Value)], user: &str) -> Vec<&'a Value> {
     events
@@ -95,6 +126,11 @@ async fn acl_compound_commands_are_checked_function_by_function() {
             .extend(extra.as_object().unwrap().clone());
         c
     };
+    let tokens_before = token_files_of(&gate, "limited");
+    assert!(
+        !tokens_before.is_empty(),
+        "the login's token is in the store"
+    );
     let mut refused = 0;
     for job in &jobs {
         for client in ["local", "local_async", "local_batch", "local_subset"] {
@@ -124,6 +160,38 @@ async fn acl_compound_commands_are_checked_function_by_function() {
         refused += 1;
     }
     assert_eq!(refused, 39);
+    // Each eauth chunk above logged in to be checked; none of those tokens is left.
+    assert_eq!(token_files_of(&gate, "limited"), tokens_before);
+
+    // A wrong password: 401, the same answer whatever the ACL allows and for a single
+    // function, and nothing about the ACL.
+    let mut answers = Vec::new();
+    for (user, fun, arg) in [
+        (
+            "limited",
+            json!(["cmd.run", "test.ping"]),
+            json!([["id"], []]),
+        ),
+        (
+            "saltdev",
+            json!(["cmd.run", "test.ping"]),
+            json!([["id"], []]),
+        ),
+        (
+            "nobody",
+            json!(["cmd.run", "test.ping"]),
+            json!([["id"], []]),
+        ),
+        ("limited", json!("cmd.run"), json!(["id"])),
+    ] {
+        let chunk = json!({"client": "local", "tgt": mid, "fun": fun, "arg": arg,
+            "eauth": "file", "username": user, "password": "wrong"});
+        let (s, v) = post(&gate, "/run", None, &json!([chunk])).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{user} {fun}: {v}");
+        assert!(!v.to_string().contains("cmd.run"), "{v}");
+        answers.push(v);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
 
     // The limited user's single functions are still the master's to decide.
     let ping = json!([{"client": "local", "tgt": mid, "fun": "test.ping"}]);

@@ -1,30 +1,46 @@
-//! saltgate's own ACL check of compound commands, and the keys a chunk may not set, on the
-//! built-in bus. With no master attached, a request that passes every check ends in 503 "no
-//! master": a 403 or 400 here shows the refusal comes before any master call.
+//! saltgate's own ACL check of compound commands, and the keys a chunk may not set.
+//!
+//! eauth chunks with a compound command are logged in first (`mk_token`), so these run against
+//! the fake master (`support::fake_master`), which answers `mk_token` and refuses every publish
+//! as an authentication failure: a publish reaching it shows in `calls.other` (and
+//! `calls.other_auth` says which credentials it carried). Key checks need no master: on the
+//! built-in bus a request that passes them ends in 503 "no master", so a 400 there shows the
+//! refusal comes before any master call.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use saltgate::api::lowstate::Client;
 
+use crate::support::fake_master::FakeMaster;
 use crate::support::{TestApp, assert_no_event};
 
 const LOCAL_CLIENTS: [&str; 4] = ["local", "local_async", "local_batch", "local_subset"];
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+const USERS: &[(&str, &str)] = &[("saltdev", "saltdev"), ("limited", "limited")];
 
-async fn app() -> TestApp {
+fn all_clients(c: &mut saltgate::config::Config) {
+    c.master.netapi_enable_clients = Client::ALL
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    c.master.external_auth = json!({"file": {
+        "^filename": "/nonexistent",
+        "saltdev": [".*", "@runner", "@wheel", "@jobs"],
+        "limited": ["test.ping"],
+    }});
+}
+
+/// On the built-in bus.
+async fn app_builtin() -> TestApp {
+    TestApp::builder().with_config(all_clients).spawn().await
+}
+
+/// Attached to `master`.
+async fn app_with(master: &FakeMaster) -> TestApp {
     TestApp::builder()
-        .with_config(|c| {
-            c.master.netapi_enable_clients = Client::ALL
-                .iter()
-                .map(|(name, _)| (*name).to_owned())
-                .collect();
-            c.master.external_auth = json!({"file": {
-                "^filename": "/nonexistent",
-                "saltdev": [".*", "@runner", "@wheel", "@jobs"],
-                "limited": ["test.ping"],
-            }});
-        })
+        .with_master(master)
+        .with_config(all_clients)
         .spawn()
         .await
 }
@@ -57,14 +73,30 @@ async fn post(
 }
 
 fn eauth_chunk(client: &str, user: &str, tgt: &str, fun: Value, arg: Value) -> Value {
+    with_password(client, user, user, tgt, fun, arg)
+}
+
+fn with_password(
+    client: &str,
+    user: &str,
+    password: &str,
+    tgt: &str,
+    fun: Value,
+    arg: Value,
+) -> Value {
     json!({"client": client, "tgt": tgt, "fun": fun, "arg": arg,
-        "eauth": "file", "username": user, "password": user})
+        "eauth": "file", "username": user, "password": password})
+}
+
+async fn run(app: &TestApp, body: Value) -> (StatusCode, Value) {
+    let (status, _, v) = post(app, "/run", "application/json", None, &body).await;
+    (status, v)
 }
 
 #[tokio::test]
-async fn a_limited_users_compound_command_is_refused_before_any_master_call() {
-    let app = app().await;
-    let mut sub = app.subscribe();
+async fn a_limited_users_compound_command_is_refused_before_it_is_published() {
+    let master = FakeMaster::start(USERS);
+    let app = app_with(&master).await;
     let cases = [
         ("m1", json!(["cmd.run", "test.ping"]), json!([["id"], []])),
         ("*", json!(["test.ping", "cmd.run"]), json!([[], ["id"]])),
@@ -74,11 +106,12 @@ async fn a_limited_users_compound_command_is_refused_before_any_master_call() {
             json!([["/tmp/x", "y"], []]),
         ),
     ];
+    let mut requests = 0;
     for client in LOCAL_CLIENTS {
         for (tgt, fun, arg) in &cases {
             let chunk = eauth_chunk(client, "limited", tgt, fun.clone(), arg.clone());
-            let (status, _, v) =
-                post(&app, "/run", "application/json", None, &json!([chunk])).await;
+            let (status, v) = run(&app, json!([chunk])).await;
+            requests += 1;
             let case = format!("{client} {tgt} {fun}: {v}");
             assert_eq!(status, StatusCode::FORBIDDEN, "{case}");
             assert_eq!(v["code"], "not_authorized", "{case}");
@@ -98,6 +131,7 @@ async fn a_limited_users_compound_command_is_refused_before_any_master_call() {
             assert!(msg.contains("'limited'"), "{case}");
         }
     }
+    assert_eq!(master.calls.mk_token(), requests, "one login per request");
     // A later chunk's refusal stops the earlier ones too: nothing has run.
     let body = json!([
         eauth_chunk("local", "limited", "*", json!("test.ping"), json!([])),
@@ -109,18 +143,88 @@ async fn a_limited_users_compound_command_is_refused_before_any_master_call() {
             json!([["id"], []])
         ),
     ]);
-    let (status, _, v) = post(&app, "/run", "application/json", None, &body).await;
+    let (status, v) = run(&app, body).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     assert!(
         v["message"].as_str().unwrap().starts_with("chunk 1: "),
         "{v}"
     );
-    assert_no_event(&mut sub).await;
+    assert_eq!(master.calls.other(), 0, "nothing was published");
+}
+
+#[tokio::test]
+async fn a_wrong_password_with_a_compound_command_is_401_whatever_the_acl() {
+    let master = FakeMaster::start(USERS);
+    let app = app_with(&master).await;
+    let forbidden = (json!(["cmd.run", "test.ping"]), json!([["id"], []]));
+    // limited's ACL refuses cmd.run; saltdev's allows it; nobody is unknown.
+    let mut answers = Vec::new();
+    for user in ["limited", "saltdev", "nobody"] {
+        let chunk = with_password(
+            "local",
+            user,
+            "wrong",
+            "*",
+            forbidden.0.clone(),
+            forbidden.1.clone(),
+        );
+        let (status, v) = run(&app, json!([chunk])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{user}: {v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            !msg.contains("cmd.run") && !msg.contains(user),
+            "{user}: the refusal says nothing of the ACL: {v}"
+        );
+        answers.push(v);
+    }
+    // The same answer as a wrong password with a single function (which the master refuses).
+    let single = with_password(
+        "local",
+        "limited",
+        "wrong",
+        "*",
+        json!("cmd.run"),
+        json!([]),
+    );
+    let (status, v) = run(&app, json!([single])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    answers.push(v);
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(master.calls.mk_token(), 3);
+    assert_eq!(
+        master.calls.other(),
+        1,
+        "only the single function was published"
+    );
+    // Each wrong password counts against the client, as on /login.
+    let mut throttled = false;
+    for _ in 0..20 {
+        let chunk = with_password(
+            "local",
+            "limited",
+            "wrong",
+            "*",
+            forbidden.0.clone(),
+            forbidden.1.clone(),
+        );
+        let (status, v) = run(&app, json!([chunk])).await;
+        match status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled = true;
+                break;
+            }
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert!(throttled, "wrong passwords were never throttled");
+    assert!(master.calls.mk_token() <= 12, "{}", master.calls.mk_token());
 }
 
 #[tokio::test]
 async fn the_refusal_is_in_the_negotiated_format() {
-    let app = app().await;
+    let master = FakeMaster::start(USERS);
+    let app = app_with(&master).await;
     let chunk = eauth_chunk(
         "local",
         "limited",
@@ -136,43 +240,86 @@ async fn the_refusal_is_in_the_negotiated_format() {
 }
 
 #[tokio::test]
-async fn allowed_compound_commands_and_single_functions_go_on_to_the_master() {
-    let app = app().await;
-    // saltdev's `.*` allows every function: the request reaches the (missing) master.
-    let chunk = eauth_chunk(
+async fn allowed_compound_commands_run_with_the_new_token_and_single_functions_go_as_they_are() {
+    let master = FakeMaster::start(USERS);
+    let app = app_with(&master).await;
+    // saltdev's `.*` allows every function: the job is published, with the login's token
+    // (the fake master then refuses it: 401).
+    let both = eauth_chunk(
         "local",
         "saltdev",
         "*",
         json!(["cmd.run", "test.ping"]),
         json!([["id"], []]),
     );
-    let (status, _, v) = post(&app, "/run", "application/json", None, &json!([chunk])).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    // A single function is the master's to decide (its check is exact for one function).
+    let (status, v) = run(&app, json!([both.clone(), both])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(
+        master.calls.mk_token(),
+        1,
+        "the same credentials log in once"
+    );
+    assert_eq!(master.calls.other_auth(), ["token"]);
+    // A single function is the master's to decide (its check is exact for one function): no
+    // login, the credentials go with the command.
     for fun in [json!("cmd.run"), json!(["cmd.run"])] {
         let chunk = eauth_chunk("local", "limited", "*", fun, json!(["id"]));
-        let (status, _, v) = post(&app, "/run", "application/json", None, &json!([chunk])).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        let (status, v) = run(&app, json!([chunk])).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
     }
-    // pam credentials: the user's groups are not known without a token, so a compound command
-    // that the user's own entries do not allow is refused as undecidable.
+    assert_eq!(master.calls.mk_token(), 1);
+    assert_eq!(master.calls.other_auth(), ["token", "eauth", "eauth"]);
+    // On the built-in bus a compound eauth chunk needs the master to log in: 503.
+    let builtin = app_builtin().await;
+    let chunk = eauth_chunk(
+        "local",
+        "limited",
+        "*",
+        json!(["cmd.run", "test.ping"]),
+        json!([["id"], []]),
+    );
+    let (status, v) = run(&builtin, json!([chunk])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}
+
+#[tokio::test]
+async fn group_entries_decide_for_password_chunks_through_the_login() {
+    let master = FakeMaster::start(&[("alice", "pw"), ("bob", "pw")]);
+    master.set_groups("alice", &["ops"]);
+    master.set_groups("bob", &["web"]);
     let app = TestApp::builder()
+        .with_master(&master)
         .with_config(|c| {
             c.master.netapi_enable_clients = vec!["local".into()];
-            c.master.external_auth = json!({"pam": {"alice": ["test.ping"], "ops%": [".*"]}});
+            c.master.external_auth =
+                json!({"file": {"alice": ["test.ping"], "bob": ["test.ping"], "ops%": [".*"]}});
         })
         .spawn()
         .await;
-    let chunk = json!({"client": "local", "tgt": "*", "fun": ["cmd.run", "test.ping"],
-        "arg": [["id"], []], "eauth": "pam", "username": "alice", "password": "x"});
-    let (status, _, v) = post(&app, "/run", "application/json", None, &json!([chunk])).await;
+    let chunk = |user: &str| {
+        with_password(
+            "local",
+            user,
+            "pw",
+            "*",
+            json!(["cmd.run", "test.ping"]),
+            json!([["id"], []]),
+        )
+    };
+    // alice is in ops, whose `.*` allows cmd.run: published (and refused by the fake).
+    let (status, v) = run(&app, json!([chunk("alice")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(master.calls.other(), 1);
+    // bob is not: 403 naming the function, nothing published.
+    let (status, v) = run(&app, json!([chunk("bob")])).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("/login"), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("'cmd.run'"), "{v}");
+    assert_eq!(master.calls.other(), 1);
 }
 
 #[tokio::test]
 async fn chunks_cannot_set_keys_of_the_masters_request() {
-    let app = app().await;
+    let app = app_builtin().await;
     let mut sub = app.subscribe();
     let cases = [
         ("wheel", "cmd"),

@@ -1,7 +1,8 @@
 //! A fake Salt master request server for tests that need credential checks: a ZeroMQ ROUTER on
 //! loopback speaking the clear channel (`{"enc": "clear", "load": {...}}` in, the bare return
 //! value out, as in `shared/salt/WIRE.md` §1), answering `mk_token` and `get_token` and
-//! counting what reaches it; every other command is refused as an authentication failure. Replies can be held back (`with_delay`) to model a slow eauth
+//! counting what reaches it (`set_groups`: the groups a user's tokens name, as `pam` reports
+//! them); every other command is refused as an authentication failure. Replies can be held back (`with_delay`) to model a slow eauth
 //! backend; how many requests were outstanding at once is recorded.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,9 @@ pub struct Calls {
     pub other: AtomicUsize,
     /// The most requests received and not yet answered at one time.
     pub max_outstanding: AtomicUsize,
+    /// For each other command (publish, runner, wheel), in order: `"token"` when it carried a
+    /// token, `"eauth"` when it carried eauth credentials, `"none"` otherwise.
+    pub other_auth: Mutex<Vec<&'static str>>,
 }
 
 impl Calls {
@@ -32,12 +36,20 @@ impl Calls {
     pub fn max_outstanding(&self) -> usize {
         self.max_outstanding.load(Ordering::SeqCst)
     }
+    pub fn other(&self) -> usize {
+        self.other.load(Ordering::SeqCst)
+    }
+    pub fn other_auth(&self) -> Vec<&'static str> {
+        self.other_auth.lock().unwrap().clone()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Store {
     users: HashMap<String, String>,
     tokens: HashSet<String>,
+    /// The groups `mk_token` reports for a user (as `pam` does).
+    groups: HashMap<String, Vec<String>>,
 }
 
 /// A running fake master; stopped on drop.
@@ -69,6 +81,7 @@ impl FakeMaster {
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
             tokens: HashSet::new(),
+            groups: HashMap::new(),
         }));
         let calls = Arc::new(Calls::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -83,6 +96,14 @@ impl FakeMaster {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Makes `mk_token` report `groups` for `user` in the tokens it makes.
+    pub fn set_groups(&self, user: &str, groups: &[&str]) {
+        self.store.lock().unwrap().groups.insert(
+            user.to_owned(),
+            groups.iter().map(|g| g.to_string()).collect(),
+        );
     }
 
     /// Makes `token` valid, as if issued by another client of the master.
@@ -152,7 +173,7 @@ fn text(map: &Value, key: &str) -> String {
 }
 
 fn answer(payload: &[u8], store: &Mutex<Store>, calls: &Calls) -> Value {
-    let Ok(request) = rmpv::decode::read_value(&mut &payload[..]) else {
+    let Ok(request) = saltgate::salt::wire::payload::decode_value(&mut &payload[..]) else {
         return Value::from("bad load");
     };
     let Some(load) = get(&request, "load") else {
@@ -171,6 +192,13 @@ fn answer(payload: &[u8], store: &Mutex<Store>, calls: &Calls) -> Value {
             (Value::from("expire"), Value::from(now + 3600.0)),
         ])
     };
+    let with_groups = |mut token: Value, groups: Option<&Vec<String>>| {
+        if let (Value::Map(m), Some(g)) = (&mut token, groups) {
+            let list = g.iter().map(|g| Value::from(g.as_str())).collect();
+            m.push((Value::from("groups"), Value::Array(list)));
+        }
+        token
+    };
     match text(load, "cmd").as_str() {
         "mk_token" => {
             calls.mk_token.fetch_add(1, Ordering::SeqCst);
@@ -181,7 +209,7 @@ fn answer(payload: &[u8], store: &Mutex<Store>, calls: &Calls) -> Value {
             }
             let token = format!("{:040x}", rand::random::<u128>());
             store.tokens.insert(token.clone());
-            token_map(&token, &user)
+            with_groups(token_map(&token, &user), store.groups.get(&user))
         }
         "get_token" => {
             calls.get_token.fetch_add(1, Ordering::SeqCst);
@@ -196,6 +224,18 @@ fn answer(payload: &[u8], store: &Mutex<Store>, calls: &Calls) -> Value {
         // and runs nothing.
         _ => {
             calls.other.fetch_add(1, Ordering::SeqCst);
+            // A publish carries the credentials in `kwargs`, runner and wheel in the load.
+            let has = |key| {
+                get(load, key).is_some() || get(load, "kwargs").and_then(|k| get(k, key)).is_some()
+            };
+            let auth = if has("token") {
+                "token"
+            } else if has("eauth") {
+                "eauth"
+            } else {
+                "none"
+            };
+            calls.other_auth.lock().unwrap().push(auth);
             Value::Map(vec![(
                 Value::from("error"),
                 Value::Map(vec![
