@@ -156,7 +156,9 @@ pub struct SaltgateSettings {
     /// holds before the slowest subscriber is told it missed some; bounds what stalled readers
     /// pin whatever the event size.
     pub event_queue_bytes: usize,
-    /// Seconds a WebSocket stream may take to write one event before the subscriber is dropped.
+    /// Seconds a WebSocket stream may take to write one event before the subscriber is dropped;
+    /// also the write deadline of a connection carrying an event stream (instead of
+    /// `write_timeout_secs`).
     pub stream_write_timeout_secs: u64,
     /// Seconds between keep-alive comments on `/events` (pings on `/ws`); token recheck period.
     pub stream_keepalive_secs: u64,

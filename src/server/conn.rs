@@ -9,7 +9,7 @@
 //! | bytes received, no complete request yet (HTTP/1 headers, HTTP/2 preface + first request) | `header_timeout` from the first byte |
 //! | between requests, nothing received | `keep_alive_timeout` from the end of the last response |
 //! | request body | `body_idle_timeout` between chunks, and `body_min_rate` bytes/s on average after `body_rate_grace` ([`DeadlineBody`]) |
-//! | response | `write_timeout` while the client reads nothing saltgate writes |
+//! | response | `write_timeout` while the client reads nothing saltgate writes (on an event stream: `stream_write_timeout_secs`) |
 //!
 //! The TLS handshake has its own timeout (see `super::run`). A connection that passes a deadline
 //! is closed. Counts per client address (IPv6 per /64) cap how many of the open connections one
@@ -53,6 +53,9 @@ pub struct Deadlines {
     pub body_rate_grace: Duration,
     /// Longest time a write may stay blocked on a client that does not read.
     pub write: Duration,
+    /// The same for a connection that carries an event stream (`stream_write_timeout_secs`,
+    /// which the stream itself also enforces per event).
+    pub stream_write: Duration,
 }
 
 /// Open connections per client address, capped.
@@ -222,6 +225,14 @@ impl Activity {
     /// The next deadline and what passing it means.
     fn next_deadline(&self, d: &Deadlines) -> (Instant, Option<Limit>) {
         let write_blocked = self.write_blocked.load(Ordering::Relaxed);
+        let d = &Deadlines {
+            write: if self.slot.in_general() {
+                d.write
+            } else {
+                d.stream_write
+            },
+            ..*d
+        };
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             // A request runs: its body has its own deadlines; only a stalled write ends it here.
             return match write_blocked {

@@ -140,6 +140,8 @@ pub struct Limits {
     pub body_rate_grace: Duration,
     /// Longest time a write may stay blocked on a client that reads nothing.
     pub write_timeout: Duration,
+    /// The same on a connection that carries an event stream.
+    pub stream_write_timeout: Duration,
     /// Time for a TLS handshake.
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish after shutdown starts.
@@ -165,6 +167,7 @@ impl Limits {
             body_min_rate: s.body_min_bytes_per_sec,
             body_rate_grace: Duration::from_secs(s.body_rate_grace_secs),
             write_timeout: secs(s.write_timeout_secs),
+            stream_write_timeout: secs(s.stream_write_timeout_secs),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
         }
@@ -179,6 +182,7 @@ impl Limits {
             body_min_rate: self.body_min_rate,
             body_rate_grace: self.body_rate_grace,
             write: self.write_timeout,
+            stream_write: self.stream_write_timeout,
         }
     }
 }

@@ -502,7 +502,11 @@ async fn tls_connect(addr: SocketAddr, alpn: &[u8]) -> TlsStream {
 async fn reader_that_stops_reading_is_disconnected_after_the_write_timeout() {
     let app = TestApp::builder()
         .with_config(|c| c.saltgate.streams_disable_auth = true)
-        .with_limits(|l| l.write_timeout = Duration::from_secs(1))
+        .with_limits(|l| {
+            l.write_timeout = Duration::from_secs(1);
+            // A stream connection's write deadline is the stream one.
+            l.stream_write_timeout = Duration::from_secs(1);
+        })
         .spawn()
         .await;
     // An `/events` reader with a small receive buffer that never reads.
