@@ -1,4 +1,4 @@
-//! Parsing of large bodies off the async workers: the request's own thread becomes a blocking thread.
+//! Parsing of large bodies off the async workers (the request's thread turns blocking).
 //!
 //! A body of at most [`INLINE_MAX`] bytes is parsed where it is (well under a millisecond). A
 //! larger one is parsed off the async workers (`block_in_place`; `spawn_blocking` on a
