@@ -206,6 +206,10 @@ impl Sender {
 
     /// Hands `item` to every current subscriber; nothing is kept when there are none.
     pub fn send(&self, item: BusItem) {
+        // Nobody listening: do not even size the event (a walk of its whole data).
+        if self.shared.lock().receivers == 0 {
+            return;
+        }
         let (item, bytes) = match item {
             BusItem::Event(event) => {
                 let bytes = event.footprint();
