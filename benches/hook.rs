@@ -1,5 +1,6 @@
 //! The hook path's CPU steps after verification: body parsing (`api::hook::parse_body`), event
-//! packing (`Event::pack`) and bus framing (`encode_frame` / `decode_frame`), at 1 KiB and 64 KiB.
+//! packing (`Event::pack`) and bus framing (`encode_frame` / `decode_frame`), at 1 KiB and 64 KiB;
+//! and the per-request rate check (`RateLimiter::check`, `AuthThrottle::check`).
 
 #![expect(
     clippy::expect_used,
@@ -7,6 +8,8 @@
 )]
 
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -16,6 +19,8 @@ use saltgate::api::hook::parse_body;
 use saltgate::salt::Event;
 use saltgate::salt::event::{hook_tag, stamp_now};
 use saltgate::salt::wire::framing::{Decoded, Framing, decode_frame, encode_frame};
+use saltgate::security::rate::{ClientKeys, RateLimiter, RateQuota};
+use saltgate::security::throttle::{AuthThrottle, ThrottleSettings};
 
 const SIZES: [usize; 2] = [1024, 64 * 1024];
 
@@ -119,12 +124,50 @@ fn bench_pack_and_frame(c: &mut Criterion) {
     group.finish();
 }
 
+/// One rate check per request: a known key allowed, a known key refused (with its
+/// `Retry-After`), a stream of new keys through a full table (insert and evict), and the
+/// authentication throttle's check before an attempt.
+fn bench_rate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate");
+    let quota = |per_second, burst| RateQuota {
+        per_second: NonZeroU32::new(per_second).expect("nonzero"),
+        burst: NonZeroU32::new(burst).expect("nonzero"),
+    };
+    let client = IpAddr::from(Ipv4Addr::new(192, 0, 2, 1));
+    let open = RateLimiter::new(&[quota(u32::MAX, u32::MAX)], ClientKeys::default());
+    group.bench_function("check_allowed", |b| {
+        b.iter(|| open.check(0, black_box(client)))
+    });
+    let shut = RateLimiter::new(&[quota(1, 1)], ClientKeys::default());
+    let _ = shut.check(0, client);
+    group.bench_function("check_refused", |b| {
+        b.iter(|| {
+            shut.check(0, black_box(client))
+                .map_err(|e| e.as_header_secs())
+        })
+    });
+    let small = RateLimiter::new(&[quota(1, 1)], ClientKeys::default().with_max_keys(1024));
+    let mut next = 0u32;
+    group.bench_function("check_new_key_evicting", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(1);
+            small.check(0, black_box(IpAddr::from(Ipv4Addr::from(next))))
+        })
+    });
+    let throttle = AuthThrottle::new(ThrottleSettings::default());
+    throttle.failed(client);
+    group.bench_function("throttle_check", |b| {
+        b.iter(|| throttle.check(black_box(client)))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .sample_size(30);
-    targets = bench_parse, bench_pack_and_frame
+    targets = bench_parse, bench_pack_and_frame, bench_rate
 }
 criterion_main!(benches);

@@ -9,8 +9,10 @@
 //! `/64` and could otherwise take a fresh bucket per address; an IPv4-mapped IPv6 address is
 //! keyed as the IPv4 address it maps.
 //!
-//! Each bucket is a GCRA (the generic cell rate algorithm): one "theoretical arrival time" per
-//! key, which is the whole state of a token bucket of `burst` cells refilled at `per_second`.
+//! The rate engine is the `governor` crate: each table is one keyed governor limiter, a GCRA
+//! (the generic cell rate algorithm) with governor's [`Quota`] of `burst` cells refilled at
+//! `per_second`. Its state store (`LruStore`) keeps one "theoretical arrival time" per key,
+//! the whole state of that key's token bucket, in a bounded LRU table.
 //!
 //! Memory is bounded: each table holds at most `max_keys` keys, and when it is full the key
 //! used least recently is evicted ([`super::lru`], O(1)), so a flood from more keys than that
@@ -29,6 +31,12 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::{NotUntil, Quota};
 
 use super::lru::Lru;
 
@@ -173,56 +181,79 @@ impl ClientKeys {
     }
 }
 
-/// GCRA parameters: one cell per `interval`, up to `tolerance / interval` cells at once.
+/// A bucket's parameters: governor's [`Quota`], `burst` cells refilled one per interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
-    interval: u64,
-    tolerance: u64,
+    quota: Quota,
 }
 
 impl Gcra {
     /// A bucket of `burst` cells, one refilled every `interval` (at least 1 ns).
     pub fn new(interval: Duration, burst: NonZeroU32) -> Self {
-        let interval = nanos(interval).max(1);
+        let interval = interval.max(Duration::from_nanos(1));
+        // `with_period` is `None` only for a zero interval, excluded above.
+        let quota = Quota::with_period(interval).unwrap_or(Quota::per_second(NonZeroU32::MAX));
         Self {
-            interval,
-            tolerance: interval.saturating_mul(u64::from(burst.get())),
+            quota: quota.allow_burst(burst),
         }
     }
 
     /// `quota.burst` cells refilled at `quota.per_second`.
     pub fn from_quota(quota: RateQuota) -> Self {
-        let interval = Duration::from_secs(1) / quota.per_second.get();
-        Self::new(interval, quota.burst)
+        Self {
+            quota: Quota::per_second(quota.per_second).allow_burst(quota.burst),
+        }
     }
 
-    /// How long until one more cell may be taken from a bucket whose arrival time is `tat`;
-    /// `None` when it may be now.
-    fn wait(&self, tat: u64, now: u64) -> Option<u64> {
-        let next = tat.max(now).saturating_add(self.interval);
-        let ahead = next - now;
-        (ahead > self.tolerance).then(|| ahead - self.tolerance)
-    }
-
-    fn take(&self, tat: &mut u64, now: u64) {
-        *tat = (*tat).max(now).saturating_add(self.interval);
+    /// governor's emission interval: what one cell adds to a bucket's arrival time.
+    fn interval(&self) -> Nanos {
+        Nanos::new(nanos(self.quota.replenish_interval()).max(1))
     }
 }
 
-/// A bounded table of GCRA buckets, one per [`ClientKey`], evicting the least recently used
-/// key when full.
+/// Our [`Clock`] as governor's clock: nanoseconds since the clock's origin.
+#[derive(Debug, Clone)]
+struct GovernorClock<C>(C);
+
+impl<C: Clock> governor::clock::Clock for GovernorClock<C> {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::new(nanos(self.0.now()))
+    }
+}
+
+/// What [`LruStore`] does with governor's decision about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    /// Store the new arrival time when governor allows the cell (governor's own `check`).
+    Take,
+    /// Store nothing, touch nothing: governor's answer as a question only.
+    Peek,
+    /// Like `Take`, but a refused cell is charged anyway (one more interval): for charging
+    /// what already happened.
+    Force,
+}
+
+/// The key governor sees: a client key and what to do with the answer. One limiter (so one
+/// clock origin) serves checks, peeks and charges; the table itself is keyed by `key` only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Probe {
+    key: ClientKey,
+    with: Use,
+}
+
+/// governor's state store for keyed limiters, held in bounded LRU tables (sharded when large):
+/// each entry is one key's theoretical arrival time, relative to the limiter's start.
 #[derive(Debug)]
-pub struct Buckets<C: Clock = MonotonicClock> {
-    shards: Box<[Mutex<Lru<ClientKey, u64>>]>,
+struct LruStore {
+    shards: Box<[Mutex<Lru<ClientKey, Nanos>>]>,
     hasher: RandomState,
-    gcra: Gcra,
-    clock: C,
+    interval: Nanos,
 }
 
-impl<C: Clock> Buckets<C> {
-    /// Buckets of `gcra` for at most `max_keys` keys (about: large tables are sharded, each
-    /// shard holding its share rounded up).
-    pub fn new(gcra: Gcra, max_keys: usize, clock: C) -> Self {
+impl LruStore {
+    fn new(max_keys: usize, interval: Nanos) -> Self {
         let max_keys = max_keys.max(1);
         let shards = if max_keys >= SHARD_THRESHOLD {
             SHARDS
@@ -235,89 +266,152 @@ impl<C: Clock> Buckets<C> {
                 .map(|_| Mutex::new(Lru::new(per_shard)))
                 .collect(),
             hasher: RandomState::new(),
-            gcra,
-            clock,
+            interval,
         }
     }
 
-    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, Lru<ClientKey, u64>> {
+    fn shard(&self, key: &ClientKey) -> MutexGuard<'_, Lru<ClientKey, Nanos>> {
         let i = if self.shards.len() == 1 {
             0
         } else {
             (self.hasher.hash_one(key) as usize) % self.shards.len()
         };
-        // A panic while holding the lock leaves the table consistent (no partial updates).
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shards[i])
+    }
+}
+
+// A panic while holding the lock leaves the table consistent (no partial updates).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StateStore for LruStore {
+    type Key = Probe;
+
+    fn measure_and_replace<T, F, E>(&self, probe: &Probe, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut shard = self.shard(&probe.key);
+        if probe.with == Use::Peek {
+            return f(shard.peek(&probe.key).copied()).map(|(out, _)| out);
+        }
+        // The lookup marks the key used, refused or not.
+        if let Some(tat) = shard.get_mut(&probe.key) {
+            return match f(Some(*tat)) {
+                Ok((out, next)) => {
+                    *tat = next;
+                    Ok(out)
+                }
+                Err(refused) => {
+                    if probe.with == Use::Force {
+                        *tat = *tat + self.interval;
+                    }
+                    Err(refused)
+                }
+            };
+        }
+        // An unknown key has a full bucket: governor allows its first cell.
+        let (out, next) = f(None)?;
+        shard.get_or_insert(probe.key, || next);
+        Ok(out)
+    }
+}
+
+impl ShrinkableKeyedStateStore<Probe> for LruStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        for shard in self.shards.iter() {
+            lock(shard).retain(|_, &tat| tat > drop_below);
+        }
     }
 
-    fn now(&self) -> u64 {
-        nanos(self.clock.now())
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| lock(s).is_empty())
+    }
+}
+
+/// A bounded table of GCRA buckets (governor's keyed [`governor::RateLimiter`]), one per
+/// [`ClientKey`], evicting the least recently used key when full.
+#[derive(Debug)]
+pub struct Buckets<C: Clock = MonotonicClock> {
+    limiter: governor::RateLimiter<Probe, LruStore, GovernorClock<C>, NoOpMiddleware<Nanos>>,
+    burst: NonZeroU32,
+}
+
+impl<C: Clock> Buckets<C> {
+    /// Buckets of `gcra` for at most `max_keys` keys (about: large tables are sharded, each
+    /// shard holding its share rounded up).
+    pub fn new(gcra: Gcra, max_keys: usize, clock: C) -> Self {
+        let store = LruStore::new(max_keys, gcra.interval());
+        Self {
+            limiter: governor::RateLimiter::new(gcra.quota, store, GovernorClock(clock)),
+            burst: gcra.quota.burst_size(),
+        }
+    }
+
+    fn retry_after(&self, refused: &NotUntil<Nanos>) -> RetryAfter {
+        RetryAfter(refused.wait_time_from(governor::clock::Clock::now(self.limiter.clock())))
     }
 
     /// Takes one cell from `key`'s bucket, or says how long until one is there (and takes
     /// nothing).
     pub fn check(&self, key: ClientKey) -> Result<(), RetryAfter> {
-        let now = self.now();
-        let mut shard = self.shard(&key);
-        let tat = shard.get_or_insert(key, || now);
-        match self.gcra.wait(*tat, now) {
-            Some(wait) => Err(RetryAfter(Duration::from_nanos(wait))),
-            None => {
-                self.gcra.take(tat, now);
-                Ok(())
-            }
-        }
+        self.limiter
+            .check_key(&Probe {
+                key,
+                with: Use::Take,
+            })
+            .map_err(|refused| self.retry_after(&refused))
     }
 
     /// Whether one cell could be taken now, taking nothing (and not counting as a use).
     pub fn peek(&self, key: ClientKey) -> Result<(), RetryAfter> {
-        let now = self.now();
-        let shard = self.shard(&key);
-        match shard.peek(&key).and_then(|&tat| self.gcra.wait(tat, now)) {
-            Some(wait) => Err(RetryAfter(Duration::from_nanos(wait))),
-            None => Ok(()),
-        }
+        self.limiter
+            .check_key(&Probe {
+                key,
+                with: Use::Peek,
+            })
+            .map_err(|refused| self.retry_after(&refused))
     }
 
-    /// Whether `key`'s bucket is full: nothing taken from it is still being refilled.
+    /// Whether `key`'s bucket is full: nothing taken from it is still being refilled (a whole
+    /// burst could be taken now).
     pub fn is_full(&self, key: ClientKey) -> bool {
-        let now = self.now();
-        self.shard(&key).peek(&key).is_none_or(|&tat| tat <= now)
+        let probe = Probe {
+            key,
+            with: Use::Peek,
+        };
+        matches!(self.limiter.check_key_n(&probe, self.burst), Ok(Ok(())))
     }
 
     /// Takes one cell from `key`'s bucket even when it is empty (the arrival time moves on, so
     /// the wait grows): for charging what already happened.
     pub fn charge(&self, key: ClientKey) {
-        let now = self.now();
-        let mut shard = self.shard(&key);
-        let tat = shard.get_or_insert(key, || now);
-        self.gcra.take(tat, now);
+        let probe = Probe {
+            key,
+            with: Use::Force,
+        };
+        // Refused or not, the cell is charged.
+        let _ = self.limiter.check_key(&probe);
     }
 
     /// Drops keys whose buckets have refilled (they would behave as new keys anyway).
     pub fn housekeep(&self) {
-        let now = self.now();
-        for shard in self.shards.iter() {
-            shard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|_, &tat| tat > now);
-        }
+        self.limiter.retain_recent();
     }
 
     /// Keys tracked.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.limiter.len()
     }
 
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.limiter.is_empty()
     }
 }
 

@@ -6,10 +6,16 @@
 //! request workers busy and slow every real login.
 //!
 //! - **Failures per client** ([`AuthThrottle::check`], [`AuthThrottle::failed`]): a GCRA bucket
-//!   of `failure_burst` failures per client key ([`ClientKeys`]: IPv4 address, IPv6 `/64`),
-//!   refilled at `failures_per_minute`. A client whose bucket is empty is refused (429) before
-//!   anything is sent to the master. Only failures are charged: a successful login or a valid
-//!   token costs nothing, so honest clients are never slowed by their own successes. The check
+//!   (governor's, see [`super::rate`]) of `failure_burst` failures per client key
+//!   ([`ClientKeys`]: IPv4 address, IPv6 `/64`), refilled at `failures_per_minute`. A client
+//!   whose bucket is empty is refused (429) before anything is sent to the master. Only failures
+//!   are charged: a successful login or a valid token costs nothing, so honest clients are never
+//!   slowed by their own successes. governor's `check` consumes a cell when it allows one, so
+//!   the check before an attempt is governor's decision made without storing its result
+//!   ([`Buckets::peek`]: nothing taken, the key not even inserted), and the charge after a
+//!   failure takes the cell ([`Buckets::charge`]), even from an empty bucket: a failure that
+//!   already happened (one of several in flight) still pushes the client's next attempt further
+//!   out, where a plain `check` would refuse it and charge nothing. The check
 //!   is made before the attempt and the charge after it, so concurrent attempts from one client
 //!   may overshoot the burst by the number in flight; the caller re-checks once it holds its
 //!   slot to the master, which bounds the overshoot by that (small) slot count.
