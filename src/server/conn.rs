@@ -164,6 +164,11 @@ pub struct Activity {
     first_read: AtomicU64,
     /// Since when a write has been blocked.
     write_blocked: AtomicU64,
+    /// Until when (ms from `base`) the watchdog sleeps, and how often it rechecks while a
+    /// request runs: a request start wakes it only when it sleeps longer than that.
+    sleep_until: AtomicU64,
+    recheck: AtomicU64,
+    wake: tokio::sync::Notify,
     /// The connection's slot and its client count, released with the last reference.
     _client: ClientGuard,
     slot: Arc<ConnSlot>,
@@ -179,6 +184,9 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             first_read: AtomicU64::new(NONE),
             write_blocked: AtomicU64::new(NONE),
+            sleep_until: AtomicU64::new(0),
+            recheck: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
             _client: client,
             slot,
         })
@@ -216,8 +224,14 @@ impl Activity {
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        // No wake-up: a request only moves deadlines later, and the watchdog rechecks when its
-        // sleep ends (a wake-up per request cost a task switch each, measured on /hook).
+        // Wake the watchdog only from a long (idle) sleep: while requests follow each other it
+        // rechecks on its own every `recheck`, and a wake-up per request cost a task switch
+        // each (measured on /hook).
+        if self.sleep_until.load(Ordering::Relaxed)
+            > self.now() + self.recheck.load(Ordering::Relaxed)
+        {
+            self.wake.notify_one();
+        }
         InFlight(Arc::clone(self))
     }
 
@@ -237,7 +251,7 @@ impl Activity {
             // Recheck at least every half keep-alive: the request's end (not signalled, see
             // `request_started`) starts the keep-alive clock.
             return match write_blocked {
-                NONE => (Instant::now() + (d.write / 2).min(d.keep_alive / 2), None),
+                NONE => (Instant::now() + recheck(d), None),
                 since => (self.at(since) + d.write, Some(Limit::Write)),
             };
         }
@@ -270,9 +284,16 @@ impl Activity {
 
     /// Resolves when the connection has passed one of its deadlines, with that deadline.
     pub async fn expired(&self, d: Deadlines) -> Limit {
+        self.recheck
+            .store(recheck(&d).as_millis() as u64, Ordering::Relaxed);
         loop {
             let (at, limit) = self.next_deadline(&d);
-            tokio::time::sleep_until(at.into()).await;
+            let until = at.saturating_duration_since(self.base).as_millis() as u64;
+            self.sleep_until.store(until, Ordering::Relaxed);
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {}
+                () = self.wake.notified() => continue,
+            }
             // Activity may have moved the deadline while we slept: check again.
             let (again, limit_now) = self.next_deadline(&d);
             if let (Some(limit), Some(now_limit)) = (limit, limit_now) {
@@ -282,6 +303,12 @@ impl Activity {
             }
         }
     }
+}
+
+/// How often the watchdog rechecks a connection with a request in flight (the request's end is
+/// not signalled: it starts the keep-alive clock, noticed within this).
+fn recheck(d: &Deadlines) -> Duration {
+    (d.write.min(d.stream_write).min(d.keep_alive) / 2).max(Duration::from_millis(10))
 }
 
 /// A request in flight; its end (the response body dropped) starts the keep-alive clock.
