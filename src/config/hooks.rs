@@ -15,6 +15,9 @@
 //! Secrets come from files (`secret_file`) or environment variables (`secret_env`), several
 //! (`secrets: [{file: ..}, {env: ..}]`) for rotation; inline secrets are not accepted, so they
 //! never end up in a config dump or a log. Empty secrets are refused.
+//!
+//! [`RawHook`] and [`RawVerify`] are the rules as written; every scheme has its own settings
+//! type that refuses keys it does not take. [`build`] turns them into [`HookRule`]s.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

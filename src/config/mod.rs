@@ -496,6 +496,10 @@ mod tests {
         let e = load_text("saltgate:\n  colour: red\n").unwrap_err();
         assert_eq!(e.key(), Some("saltgate.colour"), "{e}");
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.to_string().contains("`hooks`"),
+            "the rules are a key too: {e}"
+        );
         assert_eq!(refused_key("ret_port: -1\n"), "ret_port");
         assert_eq!(refused_key("ipc_mode: pipes\n"), "ipc_mode");
         assert_eq!(refused_key("interface: eth0\n"), "interface");

@@ -31,7 +31,7 @@ pub struct RawConfig {
     pub master: MasterSettings,
     /// The `rest_cherrypy:` block.
     pub rest_cherrypy: RestCherrypy,
-    /// The `saltgate:` block but for its hook rules.
+    /// The `saltgate:` block (its rules are read into `hooks`).
     pub saltgate: SaltgateSettings,
     /// `saltgate.hooks`, as written.
     pub hooks: Vec<RawHook>,
@@ -54,10 +54,11 @@ impl RawConfig {
         };
         let (saltgate, hooks) = match block(doc, "saltgate") {
             None => (SaltgateSettings::default(), Vec::new()),
-            Some(serde_yaml::Value::Mapping(mut settings)) => {
-                let hooks = match settings.remove("hooks") {
+            Some(value) => {
+                let settings = parse_at(value.clone(), Some("saltgate"))?;
+                let hooks = match value.get("hooks") {
                     None | Some(serde_yaml::Value::Null) => Vec::new(),
-                    Some(list) => parse_at(list, Some("saltgate.hooks")).map_err(|e| {
+                    Some(list) => parse_at(list.clone(), Some("saltgate.hooks")).map_err(|e| {
                         if e.key().is_some_and(|k| k.ends_with(".verify")) {
                             e.with_note(
                                 "verify takes one scheme and its settings, such as \
@@ -68,10 +69,8 @@ impl RawConfig {
                         }
                     })?,
                 };
-                let settings = parse_at(serde_yaml::Value::Mapping(settings), Some("saltgate"))?;
                 (settings, hooks)
             }
-            Some(other) => (parse_at(other, Some("saltgate"))?, Vec::new()),
         };
         Ok(Self {
             master,
@@ -111,11 +110,11 @@ pub const SALT_API_ONLY_KEYS: &[(&str, Option<&str>)] = &[
     ("favicon", Some("not read: /favicon.ico is not served")),
     (
         "log_access_file",
-        Some("not written: saltgate logs requests to standard error"),
+        Some("not written: saltgate logs to standard output (RUST_LOG filters it)"),
     ),
     (
         "log_error_file",
-        Some("not written: saltgate logs errors to standard error"),
+        Some("not written: saltgate logs to standard output (RUST_LOG filters it)"),
     ),
     ("debug", None),
     ("thread_pool", None),
@@ -321,8 +320,7 @@ pub enum FramingSetting {
     Bare,
 }
 
-/// saltgate's own `saltgate:` block, but for its `hooks` list (read on its own into
-/// [`RawHook`]s, built into [`super::HookRule`]s). Unknown keys are refused.
+/// saltgate's own `saltgate:` block. Unknown keys are refused.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SaltgateSettings {
@@ -356,6 +354,10 @@ pub struct SaltgateSettings {
     pub streams_disable_auth: bool,
     /// URL of the events page.
     pub ui_path: String,
+    /// The hook rules: read on their own into [`RawConfig::hooks`] (so each error can name its
+    /// rule), built into [`super::HookRule`]s.
+    #[serde(rename = "hooks")]
+    pub(super) hooks_as_written: serde::de::IgnoredAny,
     /// What happens to hook paths no rule covers.
     pub unmatched_hooks: Unmatched,
     /// Open connections one client address (IPv6: one /64) may hold; `trusted_proxies` peers
@@ -421,6 +423,7 @@ impl Default for SaltgateSettings {
             stream_keepalive_secs: 15,
             streams_disable_auth: false,
             ui_path: "/ui".into(),
+            hooks_as_written: serde::de::IgnoredAny,
             unmatched_hooks: Unmatched::Allow,
             max_connections_per_client: 256,
             max_streams: 1024,
