@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::signature::{SignatureEncoding, Signer};
-use saltgate::config::hooks::{RawVerifier, verifier};
+use saltgate::config::hooks::{RawVerify, verifier};
 use saltgate::security::Verifier;
 
 const NOW: i64 = 1_790_000_000;
@@ -42,7 +42,8 @@ fn header_map(pairs: &[(HeaderName, String)]) -> HeaderMap {
     map
 }
 
-fn build(scheme: &str, raw: RawVerifier) -> Verifier {
+/// The verifier `yaml` configures, written as under a rule's `verify:`.
+fn build(yaml: &str) -> Verifier {
     let env = HashMap::from([
         (
             "BENCH_SECRET".to_owned(),
@@ -53,50 +54,41 @@ fn build(scheme: &str, raw: RawVerifier) -> Verifier {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned(),
         ),
     ]);
-    verifier("bench", scheme, &raw, &env).expect("bench verifier config")
-}
-
-fn secret_env(name: &str) -> RawVerifier {
-    RawVerifier {
-        secret_env: Some(name.to_owned()),
-        ..RawVerifier::default()
-    }
+    let raw: RawVerify =
+        serde_yaml::with::singleton_map::deserialize(serde_yaml::Deserializer::from_str(yaml))
+            .expect("bench verifier settings");
+    verifier("bench", &raw, &env).expect("bench verifier config")
 }
 
 /// The HMAC and token schemes, each with headers from `Verifier::sign`.
 fn hmac_schemes() -> Vec<(&'static str, Verifier)> {
+    let secret = |scheme: &'static str| {
+        (
+            scheme,
+            build(&format!("{scheme}: {{secret_env: BENCH_SECRET}}")),
+        )
+    };
     vec![
-        ("github", build("github", secret_env("BENCH_SECRET"))),
-        ("gitlab", build("gitlab", secret_env("BENCH_SECRET"))),
-        ("gitea", build("gitea", secret_env("BENCH_SECRET"))),
-        ("bitbucket", build("bitbucket", secret_env("BENCH_SECRET"))),
-        ("slack", build("slack", secret_env("BENCH_SECRET"))),
-        ("stripe", build("stripe", secret_env("BENCH_SECRET"))),
+        secret("github"),
+        secret("gitlab"),
+        secret("gitea"),
+        secret("bitbucket"),
+        secret("slack"),
+        secret("stripe"),
         (
             "standard_webhooks",
-            build("standard_webhooks", secret_env("BENCH_WHSEC")),
+            build("standard_webhooks: {secret_env: BENCH_WHSEC}"),
         ),
         (
             "hmac_sha512_base64",
             build(
-                "hmac",
-                RawVerifier {
-                    header: Some("X-Bench-Signature".to_owned()),
-                    algorithm: Some("sha512".to_owned()),
-                    encoding: Some("base64".to_owned()),
-                    ..secret_env("BENCH_SECRET")
-                },
+                "hmac: {secret_env: BENCH_SECRET, header: X-Bench-Signature, algorithm: sha512, \
+                 encoding: base64}",
             ),
         ),
         (
             "token",
-            build(
-                "token",
-                RawVerifier {
-                    header: Some("X-Bench-Token".to_owned()),
-                    ..secret_env("BENCH_SECRET")
-                },
-            ),
+            build("token: {secret_env: BENCH_SECRET, header: X-Bench-Token}"),
         ),
     ]
 }
@@ -131,13 +123,10 @@ fn travis_case(payload: &[u8]) -> (Verifier, HeaderMap, Vec<u8>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("travis.pub");
     std::fs::write(&file, pem).expect("write pem");
-    let v = build(
-        "travis",
-        RawVerifier {
-            public_key_files: vec![file],
-            ..RawVerifier::default()
-        },
-    );
+    let v = build(&format!(
+        "travis: {{public_key_files: [{}]}}",
+        file.display()
+    ));
     let payload = String::from_utf8_lossy(payload).into_owned();
     let sig = SigningKey::<sha1::Sha1>::new(private).sign(payload.as_bytes());
     let headers = header_map(&[(

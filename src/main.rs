@@ -95,16 +95,17 @@ fn main() -> anyhow::Result<()> {
             prefix,
             body_file,
         } => {
-            let settings = saltgate::config::hooks::RawVerifier {
-                secret_file: Some(secret_file),
-                header,
-                algorithm,
-                encoding,
-                prefix,
-                ..Default::default()
-            };
-            let verifier =
-                saltgate::config::hooks::verifier("sign", &provider, &settings, &HashMap::new())?;
+            let settings = saltgate::config::hooks::RawVerify::from_flags(
+                &provider,
+                &secret_file,
+                &[
+                    ("header", header.as_deref()),
+                    ("algorithm", algorithm.as_deref()),
+                    ("encoding", encoding.as_deref()),
+                    ("prefix", prefix.as_deref()),
+                ],
+            )?;
+            let verifier = saltgate::config::hooks::verifier("sign", &settings, &HashMap::new())?;
             let body = std::fs::read(&body_file)
                 .with_context(|| format!("reading {}", body_file.display()))?;
             let now = std::time::SystemTime::now()
@@ -121,6 +122,9 @@ fn main() -> anyhow::Result<()> {
             println!("{}", saltgate::config::render_effective(&config));
             for warning in saltgate::config::warnings(&config) {
                 eprintln!("warning: {warning}");
+            }
+            for note in saltgate::config::notes(&config) {
+                eprintln!("note: {note}");
             }
             Ok(())
         }

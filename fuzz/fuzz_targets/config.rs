@@ -72,6 +72,8 @@ fuzz_target!(|data: &[u8]| {
     match Config::load(&d.root, &d.env) {
         Ok(config) => {
             let _ = render_effective(&config);
+            let _ = saltgate::config::warnings(&config);
+            let _ = saltgate::config::notes(&config);
             let _ = config.master.bus_endpoints();
             let _ = config.master.ret_endpoint();
             let _ = config.pull_framing();

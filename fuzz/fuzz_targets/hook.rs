@@ -65,7 +65,7 @@ fn world() -> &'static World {
         let mut config = Config::builtin();
         config.api.webhook_disable_auth = true;
         config.api.disable_ssl = true;
-        config.saltgate.hooks = serde_yaml::from_str(RULES).expect("rules");
+        let rules: Vec<saltgate::config::RawHook> = serde_yaml::from_str(RULES).expect("rules");
         let env = HashMap::from([
             (
                 "GITHUB_SECRET".to_owned(),
@@ -76,7 +76,7 @@ fn world() -> &'static World {
                 "8f742231b10e8888abcd99yyyzzz85a5".to_owned(),
             ),
         ]);
-        config.rebuild_hooks(&env).expect("rules build");
+        config.set_hooks(&rules, &env).expect("rules build");
         let (router, events) = rt.block_on(async {
             let state = saltgate::server::build_state(config);
             let events = state.bus.subscribe();

@@ -366,68 +366,83 @@ async fn key_pair(
         return Err(ApiError::KeyExists);
     };
     tracing::info!(mid = %mid, "Generated and accepted a minion key pair");
-    let tar = tar_archive(&[
-        ("minion.pem", private.as_bytes(), 0o600),
-        ("minion.pub", public.as_bytes(), 0o644),
-    ]);
-    Ok((mid, tar))
-}
-
-/// A ustar archive of regular files, in memory (two small key files).
-fn tar_archive(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    for (name, content, mode) in files {
-        let mut h = [0u8; 512];
-        let put = |h: &mut [u8; 512], at: usize, bytes: &[u8]| {
-            h[at..at + bytes.len()].copy_from_slice(bytes);
-        };
-        put(&mut h, 0, &name.as_bytes()[..name.len().min(99)]);
-        put(&mut h, 100, format!("{mode:07o}\0").as_bytes());
-        put(&mut h, 108, b"0000000\0");
-        put(&mut h, 116, b"0000000\0");
-        put(&mut h, 124, format!("{:011o}\0", content.len()).as_bytes());
-        put(&mut h, 136, format!("{mtime:011o}\0").as_bytes());
-        put(&mut h, 148, b"        ");
-        h[156] = b'0';
-        put(&mut h, 257, b"ustar\0");
-        put(&mut h, 263, b"00");
-        put(&mut h, 265, b"root");
-        put(&mut h, 297, b"root");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(content);
-        out.resize(out.len().div_ceil(512) * 512, 0);
+    let tar = key_tarball(public.as_bytes(), private.as_bytes(), mtime).map_err(|e| {
+        tracing::error!(mid = %mid, error = %e, "Cannot pack the key pair");
+        ApiError::Internal
+    })?;
+    Ok((mid, tar))
+}
+
+/// Python's `tarfile` pads an archive to whole records of 20 blocks; salt-api's tarball is one.
+const TAR_RECORD: usize = 20 * 512;
+
+/// The key pair packed as salt-api packs it: a ustar archive of `minion.pub`, then
+/// `minion.pem`, regular files owned by uid and gid 0, padded to whole 10 KiB records. Two
+/// choices differ from salt-api, neither of which a reader of the archive depends on: the
+/// private key is mode 0600 (salt-api: 0644, so `tar -x` left it readable by all), and the
+/// files carry the time they were made (salt-api: the epoch).
+fn key_tarball(public: &[u8], private: &[u8], mtime: u64) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, content, mode) in [
+        ("minion.pub", public, 0o644),
+        ("minion.pem", private, 0o600),
+    ] {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(content.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(mtime);
+        tar.append_data(&mut header, name, content)?;
     }
-    out.resize(out.len() + 1024, 0);
-    out
+    let mut out = tar.into_inner()?;
+    out.resize(out.len().div_ceil(TAR_RECORD) * TAR_RECORD, 0);
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tar_tests {
-    use super::tar_archive;
+    use super::{TAR_RECORD, key_tarball};
 
     #[test]
-    fn ustar_layout_and_checksums() {
-        let tar = tar_archive(&[
-            ("minion.pem", b"private", 0o600),
-            ("minion.pub", b"public!", 0o644),
-        ]);
-        assert_eq!(tar.len(), 512 * 2 + 512 * 2 + 1024);
-        for header in [&tar[0..512], &tar[1024..1536]] {
-            let stored = std::str::from_utf8(&header[148..154]).unwrap();
-            let mut copy = header.to_vec();
-            copy[148..156].copy_from_slice(b"        ");
-            let sum: u32 = copy.iter().map(|&b| u32::from(b)).sum();
-            assert_eq!(u32::from_str_radix(stored, 8).unwrap(), sum);
-            assert_eq!(&header[257..263], b"ustar\0");
-        }
-        assert_eq!(&tar[512..519], b"private");
-        assert_eq!(&tar[0..10], b"minion.pem");
-        assert_eq!(&tar[100..107], b"0000600");
+    fn key_pair_tarball_has_salt_apis_members() {
+        let tar = key_tarball(b"public!", b"private", 1_790_000_000).unwrap();
+        assert_eq!(
+            tar.len(),
+            TAR_RECORD,
+            "one record, as Python's tarfile pads it"
+        );
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let members: Vec<_> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let header = entry.header().clone();
+                let mut content = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut content).unwrap();
+                assert_eq!(header.entry_type(), tar::EntryType::Regular);
+                assert_eq!(&header.as_bytes()[257..265], b"ustar\x0000");
+                assert_eq!((header.uid().unwrap(), header.gid().unwrap()), (0, 0));
+                assert_eq!(header.mtime().unwrap(), 1_790_000_000);
+                (
+                    header.path().unwrap().display().to_string(),
+                    header.mode().unwrap(),
+                    content,
+                )
+            })
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("minion.pub".to_owned(), 0o644, "public!".to_owned()),
+                ("minion.pem".to_owned(), 0o600, "private".to_owned()),
+            ]
+        );
     }
 }

@@ -15,10 +15,13 @@
 //! Secrets come from files (`secret_file`) or environment variables (`secret_env`), several
 //! (`secrets: [{file: ..}, {env: ..}]`) for rotation; inline secrets are not accepted, so they
 //! never end up in a config dump or a log. Empty secrets are refused.
+//!
+//! [`RawHook`] and [`RawVerify`] are the rules as written; every scheme has its own settings
+//! type that refuses keys it does not take. [`build`] turns them into [`HookRule`]s.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -47,8 +50,8 @@ pub struct RawHook {
     #[serde(default)]
     pub auth: Option<AuthMode>,
     /// One verifier: `{github: {...}}`, `{hmac: {...}}`, ...
-    #[serde(default)]
-    pub verify: Option<HashMap<String, RawVerifier>>,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub verify: Option<RawVerify>,
     /// Client networks allowed (empty: all).
     #[serde(default)]
     pub allow_from: Vec<IpNet>,
@@ -108,48 +111,239 @@ pub struct RawRate {
     pub burst: Option<u32>,
 }
 
-/// A verifier's settings as written; which keys apply depends on the scheme.
+/// A rule's verifier as written: exactly one scheme, `{<scheme>: {settings}}`. Each scheme has
+/// its own settings type that refuses keys it does not take, so a key meant for another scheme
+/// (`tolerance_secs` on a GitLab rule) is an error naming it rather than silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawVerify {
+    /// GitHub `X-Hub-Signature-256`.
+    Github(GithubSettings),
+    /// GitLab `X-Gitlab-Token`.
+    Gitlab(GitlabSettings),
+    /// Gitea / Forgejo `X-Gitea-Signature` / `X-Forgejo-Signature`.
+    #[serde(alias = "forgejo")]
+    Gitea(GiteaSettings),
+    /// Bitbucket `X-Hub-Signature`.
+    Bitbucket(BitbucketSettings),
+    /// Slack `X-Slack-Signature` v0.
+    Slack(SlackSettings),
+    /// Stripe `Stripe-Signature`.
+    Stripe(StripeSettings),
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    StandardWebhooks(StandardWebhooksSettings),
+    /// A generic HMAC in a named header.
+    Hmac(HmacSettings),
+    /// A plain shared token in a named header or `Authorization: Bearer`.
+    Token(TokenSettings),
+    /// Travis CI's RSA-SHA1 `Signature`.
+    Travis(TravisSettings),
+    /// Amazon SNS (signed by the certificate at `SigningCertURL`).
+    Sns(SnsSettings),
+}
+
+impl RawVerify {
+    /// The scheme's name as written under `verify:` (`forgejo` is read as `gitea`).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Self::Github(_) => "github",
+            Self::Gitlab(_) => "gitlab",
+            Self::Gitea(_) => "gitea",
+            Self::Bitbucket(_) => "bitbucket",
+            Self::Slack(_) => "slack",
+            Self::Stripe(_) => "stripe",
+            Self::StandardWebhooks(_) => "standard_webhooks",
+            Self::Hmac(_) => "hmac",
+            Self::Token(_) => "token",
+            Self::Travis(_) => "travis",
+            Self::Sns(_) => "sns",
+        }
+    }
+
+    /// What `saltgate sign` was given on its command line, read as if written under `verify:`
+    /// (so a flag the scheme does not take is refused the same way).
+    pub fn from_flags(
+        scheme: &str,
+        secret_file: &Path,
+        flags: &[(&str, Option<&str>)],
+    ) -> Result<Self, ConfigError> {
+        let mut settings = serde_yaml::Mapping::new();
+        settings.insert(
+            "secret_file".into(),
+            secret_file.to_string_lossy().into_owned().into(),
+        );
+        for (name, value) in flags {
+            if let Some(value) = value {
+                settings.insert((*name).into(), (*value).into());
+            }
+        }
+        let mut doc = serde_yaml::Mapping::new();
+        doc.insert(scheme.into(), settings.into());
+        #[derive(Deserialize)]
+        struct Flags {
+            #[serde(with = "serde_yaml::with::singleton_map")]
+            verify: RawVerify,
+        }
+        let mut root = serde_yaml::Mapping::new();
+        root.insert("verify".into(), doc.into());
+        super::parse_at::<Flags>(serde_yaml::Value::Mapping(root), None).map(|f| f.verify)
+    }
+}
+
+/// Declares a scheme's settings: the secret sources every shared-secret scheme takes, then the
+/// scheme's own keys. Unknown keys are refused.
+macro_rules! secret_scheme {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            /// A file holding the secret (surrounding whitespace ignored).
+            pub secret_file: Option<PathBuf>,
+            /// An environment variable holding the secret.
+            pub secret_env: Option<String>,
+            /// Several secrets, for rotation: `[{file: ..}, {env: ..}]`.
+            pub secrets: Vec<RawSecret>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn sources(&self) -> SecretSources<'_> {
+                SecretSources {
+                    file: self.secret_file.as_ref(),
+                    env: self.secret_env.as_ref(),
+                    list: &self.secrets,
+                }
+            }
+        }
+    };
+}
+
+secret_scheme! {
+    /// `verify: {github: ...}`.
+    GithubSettings {
+        /// Also accept the legacy `X-Hub-Signature` (SHA-1).
+        legacy_sha1: bool,
+    }
+}
+
+secret_scheme! {
+    /// `verify: {gitlab: ...}`: the secret is the `X-Gitlab-Token`.
+    GitlabSettings {}
+}
+
+secret_scheme! {
+    /// `verify: {gitea: ...}` (or `forgejo`).
+    GiteaSettings {}
+}
+
+secret_scheme! {
+    /// `verify: {bitbucket: ...}`.
+    BitbucketSettings {}
+}
+
+secret_scheme! {
+    /// `verify: {slack: ...}`.
+    SlackSettings {
+        /// Accepted clock skew of `X-Slack-Request-Timestamp`, seconds (default 300).
+        tolerance_secs: Option<u64>,
+    }
+}
+
+secret_scheme! {
+    /// `verify: {stripe: ...}`.
+    StripeSettings {
+        /// Accepted clock skew of the signed timestamp, seconds (default 300).
+        tolerance_secs: Option<u64>,
+    }
+}
+
+secret_scheme! {
+    /// `verify: {standard_webhooks: ...}`: secrets are `whsec_<base64>`.
+    StandardWebhooksSettings {
+        /// Accepted clock skew of `webhook-timestamp`, seconds (default 300).
+        tolerance_secs: Option<u64>,
+    }
+}
+
+secret_scheme! {
+    /// `verify: {hmac: ...}`: a MAC of the raw body in a header of your choosing.
+    HmacSettings {
+        /// The header carrying the MAC (required).
+        header: Option<String>,
+        /// The hash (default `sha256`).
+        algorithm: HmacAlgorithm,
+        /// How the MAC is written (default `hex`).
+        encoding: HmacEncoding,
+        /// A literal prefix before the MAC, e.g. `sha256=`.
+        prefix: Option<String>,
+        /// A header with a delivery id for duplicate detection.
+        delivery_header: Option<String>,
+        /// Permit `algorithm: sha1`.
+        allow_sha1: bool,
+    }
+}
+
+secret_scheme! {
+    /// `verify: {token: ...}`: a shared token compared in constant time.
+    TokenSettings {
+        /// The header carrying the token (default: `Authorization: Bearer`).
+        header: Option<String>,
+    }
+}
+
+/// The hash of `verify: {hmac: ...}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// SHA-256.
+    #[default]
+    Sha256,
+    /// SHA-512.
+    Sha512,
+    /// SHA-1, only with `allow_sha1: true`.
+    Sha1,
+}
+
+/// How `verify: {hmac: ...}` MACs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacEncoding {
+    /// Lowercase or uppercase hex.
+    #[default]
+    Hex,
+    /// Standard base64.
+    Base64,
+}
+
+/// `verify: {travis: ...}`: Travis CI signs with its private key; no shared secret.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawVerifier {
-    /// A file holding the secret (surrounding whitespace ignored).
-    pub secret_file: Option<PathBuf>,
-    /// An environment variable holding the secret.
-    pub secret_env: Option<String>,
-    /// Several secrets, for rotation.
-    #[serde(default)]
-    pub secrets: Vec<RawSecret>,
-    /// GitHub: also accept the legacy `X-Hub-Signature` (SHA-1).
-    #[serde(default)]
-    pub legacy_sha1: bool,
-    /// Slack, Stripe, Standard Webhooks: accepted clock skew in seconds (default 300);
-    /// sns: accepted `Timestamp` age either way (default 3600).
-    pub tolerance_secs: Option<u64>,
-    /// hmac / token: the header carrying the signature or token.
-    pub header: Option<String>,
-    /// hmac: `sha256` (default), `sha512`, `sha1` (needs `allow_sha1`).
-    pub algorithm: Option<String>,
-    /// hmac: `hex` (default) or `base64`.
-    pub encoding: Option<String>,
-    /// hmac: a literal prefix before the MAC, e.g. `sha256=`.
-    pub prefix: Option<String>,
-    /// hmac: a header with a delivery id for duplicate detection.
-    pub delivery_header: Option<String>,
-    /// hmac: permit SHA-1.
-    #[serde(default)]
-    pub allow_sha1: bool,
-    /// travis: PEM files of Travis CI's public keys.
-    #[serde(default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TravisSettings {
+    /// PEM files of Travis CI's public keys (SPKI or PKCS#1).
     pub public_key_files: Vec<PathBuf>,
-    /// sns: the topic ARNs accepted (exact match; at least one).
-    #[serde(default)]
+}
+
+/// `verify: {sns: ...}`: Amazon signs with the certificate at `SigningCertURL`; no shared secret.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnsSettings {
+    /// The topic ARNs accepted (exact match; at least one).
     pub topic_arns: Vec<String>,
-    /// sns: GET the `SubscribeURL` of a `SubscriptionConfirmation` instead of only firing it.
-    #[serde(default)]
+    /// GET the `SubscribeURL` of a `SubscriptionConfirmation` instead of only firing it.
     pub confirm_subscriptions: bool,
-    /// sns: accept certificate and subscribe URLs on `sns.<region>.<suffix>` instead of
+    /// Accepted `Timestamp` age either way, seconds (default 3600).
+    pub tolerance_secs: Option<u64>,
+    /// Accept certificate and subscribe URLs on `sns.<region>.<suffix>` instead of
     /// `amazonaws.com` / `amazonaws.com.cn`.
     pub cert_host_suffix: Option<String>,
+}
+
+/// Where a shared-secret scheme's secrets come from.
+struct SecretSources<'a> {
+    file: Option<&'a PathBuf>,
+    env: Option<&'a String>,
+    list: &'a [RawSecret],
 }
 
 /// One secret source.
@@ -226,26 +420,11 @@ pub fn build(
                 "duplicate hook path",
             ));
         }
-        let verifier = match &r.verify {
-            None => None,
-            Some(map) if map.len() == 1 => {
-                let (scheme, settings) = map.iter().next().ok_or_else(|| {
-                    ConfigError::invalid(format!("{key}.verify"), "names no scheme")
-                })?;
-                Some(verifier(
-                    &format!("{key}.verify.{scheme}"),
-                    scheme,
-                    settings,
-                    env,
-                )?)
-            }
-            Some(_) => {
-                return Err(ConfigError::invalid(
-                    format!("{key}.verify"),
-                    "name exactly one scheme",
-                ));
-            }
-        };
+        let verifier = r
+            .verify
+            .as_ref()
+            .map(|raw| verifier(&format!("{key}.verify"), raw, env))
+            .transpose()?;
         let auth = r.auth.unwrap_or(default_auth);
         let rate = r
             .rate
@@ -297,18 +476,14 @@ fn quota(key: &str, raw: &RawRate) -> Result<RateQuota, ConfigError> {
 
 fn secrets(
     key: &str,
-    raw: &RawVerifier,
+    raw: SecretSources<'_>,
     env: &HashMap<String, String>,
 ) -> Result<SecretSet, ConfigError> {
     let mut sources: Vec<(String, Option<&PathBuf>, Option<&String>)> = Vec::new();
-    if raw.secret_file.is_some() || raw.secret_env.is_some() {
-        sources.push((
-            key.to_owned(),
-            raw.secret_file.as_ref(),
-            raw.secret_env.as_ref(),
-        ));
+    if raw.file.is_some() || raw.env.is_some() {
+        sources.push((key.to_owned(), raw.file, raw.env));
     }
-    for (i, s) in raw.secrets.iter().enumerate() {
+    for (i, s) in raw.list.iter().enumerate() {
         sources.push((
             format!("{key}.secrets[{i}]"),
             s.file.as_ref(),
@@ -361,85 +536,91 @@ fn header(key: &str, value: Option<&String>) -> Result<Option<HeaderName>, Confi
         .transpose()
 }
 
-fn tolerance(raw: &RawVerifier) -> Duration {
-    Duration::from_secs(raw.tolerance_secs.unwrap_or(300))
+/// A timestamp scheme's tolerance.
+fn tolerance(secs: Option<u64>) -> Duration {
+    Duration::from_secs(secs.unwrap_or(300))
 }
 
-/// Builds one scheme's verifier from its settings; `key` names it in errors.
+/// Builds the verifier `raw` describes. `key` is where it was written
+/// (`saltgate.hooks[0].verify`); errors name the key below it (`...verify.hmac.header`).
 pub fn verifier(
     key: &str,
-    scheme: &str,
-    raw: &RawVerifier,
+    raw: &RawVerify,
     env: &HashMap<String, String>,
 ) -> Result<Verifier, ConfigError> {
-    Ok(match scheme {
-        "github" => Verifier::Github(
-            github::Github::new(secrets(key, raw, env)?).with_legacy_sha1(raw.legacy_sha1),
+    let key = &format!("{key}.{}", raw.scheme());
+    Ok(match raw {
+        RawVerify::Github(s) => Verifier::Github(
+            github::Github::new(secrets(key, s.sources(), env)?).with_legacy_sha1(s.legacy_sha1),
         ),
-        "gitlab" => Verifier::Gitlab(gitlab::Gitlab::new(secrets(key, raw, env)?)),
-        "gitea" | "forgejo" => Verifier::Gitea(gitea::Gitea::new(secrets(key, raw, env)?)),
-        "bitbucket" => Verifier::Bitbucket(bitbucket::Bitbucket::new(secrets(key, raw, env)?)),
-        "slack" => Verifier::Slack(slack::Slack::new(secrets(key, raw, env)?, tolerance(raw))),
-        "stripe" => Verifier::Stripe(stripe::Stripe::new(secrets(key, raw, env)?, tolerance(raw))),
-        "standard_webhooks" => Verifier::StandardWebhooks(
-            standard_webhooks::StandardWebhooks::new(&secrets(key, raw, env)?, tolerance(raw))
-                .map_err(|_| ConfigError::invalid(key, "the secret is not whsec_<base64>"))?,
+        RawVerify::Gitlab(s) => {
+            Verifier::Gitlab(gitlab::Gitlab::new(secrets(key, s.sources(), env)?))
+        }
+        RawVerify::Gitea(s) => Verifier::Gitea(gitea::Gitea::new(secrets(key, s.sources(), env)?)),
+        RawVerify::Bitbucket(s) => {
+            Verifier::Bitbucket(bitbucket::Bitbucket::new(secrets(key, s.sources(), env)?))
+        }
+        RawVerify::Slack(s) => Verifier::Slack(slack::Slack::new(
+            secrets(key, s.sources(), env)?,
+            tolerance(s.tolerance_secs),
+        )),
+        RawVerify::Stripe(s) => Verifier::Stripe(stripe::Stripe::new(
+            secrets(key, s.sources(), env)?,
+            tolerance(s.tolerance_secs),
+        )),
+        RawVerify::StandardWebhooks(s) => Verifier::StandardWebhooks(
+            standard_webhooks::StandardWebhooks::new(
+                &secrets(key, s.sources(), env)?,
+                tolerance(s.tolerance_secs),
+            )
+            .map_err(|_| ConfigError::invalid(key, "the secret is not whsec_<base64>"))?,
         ),
-        "hmac" => {
-            let header = header(&format!("{key}.header"), raw.header.as_ref())?
+        RawVerify::Hmac(s) => {
+            let mac_header = header(&format!("{key}.header"), s.header.as_ref())?
                 .ok_or_else(|| ConfigError::invalid(format!("{key}.header"), "is required"))?;
-            let algorithm = match raw.algorithm.as_deref().unwrap_or("sha256") {
-                "sha256" => HashAlg::Sha256,
-                "sha512" => HashAlg::Sha512,
-                "sha1" => HashAlg::Sha1,
-                other => {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.algorithm"),
-                        format!("{other:?}: use sha256, sha512 or sha1"),
-                    ));
-                }
+            let algorithm = match s.algorithm {
+                HmacAlgorithm::Sha256 => HashAlg::Sha256,
+                HmacAlgorithm::Sha512 => HashAlg::Sha512,
+                HmacAlgorithm::Sha1 => HashAlg::Sha1,
             };
-            let encoding = match raw.encoding.as_deref().unwrap_or("hex") {
-                "hex" => Encoding::Hex,
-                "base64" => Encoding::Base64,
-                other => {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.encoding"),
-                        format!("{other:?}: use hex or base64"),
-                    ));
-                }
+            let encoding = match s.encoding {
+                HmacEncoding::Hex => Encoding::Hex,
+                HmacEncoding::Base64 => Encoding::Base64,
             };
             Verifier::Hmac(
                 GenericHmac::new(GenericHmacConfig {
-                    secrets: secrets(key, raw, env)?,
-                    header,
+                    secrets: secrets(key, s.sources(), env)?,
+                    header: mac_header,
                     algorithm,
                     encoding,
-                    prefix: raw.prefix.clone(),
-                    delivery_header: header_opt(key, raw.delivery_header.as_ref())?,
-                    allow_sha1: raw.allow_sha1,
+                    prefix: s.prefix.clone(),
+                    delivery_header: header(
+                        &format!("{key}.delivery_header"),
+                        s.delivery_header.as_ref(),
+                    )?,
+                    allow_sha1: s.allow_sha1,
                 })
                 .map_err(|_| {
                     ConfigError::invalid(format!("{key}.algorithm"), "sha1 needs allow_sha1: true")
                 })?,
             )
         }
-        "token" => {
-            let source = match header(&format!("{key}.header"), raw.header.as_ref())? {
+        RawVerify::Token(s) => {
+            let source = match header(&format!("{key}.header"), s.header.as_ref())? {
                 Some(h) => TokenSource::Header(h),
                 None => TokenSource::Bearer,
             };
-            Verifier::Token(token::Token::new(secrets(key, raw, env)?, source))
+            Verifier::Token(token::Token::new(secrets(key, s.sources(), env)?, source))
         }
-        "travis" => {
-            if raw.public_key_files.is_empty() {
+        RawVerify::Travis(s) => {
+            if s.public_key_files.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("{key}.public_key_files"),
                     "needs Travis CI's public key (PEM)",
                 ));
             }
             let mut pems = Vec::new();
-            for (i, path) in raw.public_key_files.iter().enumerate() {
+            for (i, path) in s.public_key_files.iter().enumerate() {
                 pems.push(std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::invalid(
                         format!("{key}.public_key_files[{i}]"),
@@ -452,36 +633,22 @@ pub fn verifier(
                 ConfigError::invalid(format!("{key}.public_key_files"), e.to_string())
             })?)
         }
-        "sns" => {
+        RawVerify::Sns(s) => {
             let topics_key = format!("{key}.topic_arns");
-            let mut v = sns::Sns::new(raw.topic_arns.clone())
+            let mut v = sns::Sns::new(s.topic_arns.clone())
                 .map_err(|e| ConfigError::invalid(&topics_key, e.to_string()))?
-                .with_confirm_subscriptions(raw.confirm_subscriptions)
+                .with_confirm_subscriptions(s.confirm_subscriptions)
                 .with_tolerance(Duration::from_secs(
-                    raw.tolerance_secs
-                        .unwrap_or(sns::DEFAULT_TOLERANCE.as_secs()),
+                    s.tolerance_secs.unwrap_or(sns::DEFAULT_TOLERANCE.as_secs()),
                 ));
-            if let Some(suffix) = &raw.cert_host_suffix {
+            if let Some(suffix) = &s.cert_host_suffix {
                 v = v.with_cert_host_suffix(suffix).map_err(|e| {
                     ConfigError::invalid(format!("{key}.cert_host_suffix"), e.to_string())
                 })?;
             }
             Verifier::Sns(v)
         }
-        other => {
-            return Err(ConfigError::invalid(
-                key,
-                format!(
-                    "unknown scheme {other:?}: use github, gitlab, gitea, bitbucket, slack, \
-                     stripe, standard_webhooks, hmac, token, travis or sns"
-                ),
-            ));
-        }
     })
-}
-
-fn header_opt(key: &str, value: Option<&String>) -> Result<Option<HeaderName>, ConfigError> {
-    header(&format!("{key}.delivery_header"), value)
 }
 
 /// What `saltgate check-config` (and `serve`, at start) warns about in the hook rules:
@@ -547,9 +714,18 @@ pub fn route<'a>(rules: &'a [HookRule], path: &str) -> Option<&'a HookRule> {
 mod tests {
     use super::*;
 
+    /// Reads `yaml` as the `saltgate.hooks` list, naming keys as the loader does.
+    fn rules(yaml: &str) -> Result<Vec<RawHook>, ConfigError> {
+        super::super::parse_at(serde_yaml::from_str(yaml).unwrap(), Some("saltgate.hooks"))
+    }
+
     fn sns(yaml: &str) -> Result<Verifier, ConfigError> {
-        let raw: RawVerifier = serde_yaml::from_str(yaml).unwrap();
-        verifier("saltgate.hooks[0].verify.sns", "sns", &raw, &HashMap::new())
+        let raw: Vec<RawHook> = rules(&format!("[{{path: a, verify: {{sns: {yaml}}}}}]"))?;
+        verifier(
+            "saltgate.hooks[0].verify",
+            raw[0].verify.as_ref().unwrap(),
+            &HashMap::new(),
+        )
     }
 
     #[test]
@@ -575,6 +751,101 @@ mod tests {
             err("{topic_arns: ['arn:aws:sns:eu-west-1:123456789012:a'], cert_host_suffix: 'evil.com/'}")
                 .contains("cert_host_suffix")
         );
-        assert!(serde_yaml::from_str::<RawVerifier>("{topic_arn: x}").is_err());
+        assert!(err("{topic_arn: x}").contains("unknown field `topic_arn`"));
+    }
+
+    /// Every scheme refuses a key that belongs to another one, naming the key, the scheme and
+    /// the rule.
+    #[test]
+    fn each_scheme_refuses_keys_it_does_not_take() {
+        for (scheme, settings, foreign) in [
+            ("github", "secret_env: S", "tolerance_secs: 300"),
+            ("gitlab", "secret_env: S", "tolerance_secs: 300"),
+            ("gitea", "secret_env: S", "legacy_sha1: true"),
+            ("forgejo", "secret_env: S", "header: X-Sig"),
+            ("bitbucket", "secret_env: S", "algorithm: sha512"),
+            ("slack", "secret_env: S", "header: X-Sig"),
+            ("stripe", "secret_env: S", "legacy_sha1: true"),
+            ("standard_webhooks", "secret_env: S", "prefix: v1,"),
+            (
+                "hmac",
+                "{secret_env: S, header: X-Sig}",
+                "tolerance_secs: 300",
+            ),
+            ("token", "secret_env: S", "algorithm: sha256"),
+            ("travis", "public_key_files: [/k.pem]", "secret_env: S"),
+            (
+                "sns",
+                "topic_arns: ['arn:aws:sns:eu-west-1:1:a']",
+                "secret_file: /s",
+            ),
+        ] {
+            let settings = settings.trim_matches(['{', '}']);
+            let yaml =
+                format!("- path: p/{scheme}\n  verify: {{{scheme}: {{{settings}, {foreign}}}}}\n");
+            let err = rules(&yaml).unwrap_err();
+            let field = foreign.split(':').next().unwrap();
+            assert_eq!(
+                err.key(),
+                Some(format!("saltgate.hooks[0].verify.{scheme}.{field}").as_str()),
+                "{scheme}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("unknown field `{field}`")),
+                "{scheme}: {err}"
+            );
+            // The same settings without the foreign key are accepted.
+            let yaml = format!("- path: p\n  verify: {{{scheme}: {{{settings}}}}}\n");
+            let raw = rules(&yaml).unwrap_or_else(|e| panic!("{scheme}: {e}"));
+            let expected = if scheme == "forgejo" { "gitea" } else { scheme };
+            assert_eq!(raw[0].verify.as_ref().unwrap().scheme(), expected);
+        }
+    }
+
+    #[test]
+    fn verify_names_exactly_one_known_scheme() {
+        let err = rules("- {path: a, verify: {carrier_pigeon: {secret_env: S}}}\n").unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("saltgate.hooks[0].verify.carrier_pigeon"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("unknown variant `carrier_pigeon`"),
+            "{err}"
+        );
+        let err =
+            rules("- {path: a, verify: {github: {secret_env: S}, gitlab: {secret_env: S}}}\n")
+                .unwrap_err();
+        assert_eq!(err.key(), Some("saltgate.hooks[0].verify"), "{err}");
+        let err =
+            rules("- {path: a, verify: {hmac: {secret_env: S, header: X, algorithm: md5}}}\n")
+                .unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("saltgate.hooks[0].verify.hmac.algorithm"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("`sha256`, `sha512`, `sha1`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sign_flags_are_read_like_settings() {
+        let file = Path::new("/s");
+        let raw =
+            RawVerify::from_flags("hmac", file, &[("header", Some("X-Sig")), ("prefix", None)])
+                .unwrap();
+        assert_eq!(raw.scheme(), "hmac");
+        let err = RawVerify::from_flags("github", file, &[("header", Some("X-Sig"))]).unwrap_err();
+        assert!(err.to_string().contains("unknown field `header`"), "{err}");
+        let err = RawVerify::from_flags("pigeon", file, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `pigeon`"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::error::ConfigError;
 use crate::salt::bus::ipc::Endpoint;
@@ -22,15 +22,17 @@ pub struct MasterSettings {
     /// The master's cache directory.
     pub cachedir: PathBuf,
     /// `ipc` (unix sockets) or `tcp` (loopback ports) for the event bus.
-    pub ipc_mode: String,
+    pub ipc_mode: IpcMode,
     /// The event publisher's port with `ipc_mode: tcp`.
     pub tcp_master_pub_port: u16,
     /// The event puller's port with `ipc_mode: tcp`.
     pub tcp_master_pull_port: u16,
     /// Use IPv6 loopback in TCP mode.
     pub ipv6: Option<bool>,
-    /// The address the master binds; saltgate connects to it (`0.0.0.0` means loopback).
-    pub interface: String,
+    /// The address the master binds; saltgate connects to it (`0.0.0.0` means loopback). An IP
+    /// address, bracketed or not, as Salt's own clients require.
+    #[serde(deserialize_with = "ip_address")]
+    pub interface: IpAddr,
     /// The request server's port.
     pub ret_port: u16,
     /// Seconds `local` waits for returns before asking `saltutil.find_job`.
@@ -61,17 +63,39 @@ pub struct MasterSettings {
     pub enable_ssh_minions: serde_json::Value,
 }
 
+/// How the master's event bus is reached (Salt's `ipc_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IpcMode {
+    /// Unix sockets in `sock_dir`.
+    #[default]
+    Ipc,
+    /// Loopback TCP ports (`tcp_master_pub_port`, `tcp_master_pull_port`).
+    Tcp,
+}
+
+/// An IP address as Salt writes one in `interface`: `10.0.0.1`, `::1` or `[::1]`.
+fn ip_address<'de, D: Deserializer<'de>>(de: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(de)?;
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address (Salt's clients connect to the master by address)"
+        ))
+    })
+}
+
 impl Default for MasterSettings {
     fn default() -> Self {
         Self {
             root_dir: PathBuf::from("/"),
             sock_dir: PathBuf::from("/var/run/salt/master"),
             cachedir: PathBuf::from("/var/cache/salt/master"),
-            ipc_mode: "ipc".into(),
+            ipc_mode: IpcMode::Ipc,
             tcp_master_pub_port: 4512,
             tcp_master_pull_port: 4513,
             ipv6: None,
-            interface: "0.0.0.0".into(),
+            interface: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ret_port: 4506,
             timeout: 5,
             gather_job_timeout: 10,
@@ -114,11 +138,10 @@ impl MasterSettings {
 
     /// `tcp://<interface>:<ret_port>` with wildcard interfaces mapped to loopback.
     pub fn ret_endpoint(&self) -> String {
-        let host = match self.interface.parse::<IpAddr>() {
-            Ok(ip) if ip.is_unspecified() && ip.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            Ok(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            Ok(ip) => ip,
-            Err(_) => return format!("tcp://{}:{}", self.interface, self.ret_port),
+        let host = match self.interface {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
         };
         match host {
             IpAddr::V4(v4) => format!("tcp://{v4}:{}", self.ret_port),
@@ -128,7 +151,7 @@ impl MasterSettings {
 
     /// The event bus endpoints: (publisher, puller).
     pub fn bus_endpoints(&self) -> (Endpoint, Endpoint) {
-        if self.ipc_mode == "tcp" {
+        if self.ipc_mode == IpcMode::Tcp {
             let host = if self.ipv6 == Some(true) {
                 IpAddr::V6(Ipv6Addr::LOCALHOST)
             } else {
@@ -177,38 +200,69 @@ fn under_root(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
+/// A master config file and its includes merged into one mapping, remembering which file each
+/// key was read from so that errors can name it.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// The merged document.
+    pub doc: serde_yaml::Mapping,
+    /// The master config file itself.
+    pub file: PathBuf,
+    /// Key paths an include set (`rest_cherrypy.port`, `saltgate.hooks`), with that include.
+    from_includes: Vec<(String, PathBuf)>,
+}
+
+impl Merged {
+    /// The file the value at `key` (a key path such as `saltgate.hooks[2].path`) came from:
+    /// the include that last set it or a key above it, else the master config file.
+    pub fn file_of(&self, key: &str) -> &Path {
+        self.from_includes
+            .iter()
+            .filter(|(set, _)| is_under(key, set))
+            .max_by_key(|(set, _)| set.len())
+            .map_or(self.file.as_path(), |(_, file)| file.as_path())
+    }
+}
+
+/// Whether the key path `key` is `parent` or below it.
+fn is_under(key: &str, parent: &str) -> bool {
+    key.strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
 /// Reads a master config file and its includes into one merged YAML mapping.
-pub fn read_merged(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
-    let mut merged = read_yaml(path)?;
+pub fn read_merged(path: &Path) -> Result<Merged, ConfigError> {
+    let doc = read_yaml(path)?;
+    let mut merged = Merged {
+        doc,
+        file: path.to_path_buf(),
+        from_includes: Vec::new(),
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut patterns: Vec<String> = Vec::new();
-    match merged.get("default_include") {
+    let invalid = |key: &str, message: &str| ConfigError::invalid(key, message).in_file(path);
+    match merged.doc.get("default_include") {
         Some(serde_yaml::Value::String(s)) => patterns.push(s.clone()),
-        Some(_) => return Err(ConfigError::invalid("default_include", "must be a string")),
+        Some(_) => return Err(invalid("default_include", "must be a string")),
         None => patterns.push("master.d/*.conf".into()),
     }
-    match merged.get("include") {
+    match merged.doc.get("include") {
         None => {}
         Some(serde_yaml::Value::String(s)) => patterns.push(s.clone()),
         Some(serde_yaml::Value::Sequence(items)) => {
             for item in items {
                 match item {
                     serde_yaml::Value::String(s) => patterns.push(s.clone()),
-                    _ => return Err(ConfigError::invalid("include", "must be strings")),
+                    _ => return Err(invalid("include", "must be strings")),
                 }
             }
         }
-        Some(_) => {
-            return Err(ConfigError::invalid(
-                "include",
-                "must be a string or a list",
-            ));
-        }
+        Some(_) => return Err(invalid("include", "must be a string or a list")),
     }
     for pattern in patterns {
         for file in expand(dir, &pattern)? {
             let extra = read_yaml(&file)?;
-            merge(&mut merged, extra);
+            merge(&mut merged.doc, extra, "", &file, &mut merged.from_includes);
         }
     }
     Ok(merged)
@@ -237,12 +291,35 @@ fn read_yaml(path: &Path) -> Result<serde_yaml::Mapping, ConfigError> {
 }
 
 /// Salt merges included files recursively: mappings merge key by key, anything else replaces.
-fn merge(into: &mut serde_yaml::Mapping, from: serde_yaml::Mapping) {
+/// Each replaced key path is noted with `file` in `origins` (dropping notes below it).
+fn merge(
+    into: &mut serde_yaml::Mapping,
+    from: serde_yaml::Mapping,
+    prefix: &str,
+    file: &Path,
+    origins: &mut Vec<(String, PathBuf)>,
+) {
     for (k, v) in from {
+        let name = match &k {
+            serde_yaml::Value::String(s) => s.clone(),
+            other => serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}.{name}")
+        };
         match (into.get_mut(&k), v) {
-            (Some(serde_yaml::Value::Mapping(a)), serde_yaml::Value::Mapping(b)) => merge(a, b),
+            (Some(serde_yaml::Value::Mapping(a)), serde_yaml::Value::Mapping(b)) => {
+                merge(a, b, &path, file, origins);
+            }
             (_, v) => {
                 into.insert(k, v);
+                origins.retain(|(set, _)| !is_under(set, &path));
+                origins.push((path, file.to_path_buf()));
             }
         }
     }
@@ -354,13 +431,13 @@ mod tests {
         let m = MasterSettings::default();
         assert_eq!(m.ret_endpoint(), "tcp://127.0.0.1:4506");
         let m = MasterSettings {
-            interface: "::".into(),
+            interface: "::".parse().unwrap(),
             ret_port: 1,
             ..Default::default()
         };
         assert_eq!(m.ret_endpoint(), "tcp://[::1]:1");
         let m = MasterSettings {
-            ipc_mode: "tcp".into(),
+            ipc_mode: IpcMode::Tcp,
             ..Default::default()
         };
         assert_eq!(
@@ -385,10 +462,62 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("master.d/a.conf"), "ret_port: 2\n").unwrap();
         std::fs::write(dir.path().join("master.d/c.txt"), "ret_port: 3\n").unwrap();
-        let m = read_merged(&dir.path().join("master")).unwrap();
+        let merged = read_merged(&dir.path().join("master")).unwrap();
+        let m = &merged.doc;
         assert_eq!(m.get("ret_port"), Some(&serde_yaml::Value::from(2)));
         let rc = m.get("rest_cherrypy").unwrap();
         assert_eq!(rc.get("port"), Some(&serde_yaml::Value::from(8000)));
         assert_eq!(rc.get("host"), Some(&serde_yaml::Value::from("h")));
+        // Each key is traced to the file that set it last.
+        assert_eq!(
+            merged.file_of("ret_port"),
+            dir.path().join("master.d/a.conf")
+        );
+        assert_eq!(
+            merged.file_of("rest_cherrypy.host"),
+            dir.path().join("master.d/b.conf")
+        );
+        assert_eq!(
+            merged.file_of("rest_cherrypy.port"),
+            dir.path().join("master")
+        );
+        assert_eq!(merged.file_of("rest_cherrypy"), dir.path().join("master"));
+        assert_eq!(merged.file_of("ret_portx"), dir.path().join("master"));
+    }
+
+    #[test]
+    fn a_replaced_key_forgets_where_its_old_children_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("master"), "").unwrap();
+        std::fs::create_dir(dir.path().join("master.d")).unwrap();
+        std::fs::write(
+            dir.path().join("master.d/a.conf"),
+            "saltgate:\n  hooks: []\n  bus: builtin\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("master.d/b.conf"), "saltgate: ~\n").unwrap();
+        std::fs::write(
+            dir.path().join("master.d/c.conf"),
+            "saltgate:\n  hooks: [{path: x}]\n",
+        )
+        .unwrap();
+        let merged = read_merged(&dir.path().join("master")).unwrap();
+        let c = dir.path().join("master.d/c.conf");
+        assert_eq!(merged.file_of("saltgate.hooks[0].path"), c);
+        assert_eq!(merged.file_of("saltgate"), c);
+        assert_eq!(merged.file_of("saltgate.bus"), c);
+    }
+
+    #[test]
+    fn interface_is_an_ip_address() {
+        let m: MasterSettings = serde_yaml::from_str("interface: '[::1]'\n").unwrap();
+        assert_eq!(m.interface, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let e = serde_yaml::from_str::<MasterSettings>("interface: eth0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("\"eth0\" is not an IP address"),
+            "{e}"
+        );
+        let e = serde_yaml::from_str::<MasterSettings>("ipc_mode: pipes\n").unwrap_err();
+        assert!(e.to_string().contains("`ipc` or `tcp`"), "{e}");
     }
 }

@@ -1,259 +1,35 @@
 //! Configuration: the Salt master config (plus `master.d/*.conf`), salt-api's `rest_cherrypy:`
 //! block taken as is for drop-in use, and saltgate's own `saltgate:` block.
 //!
-//! [`Config::load`] is a pure function of the files it is given and an environment map; it
-//! validates everything into typed values and names the key at fault when it refuses. Nothing
-//! here is async and nothing here touches HTTP.
+//! Two stages: [`raw`] is the config as read (serde mirrors of the YAML, each value typed as it
+//! parses), [`Config`] the validated whole (checked across keys, secrets read, verifiers built,
+//! the bus chosen). [`Config::load`] is a pure function of the files it is given and an
+//! environment map; when it refuses, the error names the file and the key path at fault.
+//! `saltgate check-config` and `saltgate serve` load through the same function, so they refuse
+//! the same configs with the same words. Nothing here is async and nothing here touches HTTP.
 
 pub mod error;
 pub mod hooks;
 pub mod master;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 pub use error::ConfigError;
-pub use hooks::{AuthMode, HookRule};
-pub use master::MasterSettings;
+pub use hooks::{AuthMode, HookRule, RawHook};
+pub use master::{IpcMode, MasterSettings};
+pub use raw::{
+    BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, SaltgateSettings,
+    Unmatched,
+};
+
+pub(crate) use raw::parse_at;
 
 use crate::salt::bus::ipc::PullFraming;
 use crate::salt::wire::framing::Framing;
-
-/// salt-api's `rest_cherrypy:` block. Unknown keys are accepted (salt-api has many that only
-/// concern CherryPy); known keys must have the right type.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct RestCherrypy {
-    /// The port to listen on.
-    pub port: u16,
-    /// The address to listen on.
-    pub host: String,
-    /// TLS certificate (PEM).
-    pub ssl_crt: Option<PathBuf>,
-    /// TLS private key (PEM).
-    pub ssl_key: Option<PathBuf>,
-    /// Serve plain HTTP.
-    pub disable_ssl: bool,
-    /// Accept hooks without a Salt token.
-    pub webhook_disable_auth: bool,
-    /// The URL prefix of hooks.
-    pub webhook_url: String,
-    /// The largest request body accepted, in bytes.
-    pub max_request_body_size: u64,
-    /// Serve `/stats`.
-    pub collect_stats: bool,
-    /// Serve `/stats` without a token.
-    pub stats_disable_auth: bool,
-    /// A prefix for every route.
-    pub root_prefix: String,
-    /// A directory of static files to serve (rest_cherrypy's `static`).
-    #[serde(rename = "static")]
-    pub static_dir: Option<PathBuf>,
-    /// The URL the static files are served under.
-    pub static_path: String,
-    /// An HTML file served at `app_path` and below (rest_cherrypy's `app`).
-    pub app: Option<PathBuf>,
-    /// The URL of the app page.
-    pub app_path: String,
-    /// Origins allowed to call the API from a browser (rest_tornado's key): `"*"`, one origin,
-    /// or a list. Unset: no CORS headers at all (rest_cherrypy reflects any origin instead).
-    pub cors_origin: Option<CorsOrigin>,
-}
-
-/// `cors_origin`: one origin (or `*`) or a list of them.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum CorsOrigin {
-    /// `"*"` or one origin.
-    One(String),
-    /// Several origins.
-    Many(Vec<String>),
-}
-
-impl CorsOrigin {
-    /// The origins as a list.
-    pub fn origins(&self) -> Vec<&str> {
-        match self {
-            Self::One(o) => vec![o.as_str()],
-            Self::Many(os) => os.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
-impl Default for RestCherrypy {
-    fn default() -> Self {
-        Self {
-            port: 8000,
-            host: "0.0.0.0".into(),
-            ssl_crt: None,
-            ssl_key: None,
-            disable_ssl: false,
-            webhook_disable_auth: false,
-            webhook_url: "/hook".into(),
-            max_request_body_size: 1_048_576,
-            collect_stats: false,
-            stats_disable_auth: false,
-            root_prefix: "/".into(),
-            static_dir: None,
-            static_path: "/static".into(),
-            app: None,
-            app_path: "/app".into(),
-            cors_origin: None,
-        }
-    }
-}
-
-/// Which event bus saltgate attaches to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BusChoice {
-    /// The master's bus when its sockets exist on this machine, else the built-in one.
-    #[default]
-    Auto,
-    /// Always the master's bus (reconnecting until it is there).
-    Master,
-    /// Always the built-in in-process bus.
-    Builtin,
-}
-
-/// The pull-side framing setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FramingSetting {
-    /// Detect by echo.
-    #[default]
-    Auto,
-    /// 4-byte length prefix (3006.26+, 3007.15+, 3008.2+).
-    Prefixed,
-    /// Bare msgpack (older releases).
-    Bare,
-}
-
-/// saltgate's own `saltgate:` block.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SaltgateSettings {
-    /// Which bus to use.
-    pub bus: BusChoice,
-    /// The master event puller's framing.
-    pub event_pull_framing: FramingSetting,
-    /// Concurrent requests to the master's request server.
-    pub request_pool: usize,
-    /// Open connections accepted at once; more wait in the kernel's backlog.
-    pub max_connections: usize,
-    /// Seconds a client has to send its request headers.
-    pub header_timeout_secs: u64,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Events each stream subscriber (`/events`, `/ws`) may fall behind by before it is told how
-    /// many it missed; memory per subscriber is bounded by this queue.
-    pub event_queue: usize,
-    /// Bytes of events (decoded, with their stream rendering) the subscribers' shared queue
-    /// holds before the slowest subscriber is told it missed some; bounds what stalled readers
-    /// pin whatever the event size.
-    pub event_queue_bytes: usize,
-    /// Seconds a WebSocket stream may take to write one event before the subscriber is dropped;
-    /// also the write deadline of a connection carrying an event stream (instead of
-    /// `write_timeout_secs`).
-    pub stream_write_timeout_secs: u64,
-    /// Seconds between keep-alive comments on `/events` (pings on `/ws`); token recheck period.
-    pub stream_keepalive_secs: u64,
-    /// Serve `/events`, `/ws` and the events page without a Salt token. The built-in bus has no
-    /// master to check tokens, so there streams are refused unless this is set.
-    pub streams_disable_auth: bool,
-    /// URL of the events page.
-    pub ui_path: String,
-    /// Per-hook rules.
-    pub hooks: Vec<hooks::RawHook>,
-    /// What happens to hook paths no rule covers.
-    pub unmatched_hooks: Unmatched,
-    /// Open connections one client address (IPv6: one /64) may hold; `trusted_proxies` peers
-    /// are not counted (only `max_connections` bounds them).
-    pub max_connections_per_client: usize,
-    /// Open event streams (`/events`, `/ws`, `/all_events`, `/formatted_events`); a stream
-    /// leaves the `max_connections` budget once open.
-    pub max_streams: usize,
-    /// Request-body bytes buffered at once over all requests; past it bodies get 503.
-    pub max_buffered_body_bytes: u64,
-    /// HTTP/2 (TLS only) concurrent streams per connection.
-    pub http2_max_streams: u32,
-    /// Seconds from accept (or TLS handshake) to a client's first byte.
-    pub first_byte_timeout_secs: u64,
-    /// Seconds a kept-alive connection may sit idle between requests.
-    pub keep_alive_timeout_secs: u64,
-    /// Longest pause, in seconds, inside a request body (408).
-    pub body_timeout_secs: u64,
-    /// Minimum average request-body rate in bytes/s once `body_rate_grace_secs` has passed
-    /// (408 below it); 0 turns the rate check off.
-    pub body_min_bytes_per_sec: u64,
-    /// Seconds a request body may take before `body_min_bytes_per_sec` applies.
-    pub body_rate_grace_secs: u64,
-    /// Seconds a response write may stay blocked on a client that reads nothing.
-    pub write_timeout_secs: u64,
-    /// IPv6 clients are counted by this network prefix in rate limits and the login/token
-    /// throttle (IPv4 clients per address).
-    pub rate_limit_ipv6_prefix: u8,
-    /// Client keys each rate-limit table (per hook rule, and the login/token throttle) tracks;
-    /// past it the least recently used key is forgotten.
-    pub rate_limit_max_keys: usize,
-    /// Failed logins and token checks a client may make at once before it is refused (429).
-    pub auth_failure_burst: u32,
-    /// Failed logins and token checks a client may make per minute after its burst.
-    pub auth_failures_per_minute: u32,
-    /// Login and token checks sent to the master at once.
-    pub auth_max_in_flight: usize,
-}
-
-/// What happens to hook paths no rule covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Unmatched {
-    /// Accepted under the default rule (`webhook_disable_auth` decides token auth), as salt-api.
-    #[default]
-    Allow,
-    /// Refused with 404.
-    Refuse,
-}
-
-impl Default for SaltgateSettings {
-    fn default() -> Self {
-        Self {
-            bus: BusChoice::Auto,
-            event_pull_framing: FramingSetting::Auto,
-            request_pool: 32,
-            max_connections: 4096,
-            header_timeout_secs: 10,
-            trusted_proxies: Vec::new(),
-            event_queue: 8192,
-            event_queue_bytes: crate::salt::bus::DEFAULT_QUEUE_BYTES,
-            stream_write_timeout_secs: 30,
-            stream_keepalive_secs: 15,
-            streams_disable_auth: false,
-            ui_path: "/ui".into(),
-            hooks: Vec::new(),
-            unmatched_hooks: Unmatched::Allow,
-            max_connections_per_client: 256,
-            max_streams: 1024,
-            max_buffered_body_bytes: 64 * 1024 * 1024,
-            http2_max_streams: 32,
-            first_byte_timeout_secs: 10,
-            keep_alive_timeout_secs: 10,
-            body_timeout_secs: 10,
-            body_min_bytes_per_sec: 500,
-            body_rate_grace_secs: 5,
-            write_timeout_secs: 30,
-            rate_limit_ipv6_prefix: crate::security::rate::DEFAULT_IPV6_PREFIX,
-            rate_limit_max_keys: crate::security::rate::DEFAULT_MAX_KEYS,
-            auth_failure_burst: crate::security::throttle::DEFAULT_FAILURE_BURST,
-            auth_failures_per_minute: crate::security::throttle::DEFAULT_FAILURES_PER_MINUTE,
-            auth_max_in_flight: 2,
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -270,13 +46,15 @@ pub struct Config {
     pub use_master: bool,
     /// Validated hook rules; the last one is the default for unmatched paths.
     pub hooks: Vec<HookRule>,
+    /// Keys of the `rest_cherrypy:` block saltgate does not act on (for [`warnings`]).
+    pub unread: Vec<String>,
 }
 
 impl Config {
     /// Defaults with the built-in bus: what `saltgate serve` uses without `--config`.
     pub fn builtin() -> Self {
         let api = RestCherrypy {
-            host: "127.0.0.1".into(),
+            host: ListenHost::Ip(IpAddr::from([127, 0, 0, 1])),
             ..RestCherrypy::default()
         };
         let mut config = Self {
@@ -289,16 +67,22 @@ impl Config {
             },
             use_master: false,
             hooks: Vec::new(),
+            unread: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
-        let _ = config.rebuild_hooks(&HashMap::new());
+        let _ = config.set_hooks(&[], &HashMap::new());
         config
     }
 
-    /// Rebuilds [`Config::hooks`] from the raw rules and the `rest_cherrypy` settings.
-    pub fn rebuild_hooks(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    /// Builds [`Config::hooks`] from rules as written and the `rest_cherrypy` settings (which
+    /// decide the default rule); call it again after changing those settings.
+    pub fn set_hooks(
+        &mut self,
+        raw: &[RawHook],
+        env: &HashMap<String, String>,
+    ) -> Result<(), ConfigError> {
         self.hooks = hooks::build(
-            &self.saltgate.hooks,
+            raw,
             self.api.webhook_disable_auth,
             self.api.max_request_body_size,
             env,
@@ -316,36 +100,53 @@ impl Config {
             path.to_path_buf()
         };
         let merged = master::read_merged(&file)?;
-        let root = serde_yaml::Value::Mapping(merged);
-        let mut master: MasterSettings = typed(&root, None)?;
+        Self::from_raw(&merged, env).map_err(|e| {
+            let in_file = match e.key() {
+                Some(key) => merged.file_of(key).to_path_buf(),
+                None => merged.file.clone(),
+            };
+            let rule = e.key().and_then(|key| rule_path(&merged.doc, key));
+            let e = match rule {
+                Some(path) => e.with_note(&format!("in the rule for {path:?}")),
+                None => e,
+            };
+            e.in_file(&in_file)
+        })
+    }
+
+    /// Validates the merged document of a master config.
+    fn from_raw(
+        merged: &master::Merged,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let RawConfig {
+            mut master,
+            rest_cherrypy,
+            saltgate,
+            hooks,
+            unread,
+        } = RawConfig::parse(&merged.doc)?;
         master.resolve_paths();
-        let api: RestCherrypy = typed(&root, Some("rest_cherrypy"))?;
-        let saltgate: SaltgateSettings = typed(&root, Some("saltgate"))?;
         let use_master = match saltgate.bus {
             BusChoice::Master => true,
             BusChoice::Builtin => false,
-            BusChoice::Auto => master.ipc_mode == "tcp" || master.sock_dir.exists(),
+            BusChoice::Auto => master.ipc_mode == IpcMode::Tcp || master.sock_dir.exists(),
         };
         let mut config = Self {
-            source: Some(file),
+            source: Some(merged.file.clone()),
             master,
-            api,
+            api: rest_cherrypy,
             saltgate,
             use_master,
             hooks: Vec::new(),
+            unread,
         };
         config.validate()?;
-        config.rebuild_hooks(env)?;
+        config.set_hooks(&hooks, env)?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.api.host.parse::<IpAddr>().is_err() && self.api.host != "localhost" {
-            return Err(ConfigError::invalid(
-                "rest_cherrypy.host",
-                "must be an IP address",
-            ));
-        }
         if !self.api.webhook_url.starts_with('/') {
             return Err(ConfigError::invalid(
                 "rest_cherrypy.webhook_url",
@@ -400,9 +201,6 @@ impl Config {
                 ));
             }
             _ => {}
-        }
-        if !matches!(self.master.ipc_mode.as_str(), "ipc" | "tcp") {
-            return Err(ConfigError::invalid("ipc_mode", "must be ipc or tcp"));
         }
         if self.saltgate.request_pool == 0 {
             return Err(ConfigError::invalid("saltgate.request_pool", "must be > 0"));
@@ -515,13 +313,7 @@ impl Config {
 
     /// Whether plain HTTP is allowed: `disable_ssl`, or no certificate and a loopback address.
     pub fn plaintext_allowed(&self) -> bool {
-        self.api.disable_ssl
-            || self.api.host == "localhost"
-            || self
-                .api
-                .host
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        self.api.disable_ssl || self.api.host.ip().is_loopback()
     }
 
     /// How client addresses are keyed in rate limits and the login/token throttle.
@@ -549,37 +341,61 @@ impl Config {
     }
 }
 
-/// Deserializes the whole document or one block of it, naming the key path on error.
-fn typed<T: serde::de::DeserializeOwned + Default>(
-    root: &serde_yaml::Value,
-    block: Option<&str>,
-) -> Result<T, ConfigError> {
-    let value = match block {
-        None => root.clone(),
-        Some(name) => match root.get(name) {
-            None | Some(serde_yaml::Value::Null) => return Ok(T::default()),
-            Some(v) => v.clone(),
-        },
-    };
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let key = match (block, path.as_str()) {
-            (Some(b), ".") => b.to_owned(),
-            (Some(b), p) => format!("{b}.{p}"),
-            (None, p) => p.to_owned(),
-        };
-        ConfigError::invalid(key, e.into_inner().to_string())
-    })
+/// The `path` of the rule a key path such as `saltgate.hooks[2].verify.github` is in.
+fn rule_path(doc: &serde_yaml::Mapping, key: &str) -> Option<String> {
+    let rest = key.strip_prefix("saltgate.hooks[")?;
+    let index: usize = rest.split(']').next()?.parse().ok()?;
+    let path = doc.get("saltgate")?.get("hooks")?.get(index)?.get("path")?;
+    path.as_str().map(str::to_owned)
 }
 
 /// Settings that are valid but probably not what the operator means (printed by
 /// `saltgate check-config`, logged by `serve` at start).
 pub fn warnings(config: &Config) -> Vec<String> {
-    hooks::warnings(
+    let mut out: Vec<String> = config
+        .unread
+        .iter()
+        .filter_map(|key| match salt_api_only(key) {
+            Some(None) => None,
+            Some(Some(note)) => Some(format!("rest_cherrypy.{key}: {note}")),
+            None => Some(format!(
+                "rest_cherrypy.{key}: neither salt-api nor saltgate reads this key (a typo?)"
+            )),
+        })
+        .collect();
+    out.extend(hooks::warnings(
         &config.hooks,
         config.saltgate.unmatched_hooks == Unmatched::Allow,
         &config.master.reactor_globs(),
-    )
+    ));
+    out
+}
+
+/// What `saltgate check-config` adds below the effective settings: salt-api keys in the config
+/// that only tune CherryPy, which saltgate accepts and does not use.
+pub fn notes(config: &Config) -> Vec<String> {
+    let tuning: Vec<&str> = config
+        .unread
+        .iter()
+        .map(String::as_str)
+        .filter(|key| salt_api_only(key) == Some(None))
+        .collect();
+    if tuning.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "rest_cherrypy: {} tune salt-api's CherryPy server; saltgate accepts and ignores them",
+        tuning.join(", ")
+    )]
+}
+
+/// `Some(note)` for a salt-api key saltgate does not read, `None` for a key salt-api does not
+/// know either.
+fn salt_api_only(key: &str) -> Option<Option<&'static str>> {
+    raw::SALT_API_ONLY_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, note)| *note)
 }
 
 /// The effective configuration as YAML, for `saltgate check-config`. Secrets are never part of
@@ -598,7 +414,7 @@ pub fn render_effective(config: &Config) -> String {
             "netapi_enable_clients": config.master.netapi_enable_clients,
         },
         "rest_cherrypy": {
-            "host": config.api.host,
+            "host": config.api.host.to_string(),
             "port": config.api.port,
             "tls": !config.api.disable_ssl && config.api.ssl_crt.is_some(),
             "ssl_crt": config.api.ssl_crt.as_ref().map(|p| p.display().to_string()),
@@ -665,29 +481,36 @@ mod tests {
         assert_eq!(c.pull_framing(), PullFraming::Fixed(Framing::Bare));
     }
 
+    /// The key path of the error loading `text` refuses with.
+    fn refused_key(text: &str) -> String {
+        let e = load_text(text).unwrap_err();
+        e.key().unwrap_or_else(|| panic!("no key: {e}")).to_owned()
+    }
+
     #[test]
     fn errors_name_the_key() {
-        let e = load_text("rest_cherrypy:\n  port: nope\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("rest_cherrypy.port:"), "{e}");
-        let e = load_text("saltgate:\n  colour: red\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("saltgate"), "{e}");
-        assert!(e.contains("colour"), "{e}");
-        let e = load_text("ret_port: -1\n").unwrap_err().to_string();
-        assert!(e.starts_with("ret_port:"), "{e}");
-        let e = load_text("ipc_mode: pipes\n").unwrap_err().to_string();
-        assert!(e.starts_with("ipc_mode:"), "{e}");
-        let e = load_text("rest_cherrypy:\n  ssl_crt: /x\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("rest_cherrypy.ssl_key:"), "{e}");
-        let e = load_text("rest_cherrypy:\n  cors_origin: [https://ok.example, 'javascript:x']\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("rest_cherrypy.cors_origin:"), "{e}");
+        assert_eq!(
+            refused_key("rest_cherrypy:\n  port: nope\n"),
+            "rest_cherrypy.port"
+        );
+        let e = load_text("saltgate:\n  colour: red\n").unwrap_err();
+        assert_eq!(e.key(), Some("saltgate.colour"), "{e}");
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.to_string().contains("`hooks`"),
+            "the rules are a key too: {e}"
+        );
+        assert_eq!(refused_key("ret_port: -1\n"), "ret_port");
+        assert_eq!(refused_key("ipc_mode: pipes\n"), "ipc_mode");
+        assert_eq!(refused_key("interface: eth0\n"), "interface");
+        assert_eq!(
+            refused_key("rest_cherrypy:\n  ssl_crt: /x\n"),
+            "rest_cherrypy.ssl_key"
+        );
+        assert_eq!(
+            refused_key("rest_cherrypy:\n  cors_origin: [https://ok.example, 'javascript:x']\n"),
+            "rest_cherrypy.cors_origin"
+        );
         let c = load_text("rest_cherrypy:\n  cors_origin: https://ok.example\n").unwrap();
         assert_eq!(
             c.api.cors_origin.unwrap().origins(),
@@ -695,6 +518,121 @@ mod tests {
         );
         let e = load_text("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = dir.path().join("master");
+        std::fs::write(&master, "rest_cherrypy:\n  port: 8000\n").unwrap();
+        std::fs::create_dir(dir.path().join("master.d")).unwrap();
+        let include = dir.path().join("master.d/saltgate.conf");
+        std::fs::write(
+            &include,
+            "saltgate:\n  hooks:\n    - path: gitlab/push\n      \
+             verify: {gitlab: {secret_env: S, tolerance_secs: 60}}\n",
+        )
+        .unwrap();
+        let e = Config::load(dir.path(), &HashMap::new()).unwrap_err();
+        assert_eq!(e.file(), Some(include.as_path()), "{e}");
+        let key = "saltgate.hooks[0].verify.gitlab.tolerance_secs";
+        assert_eq!(e.key(), Some(key), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("{}: {key}: ", include.display())),
+            "{text}"
+        );
+        assert!(text.contains("unknown field `tolerance_secs`"), "{text}");
+        assert!(text.contains("in the rule for \"gitlab/push\""), "{text}");
+        // A key of the master file itself names that file.
+        std::fs::write(&master, "rest_cherrypy:\n  host: api.example.com\n").unwrap();
+        std::fs::remove_file(&include).unwrap();
+        let e = Config::load(dir.path(), &HashMap::new()).unwrap_err();
+        assert_eq!(e.file(), Some(master.as_path()), "{e}");
+        assert_eq!(e.key(), Some("rest_cherrypy.host"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("\"api.example.com\" is not an IP address or localhost"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_and_ipc_mode_are_typed() {
+        let c = load_text("ipc_mode: tcp\nrest_cherrypy:\n  host: '::1'\n").unwrap();
+        assert_eq!(c.master.ipc_mode, IpcMode::Tcp);
+        assert_eq!(c.api.host, ListenHost::Ip("::1".parse().unwrap()));
+        assert!(c.plaintext_allowed());
+        let c = load_text("rest_cherrypy:\n  host: localhost\n").unwrap();
+        assert_eq!(c.api.host, ListenHost::Localhost);
+        assert_eq!(c.api.host.ip(), IpAddr::from([127, 0, 0, 1]));
+        let c = load_text("rest_cherrypy:\n  port: 1\n").unwrap();
+        assert_eq!(c.api.host.to_string(), "0.0.0.0");
+        assert!(!c.plaintext_allowed());
+        for bad in ["300.1.1.1", "api.example.com", "''", "0.0.0.0:8000"] {
+            let e = load_text(&format!("rest_cherrypy:\n  host: {bad}\n")).unwrap_err();
+            assert_eq!(e.key(), Some("rest_cherrypy.host"), "{e}");
+        }
+        let e = load_text("rest_cherrypy:\n  host: [1]\n").unwrap_err();
+        assert_eq!(e.key(), Some("rest_cherrypy.host"), "{e}");
+        let e = load_text("ipc_mode: pipes\n").unwrap_err();
+        assert!(e.to_string().contains("expected `ipc` or `tcp`"), "{e}");
+    }
+
+    #[test]
+    fn salt_api_keys_saltgate_does_not_read_are_accepted_and_reported() {
+        let c = load_text(
+            "rest_cherrypy:\n  port: 8000\n  thread_pool: 30\n  debug: true\n  \
+             api_acl: {users: {'*': ['*']}}\n  prot: 8001\n",
+        )
+        .unwrap();
+        let mut unread = c.unread.clone();
+        unread.sort();
+        assert_eq!(unread, ["api_acl", "debug", "prot", "thread_pool"]);
+        let warnings = warnings(&c);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("rest_cherrypy.api_acl: not enforced")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("rest_cherrypy.prot: neither salt-api")),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("thread_pool")),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            notes(&c),
+            [
+                "rest_cherrypy: thread_pool, debug tune salt-api's CherryPy server; saltgate \
+              accepts and ignores them"
+            ]
+        );
+        // Every key salt-api 3006-3008 reads is either read by saltgate or in the table.
+        let c = load_text(
+            "rest_cherrypy:\n  port: 8000\n  host: 0.0.0.0\n  thread_pool: 100\n  \
+             queue_size: 30\n  socket_queue_size: 30\n  max_request_body_size: 1048576\n  \
+             debug: false\n  log_access_file: ''\n  log_error_file: ''\n  \
+             expire_responses: true\n  collect_stats: false\n  stats_disable_auth: false\n  \
+             favicon: /f.ico\n  static: /srv/s\n  static_path: /static\n  app: /srv/a.html\n  \
+             app_path: /app\n  enable_sessions: true\n  webhook_url: /hook\n  \
+             webhook_disable_auth: false\n  disable_ssl: true\n  ssl_crt: /c\n  ssl_key: /k\n  \
+             ssl_chain: /ch\n  root_prefix: /\n  api_acl: {}\n  authorized_ips: []\n",
+        )
+        .unwrap();
+        for key in &c.unread {
+            assert!(salt_api_only(key).is_some(), "{key} is in neither list");
+        }
+        // Keys saltgate reads keep their types.
+        assert_eq!(
+            refused_key("rest_cherrypy:\n  disable_ssl: maybe\n"),
+            "rest_cherrypy.disable_ssl"
+        );
     }
 
     #[test]
@@ -714,16 +652,16 @@ mod tests {
             "first_byte_timeout_secs: 0",
             "body_timeout_secs: 0",
         ] {
-            let e = load_text(&format!("saltgate:\n  {bad}\n"))
-                .unwrap_err()
-                .to_string();
             let key = bad.split(':').next().unwrap();
-            assert!(e.starts_with(&format!("saltgate.{key}:")), "{e}");
+            assert_eq!(
+                refused_key(&format!("saltgate:\n  {bad}\n")),
+                format!("saltgate.{key}")
+            );
         }
-        let e = load_text("saltgate:\n  max_buffered_body_bytes: 1000\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("saltgate.max_buffered_body_bytes:"), "{e}");
+        assert_eq!(
+            refused_key("saltgate:\n  max_buffered_body_bytes: 1000\n"),
+            "saltgate.max_buffered_body_bytes"
+        );
     }
 
     #[test]
@@ -751,11 +689,11 @@ mod tests {
             "auth_max_in_flight: 0",
             "rate_limit_max_keys: 0",
         ] {
-            let e = load_text(&format!("saltgate:\n  {bad}\n"))
-                .unwrap_err()
-                .to_string();
             let key = bad.split(':').next().unwrap();
-            assert!(e.starts_with(&format!("saltgate.{key}")), "{e}");
+            assert_eq!(
+                refused_key(&format!("saltgate:\n  {bad}\n")),
+                format!("saltgate.{key}")
+            );
         }
     }
 

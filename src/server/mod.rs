@@ -422,13 +422,5 @@ where
 
 /// The address to bind from config.
 pub fn bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let host = if config.api.host == "localhost" {
-        "127.0.0.1"
-    } else {
-        config.api.host.as_str()
-    };
-    let ip: std::net::IpAddr = host
-        .parse()
-        .with_context(|| format!("rest_cherrypy.host: {host}"))?;
-    Ok(SocketAddr::new(ip, config.api.port))
+    Ok(SocketAddr::new(config.api.host.ip(), config.api.port))
 }

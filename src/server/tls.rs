@@ -4,33 +4,28 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// Builds the acceptor from PEM files: a certificate chain and a private key.
 pub fn acceptor(crt: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     use anyhow::Context;
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(crt)
-            .with_context(|| format!("rest_cherrypy.ssl_crt: {}", crt.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("rest_cherrypy.ssl_crt: {} is not PEM", crt.display()))?;
+    let certs = CertificateDer::pem_file_iter(crt)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error("rest_cherrypy.ssl_crt", crt, e))?;
     if certs.is_empty() {
         anyhow::bail!(
             "rest_cherrypy.ssl_crt: {} holds no certificate",
             crt.display()
         );
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key)
-            .with_context(|| format!("rest_cherrypy.ssl_key: {}", key.display()))?,
-    ))
-    .with_context(|| format!("rest_cherrypy.ssl_key: {} is not PEM", key.display()))?
-    .with_context(|| {
-        format!(
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        pem::Error::NoItemsFound => anyhow::anyhow!(
             "rest_cherrypy.ssl_key: {} holds no private key",
             key.display()
-        )
+        ),
+        e => pem_error("rest_cherrypy.ssl_key", key, e),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -41,4 +36,12 @@ pub fn acceptor(crt: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .context("rest_cherrypy.ssl_crt/ssl_key do not form a usable pair")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Why a PEM file named by `key` could not be used: unreadable, or not PEM.
+fn pem_error(key: &str, path: &Path, e: pem::Error) -> anyhow::Error {
+    match e {
+        pem::Error::Io(e) => anyhow::anyhow!("{key}: {}: {e}", path.display()),
+        e => anyhow::anyhow!("{key}: {} is not PEM: {e}", path.display()),
+    }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use saltgate::api::AppState;
-use saltgate::config::{BusChoice, Config};
+use saltgate::config::{BusChoice, Config, ListenHost, RawHook};
 use saltgate::server::{self, Limits};
 use std::sync::Arc;
 
@@ -68,12 +68,14 @@ impl Gate {
         config.saltgate.bus = BusChoice::Master;
         config.use_master = true;
         config.api.webhook_disable_auth = true;
-        config.api.host = "127.0.0.1".into();
-        if !hooks_yaml.is_empty() {
-            config.saltgate.hooks = serde_yaml::from_str(hooks_yaml).unwrap();
-        }
+        config.api.host = ListenHost::Ip([127, 0, 0, 1].into());
+        let hooks: Vec<RawHook> = if hooks_yaml.is_empty() {
+            Vec::new()
+        } else {
+            serde_yaml::from_str(hooks_yaml).unwrap()
+        };
         tweak(&mut config);
-        config.rebuild_hooks(&env).unwrap();
+        config.set_hooks(&hooks, &env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = Limits::from_config(&config);

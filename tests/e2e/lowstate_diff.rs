@@ -270,7 +270,12 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
 
 #[tokio::test]
 async fn post_keys_hands_out_an_accepted_key_pair_as_a_tar() {
-    let sandbox = blocking(|| SaltSandbox::builder().start()).await;
+    let sandbox = blocking(|| {
+        SaltSandbox::builder()
+            .with_salt_api(SaltApi::RestCherrypy)
+            .start()
+    })
+    .await;
     let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
     let c = reqwest::Client::new();
     let creds = |mid: &str, password: &str| json!({"mid": mid, "username": "saltdev", "password": password, "eauth": "file"});
@@ -287,6 +292,33 @@ async fn post_keys_hands_out_an_accepted_key_pair_as_a_tar() {
         "attachment; filename=\"saltkeys-seeded-minion.tar\""
     );
     let tar = resp.bytes().await.unwrap();
+    // The archive holds what rest_cherrypy's holds, in its order and shape, but for the
+    // private key's mode (0600; rest_cherrypy: 0644) and the files' time (rest_cherrypy: 0).
+    let resp = c
+        .post(format!("http://127.0.0.1:{}/keys", sandbox.salt_api_port()))
+        .json(&creds("cherrypy-minion", "saltdev"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let theirs = resp.bytes().await.unwrap();
+    let (ours, theirs) = (tar_members(&tar), tar_members(&theirs));
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!((&o.name, o.kind, o.owner), (&t.name, t.kind, t.owner));
+        assert_eq!(
+            o.text.contains("PRIVATE KEY"),
+            t.text.contains("PRIVATE KEY")
+        );
+    }
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!((ours[0].mode, theirs[0].mode), (0o644, 0o644), "minion.pub");
+    assert_eq!((ours[1].mode, theirs[1].mode), (0o600, 0o644), "minion.pem");
+    assert_eq!(
+        tar.len() % 10240,
+        0,
+        "padded to whole records, as Python's tarfile writes"
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("keys.tar"), &tar).unwrap();
     let out = std::process::Command::new("tar")
@@ -332,4 +364,35 @@ async fn post_keys_hands_out_an_accepted_key_pair_as_a_tar() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+}
+
+/// One member of a tar archive, as a comparison sees it.
+#[derive(Debug)]
+struct TarMember {
+    name: String,
+    kind: u8,
+    owner: (u64, u64),
+    mode: u32,
+    text: String,
+}
+
+fn tar_members(bytes: &[u8]) -> Vec<TarMember> {
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let header = entry.header().clone();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            TarMember {
+                name: header.path().unwrap().display().to_string(),
+                kind: header.entry_type().as_byte(),
+                owner: (header.uid().unwrap(), header.gid().unwrap()),
+                mode: header.mode().unwrap(),
+                text,
+            }
+        })
+        .collect()
 }

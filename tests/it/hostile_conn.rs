@@ -477,12 +477,10 @@ async fn h2c_is_not_served_and_h2_over_tls_has_few_streams() {
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn tls_connect(addr: SocketAddr, alpn: &[u8]) -> TlsStream {
-    let ca = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.crt"),
-    )
-    .unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.crt");
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca[..]) {
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -51,7 +51,7 @@ async fn stalled_handshake_does_not_block_other_clients() {
 #[test]
 fn plain_http_needs_loopback_or_disable_ssl() {
     let mut config = Config::builtin();
-    config.api.host = "0.0.0.0".into();
+    config.api.host = "0.0.0.0".parse().unwrap();
     let Err(err) = server::tls_from_config(&config) else {
         panic!("plain HTTP on 0.0.0.0 accepted")
     };
@@ -60,6 +60,6 @@ fn plain_http_needs_loopback_or_disable_ssl() {
     config.api.disable_ssl = true;
     assert!(server::tls_from_config(&config).unwrap().is_none());
     let mut config = Config::builtin();
-    config.api.host = "127.0.0.1".into();
+    config.api.host = "127.0.0.1".parse().unwrap();
     assert!(server::tls_from_config(&config).unwrap().is_none());
 }

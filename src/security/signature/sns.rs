@@ -35,7 +35,8 @@ use rsa::pkcs1v15::{Signature, VerifyingKey};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier as _;
 use rsa::traits::PublicKeyParts;
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use serde::Deserialize;
 
 use super::{MAX_DELIVERY_ID_LEN, Verified, VerifyError, name, single_header};
@@ -527,7 +528,7 @@ fn certificates(cert: &[u8]) -> Result<Vec<CertificateDer<'static>>, VerifyError
         return Ok(vec![CertificateDer::from(cert.to_vec())]);
     }
     let mut out = Vec::new();
-    for item in rustls_pemfile::certs(&mut &cert[..]) {
+    for item in CertificateDer::pem_slice_iter(cert) {
         let item = item.map_err(|_| VerifyError::BadCertificate("malformed PEM"))?;
         if out.len() == MAX_CHAIN {
             return Err(VerifyError::BadCertificate("too many certificates"));

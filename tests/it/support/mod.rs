@@ -23,6 +23,7 @@ pub struct Builder {
     config: Config,
     limits: Limits,
     env: std::collections::HashMap<String, String>,
+    hooks: Vec<saltgate::config::RawHook>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -36,6 +37,7 @@ impl TestApp {
             config,
             limits,
             env: Default::default(),
+            hooks: Vec::new(),
             tls: None,
         }
     }
@@ -81,7 +83,7 @@ impl Builder {
 
     /// Hook rules as YAML (the `saltgate.hooks` list); secrets via `secret_env` from `env`.
     pub fn with_hooks(mut self, yaml: &str, env: &[(&str, &str)]) -> Self {
-        self.config.saltgate.hooks = serde_yaml::from_str(yaml).unwrap();
+        self.hooks = serde_yaml::from_str(yaml).unwrap();
         self.env
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self
@@ -91,7 +93,7 @@ impl Builder {
     /// The event bus is the master's, whose sockets do not exist: hooks cannot fire.
     pub fn with_master(mut self, master: &fake_master::FakeMaster) -> Self {
         self.config.use_master = true;
-        self.config.master.interface = "127.0.0.1".into();
+        self.config.master.interface = [127, 0, 0, 1].into();
         self.config.master.ret_port = master.port;
         self.config.master.sock_dir = "/nonexistent/saltgate-it/sock".into();
         self
@@ -109,7 +111,7 @@ impl Builder {
     }
 
     pub async fn spawn(mut self) -> TestApp {
-        self.config.rebuild_hooks(&self.env).unwrap();
+        self.config.set_hooks(&self.hooks, &self.env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = server::build_state(self.config);
