@@ -33,7 +33,8 @@ struct Cli {
 enum Command {
     /// Serve the API. Without --config: the built-in event bus on 127.0.0.1:8000.
     Serve {
-        /// The Salt master config file (or its directory), with `rest_cherrypy:`/`saltgate:`.
+        /// The Salt master config file (or its directory), with `rest_cherrypy:`, `rest_wsgi:`
+        /// and `saltgate:`.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -138,23 +139,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let addr = server::bind_addr(&config)?;
-    let tls = server::tls_from_config(&config)?;
     let limits = server::Limits::from_config(&config);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(
-        address = %addr,
-        tls = tls.is_some(),
-        version = env!("CARGO_PKG_VERSION"),
-        "saltgate listening"
-    );
+    let listeners = server::bind_all(&config).await?;
+    for listener in &listeners {
+        tracing::info!(
+            dialect = listener.dialect.block(),
+            address = %listener.tcp.local_addr().context("listener address")?,
+            tls = listener.tls.is_some(),
+            version = env!("CARGO_PKG_VERSION"),
+            "saltgate listening"
+        );
+    }
     for warning in saltgate::config::warnings(&config) {
         tracing::warn!("{warning}");
     }
     let state = server::build_state(config);
-    server::run(state, listener, tls, limits, shutdown_signal()).await
+    server::serve(state, listeners, limits, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -274,7 +274,9 @@ pub async fn respond(request: Request, next: Next) -> Response {
     Response::from_parts(parts, body)
 }
 
-fn log(error: &ApiError, method: &str, route: &str) {
+/// Logs an error answered to a client (see [`respond`]): at debug for client mistakes, up to
+/// error for 500s, with the Salt detail the client never sees.
+pub fn log(error: &ApiError, method: &str, route: &str) {
     let (status, code) = error.status_code();
     let status = status.as_u16();
     let message = error.message();

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod csrf;
+pub mod dialect;
 pub mod error;
 pub mod files;
 pub mod hook;

@@ -1,5 +1,7 @@
 //! Configuration: the Salt master config (plus `master.d/*.conf`), salt-api's `rest_cherrypy:`
-//! block taken as is for drop-in use, and saltgate's own `saltgate:` block.
+//! and `rest_wsgi:` blocks taken as they are for drop-in use, and saltgate's own `saltgate:`
+//! block. Each salt-api block is one [`Dialect`], served on its own listener ([`Listen`]); the
+//! `saltgate:` block applies to all of them.
 //!
 //! Two stages: [`raw`] is the config as read (serde mirrors of the YAML, each value typed as it
 //! parses), [`Config`] the validated whole (checked across keys, secrets read, verifiers built,
@@ -14,7 +16,7 @@ pub mod master;
 pub mod raw;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,8 +24,8 @@ pub use error::ConfigError;
 pub use hooks::{AuthMode, HookRule, RawHook};
 pub use master::{IpcMode, MasterSettings};
 pub use raw::{
-    BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, SaltgateSettings,
-    Unmatched,
+    BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, RestWsgi,
+    SaltgateSettings, Unmatched,
 };
 
 pub(crate) use error::parse_at;
@@ -48,6 +50,66 @@ pub struct Config {
     pub hooks: Vec<HookRule>,
     /// Keys of the `rest_cherrypy:` block saltgate does not act on (for [`warnings`]).
     pub unread: Vec<String>,
+    /// Whether the rest_cherrypy dialect is served: the config has a `rest_cherrypy:` block, or
+    /// no other dialect's block.
+    pub serve_cherrypy: bool,
+    /// The `rest_wsgi:` block: the rest_wsgi dialect is served when it is set.
+    pub wsgi: Option<RestWsgi>,
+    /// Keys of the `rest_wsgi:` block saltgate does not read (for [`warnings`]).
+    pub unread_wsgi: Vec<String>,
+}
+
+/// A salt-api module, as saltgate serves it on a listener of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `rest_cherrypy`: the whole API, hooks and streams.
+    RestCherrypy,
+    /// `rest_wsgi`: `POST /` with credentials in every chunk, nothing else.
+    RestWsgi,
+}
+
+impl Dialect {
+    /// The master config block that configures it.
+    pub fn block(self) -> &'static str {
+        match self {
+            Self::RestCherrypy => "rest_cherrypy",
+            Self::RestWsgi => "rest_wsgi",
+        }
+    }
+}
+
+/// One listener: the dialect it serves, its address and its TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// What it serves.
+    pub dialect: Dialect,
+    /// The address to bind.
+    pub host: ListenHost,
+    /// The port to bind.
+    pub port: u16,
+    /// TLS certificate (PEM).
+    pub ssl_crt: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub ssl_key: Option<PathBuf>,
+    /// Plain HTTP on any address.
+    pub disable_ssl: bool,
+}
+
+impl Listen {
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host.ip(), self.port)
+    }
+
+    /// Whether it serves TLS.
+    pub fn tls(&self) -> bool {
+        !self.disable_ssl && self.ssl_crt.is_some()
+    }
+
+    /// Whether plain HTTP is allowed: `disable_ssl`, or a loopback address.
+    pub fn plaintext_allowed(&self) -> bool {
+        self.disable_ssl || self.host.ip().is_loopback()
+    }
 }
 
 impl Config {
@@ -68,6 +130,9 @@ impl Config {
             use_master: false,
             hooks: Vec::new(),
             unread: Vec::new(),
+            serve_cherrypy: true,
+            wsgi: None,
+            unread_wsgi: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
         let _ = config.set_hooks(&[], &HashMap::new());
@@ -125,6 +190,9 @@ impl Config {
             saltgate,
             hooks,
             unread,
+            has_rest_cherrypy,
+            rest_wsgi,
+            unread_wsgi,
         } = RawConfig::parse(&merged.doc)?;
         master.resolve_paths();
         let use_master = match saltgate.bus {
@@ -140,6 +208,9 @@ impl Config {
             use_master,
             hooks: Vec::new(),
             unread,
+            serve_cherrypy: has_rest_cherrypy || rest_wsgi.is_none(),
+            wsgi: rest_wsgi,
+            unread_wsgi,
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;
@@ -187,20 +258,53 @@ impl Config {
                 }
             }
         }
-        match (&self.api.ssl_crt, &self.api.ssl_key, self.api.disable_ssl) {
-            (Some(_), None, false) => {
+        let listeners = self.listeners();
+        for listen in &listeners {
+            let block = listen.dialect.block();
+            match (&listen.ssl_crt, &listen.ssl_key, listen.disable_ssl) {
+                (Some(_), None, false) => {
+                    return Err(ConfigError::invalid(
+                        format!("{block}.ssl_key"),
+                        "needed with ssl_crt",
+                    ));
+                }
+                (None, Some(_), false) => {
+                    return Err(ConfigError::invalid(
+                        format!("{block}.ssl_crt"),
+                        "needed with ssl_key",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (i, a) in listeners.iter().enumerate() {
+            for b in &listeners[..i] {
+                let (ia, ib) = (a.host.ip(), b.host.ip());
+                if a.port == b.port && (ia == ib || ia.is_unspecified() || ib.is_unspecified()) {
+                    return Err(ConfigError::invalid(
+                        format!("{}.port", a.dialect.block()),
+                        format!(
+                            "{} is {}.port too: each block is served on its own listener",
+                            a.port,
+                            b.dialect.block()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(wsgi) = &self.wsgi {
+            if wsgi.max_request_body_size == 0 {
                 return Err(ConfigError::invalid(
-                    "rest_cherrypy.ssl_key",
-                    "needed with ssl_crt",
+                    "rest_wsgi.max_request_body_size",
+                    "must be > 0",
                 ));
             }
-            (None, Some(_), false) => {
+            if self.saltgate.max_buffered_body_bytes < wsgi.max_request_body_size {
                 return Err(ConfigError::invalid(
-                    "rest_cherrypy.ssl_crt",
-                    "needed with ssl_key",
+                    "saltgate.max_buffered_body_bytes",
+                    "must be at least rest_wsgi.max_request_body_size",
                 ));
             }
-            _ => {}
         }
         if self.saltgate.request_pool == 0 {
             return Err(ConfigError::invalid("saltgate.request_pool", "must be > 0"));
@@ -311,9 +415,36 @@ impl Config {
         }
     }
 
-    /// Whether plain HTTP is allowed: `disable_ssl`, or no certificate and a loopback address.
+    /// Whether plain HTTP is allowed on the rest_cherrypy listener: `disable_ssl`, or no
+    /// certificate and a loopback address.
     pub fn plaintext_allowed(&self) -> bool {
         self.api.disable_ssl || self.api.host.ip().is_loopback()
+    }
+
+    /// The listeners to open, one per served dialect: rest_cherrypy first.
+    pub fn listeners(&self) -> Vec<Listen> {
+        let mut out = Vec::new();
+        if self.serve_cherrypy {
+            out.push(Listen {
+                dialect: Dialect::RestCherrypy,
+                host: self.api.host,
+                port: self.api.port,
+                ssl_crt: self.api.ssl_crt.clone(),
+                ssl_key: self.api.ssl_key.clone(),
+                disable_ssl: self.api.disable_ssl,
+            });
+        }
+        if let Some(wsgi) = &self.wsgi {
+            out.push(Listen {
+                dialect: Dialect::RestWsgi,
+                host: wsgi.host,
+                port: wsgi.port,
+                ssl_crt: wsgi.ssl_crt.clone(),
+                ssl_key: wsgi.ssl_key.clone(),
+                disable_ssl: wsgi.disable_ssl,
+            });
+        }
+        out
     }
 
     /// How client addresses are keyed in rate limits and the login/token throttle.
@@ -363,6 +494,12 @@ pub fn warnings(config: &Config) -> Vec<String> {
             )),
         })
         .collect();
+    out.extend(config.unread_wsgi.iter().map(|key| {
+        format!(
+            "rest_wsgi.{key}: neither salt-api's rest_wsgi (which reads only port) nor saltgate \
+             reads this key"
+        )
+    }));
     out.extend(hooks::warnings(
         &config.hooks,
         config.saltgate.unmatched_hooks == Unmatched::Allow,
@@ -423,6 +560,18 @@ pub fn render_effective(config: &Config) -> String {
             "max_request_body_size": config.api.max_request_body_size,
             "root_prefix": config.api.root_prefix,
         },
+        "listeners": config.listeners().iter().map(|l| serde_json::json!({
+            "dialect": l.dialect.block(),
+            "address": l.addr().to_string(),
+            "tls": l.tls(),
+        })).collect::<Vec<_>>(),
+        "rest_wsgi": config.wsgi.as_ref().map(|w| serde_json::json!({
+            "host": w.host.to_string(),
+            "port": w.port,
+            "tls": !w.disable_ssl && w.ssl_crt.is_some(),
+            "ssl_crt": w.ssl_crt.as_ref().map(|p| p.display().to_string()),
+            "max_request_body_size": w.max_request_body_size,
+        })),
         "saltgate": {
             "request_pool": config.saltgate.request_pool,
             "max_connections": config.saltgate.max_connections,

@@ -36,6 +36,13 @@ pub struct RawConfig {
     pub hooks: Vec<RawHook>,
     /// Keys of the `rest_cherrypy:` block saltgate does not read (`thread_pool`, a typo).
     pub unread: Vec<String>,
+    /// Whether the config has a `rest_cherrypy:` block (without one, and with another
+    /// dialect's block, saltgate serves only that dialect).
+    pub has_rest_cherrypy: bool,
+    /// The `rest_wsgi:` block, when there is one.
+    pub rest_wsgi: Option<RestWsgi>,
+    /// Keys of the `rest_wsgi:` block saltgate does not read.
+    pub unread_wsgi: Vec<String>,
 }
 
 impl RawConfig {
@@ -49,6 +56,18 @@ impl RawConfig {
                 let mut note = |path: serde_ignored::Path<'_>| unread.push(path.to_string());
                 let de = serde_ignored::Deserializer::new(value, &mut note);
                 at_key(serde_path_to_error::deserialize(de), Some("rest_cherrypy"))?
+            }
+        };
+        let mut unread_wsgi = Vec::new();
+        let rest_wsgi = match block(doc, "rest_wsgi") {
+            None => None,
+            Some(value) => {
+                let mut note = |path: serde_ignored::Path<'_>| unread_wsgi.push(path.to_string());
+                let de = serde_ignored::Deserializer::new(value, &mut note);
+                Some(at_key(
+                    serde_path_to_error::deserialize(de),
+                    Some("rest_wsgi"),
+                )?)
             }
         };
         let (saltgate, hooks) = match block(doc, "saltgate") {
@@ -77,6 +96,9 @@ impl RawConfig {
             saltgate,
             hooks,
             unread,
+            has_rest_cherrypy: block(doc, "rest_cherrypy").is_some(),
+            rest_wsgi,
+            unread_wsgi,
         })
     }
 }
@@ -267,6 +289,39 @@ impl Default for RestCherrypy {
             cors_origin: None,
         }
     }
+}
+
+/// salt-api's `rest_wsgi:` block. salt-api reads one key, `port` (it loads rest_wsgi only when
+/// `port` is set), and binds `localhost`. saltgate adds the keys a listener of its own needs:
+/// `host` (default `localhost`, as rest_wsgi), the TLS pair (rest_wsgi never served TLS) and the
+/// body cap. Other keys are accepted and reported, as in `rest_cherrypy:`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RestWsgi {
+    /// The port to listen on (required, as salt-api requires it).
+    pub port: u16,
+    /// The address to listen on (saltgate's key; rest_wsgi binds `localhost`).
+    #[serde(default = "localhost")]
+    pub host: ListenHost,
+    /// TLS certificate (PEM; saltgate's key).
+    #[serde(default)]
+    pub ssl_crt: Option<PathBuf>,
+    /// TLS private key (PEM; saltgate's key).
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    /// Serve plain HTTP even on a non-loopback `host` (saltgate's key).
+    #[serde(default)]
+    pub disable_ssl: bool,
+    /// The largest request body accepted, in bytes (saltgate's key; rest_wsgi has no cap).
+    #[serde(default = "default_body_size")]
+    pub max_request_body_size: u64,
+}
+
+fn localhost() -> ListenHost {
+    ListenHost::Localhost
+}
+
+fn default_body_size() -> u64 {
+    RestCherrypy::default().max_request_body_size
 }
 
 /// Which event bus saltgate attaches to.

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::limits::{Budgets, ConnSlot, Limit};
 use crate::api::{self, App, AppState};
-use crate::config::Config;
+use crate::config::{Config, Dialect, Listen};
 use crate::salt::bus::ipc::{IpcBus, IpcBusConfig};
 use crate::salt::bus::memory::MemoryBus;
 use crate::salt::channel::{MasterChannel, Timeouts};
@@ -187,30 +187,83 @@ impl Limits {
     }
 }
 
-/// The TLS acceptor the config asks for, or `None` for plain HTTP; refuses plain HTTP on a
-/// non-loopback address unless `disable_ssl` says so.
+/// The TLS acceptor the config asks for on the rest_cherrypy listener, or `None` for plain
+/// HTTP; refuses plain HTTP on a non-loopback address unless `disable_ssl` says so.
 pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    match (
-        &config.api.ssl_crt,
-        &config.api.ssl_key,
-        config.api.disable_ssl,
-    ) {
+    let listen = Listen {
+        dialect: Dialect::RestCherrypy,
+        host: config.api.host,
+        port: config.api.port,
+        ssl_crt: config.api.ssl_crt.clone(),
+        ssl_key: config.api.ssl_key.clone(),
+        disable_ssl: config.api.disable_ssl,
+    };
+    tls_for(&listen)
+}
+
+/// The TLS acceptor of one listener, or `None` for plain HTTP; refuses plain HTTP on a
+/// non-loopback address unless its block's `disable_ssl` says so.
+pub fn tls_for(listen: &Listen) -> anyhow::Result<Option<TlsAcceptor>> {
+    let block = listen.dialect.block();
+    match (&listen.ssl_crt, &listen.ssl_key, listen.disable_ssl) {
         (_, _, true) => Ok(None),
-        (Some(crt), Some(key), false) => Ok(Some(tls::acceptor(crt, key)?)),
-        _ if config.plaintext_allowed() => Ok(None),
+        (Some(crt), Some(key), false) => Ok(Some(tls::acceptor(block, crt, key)?)),
+        _ if listen.plaintext_allowed() => Ok(None),
         _ => anyhow::bail!(
-            "rest_cherrypy: no ssl_crt/ssl_key for {}; set disable_ssl: true to serve plain HTTP",
-            config.api.host
+            "{block}: no ssl_crt/ssl_key for {}; set disable_ssl: true to serve plain HTTP",
+            listen.host
         ),
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish (bounded by `limits.drain_timeout`).
-///
-/// Plain-text connections speak HTTP/1.1 only: HTTP/2 without TLS (h2c) is not served, since
-/// salt-api clients never use it and it lets one connection buffer many streams. Over TLS the
-/// protocol is what ALPN chose: `h2` or HTTP/1.1.
+/// A bound listener and what it serves.
+pub struct Listener {
+    /// The dialect served on it.
+    pub dialect: Dialect,
+    /// The socket.
+    pub tcp: TcpListener,
+    /// Its TLS acceptor, or `None` for plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("dialect", &self.dialect)
+            .field("addr", &self.tcp.local_addr().ok())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Listener {
+    /// A listener for `dialect`.
+    pub fn new(dialect: Dialect, tcp: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+        Self { dialect, tcp, tls }
+    }
+}
+
+/// Binds every listener the config asks for (one per served dialect), after checking all
+/// their TLS settings, so that a bad one refuses the start before anything listens.
+pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
+    let listens = config.listeners();
+    let mut tls = Vec::with_capacity(listens.len());
+    for listen in &listens {
+        tls.push(tls_for(listen)?);
+    }
+    let mut out = Vec::with_capacity(listens.len());
+    for (listen, tls) in listens.iter().zip(tls) {
+        let addr = listen.addr();
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{}: binding {addr}", listen.dialect.block()))?;
+        out.push(Listener::new(listen.dialect, tcp, tls));
+    }
+    Ok(out)
+}
+
+/// Serves `state` on `listener` (the rest_cherrypy dialect) until `shutdown` resolves; see
+/// [`serve`].
 pub async fn run(
     state: AppState,
     listener: TcpListener,
@@ -218,116 +271,191 @@ pub async fn run(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let listener = Listener::new(Dialect::RestCherrypy, listener, tls);
+    serve(state, vec![listener], limits, shutdown).await
+}
+
+/// Serves `state` on every listener, each with its dialect's routes, until `shutdown` resolves,
+/// then stops accepting and lets in-flight requests finish (bounded by `limits.drain_timeout`).
+///
+/// The listeners share one core: the state (bus, master channel, token cache, metrics), the
+/// connection and stream budgets, the per-client connection counts and the drain. Each has its
+/// own accept loop; every connection gets the same deadlines whichever listener took it.
+///
+/// Plain-text connections speak HTTP/1.1 only: HTTP/2 without TLS (h2c) is not served, since
+/// salt-api clients never use it and it lets one connection buffer many streams. Over TLS the
+/// protocol is what ALPN chose: `h2` or HTTP/1.1.
+pub async fn serve(
+    state: AppState,
+    listeners: Vec<Listener>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let streams_stop = state.shutdown.clone();
-    let budgets = Arc::new(Budgets::new(
-        limits.max_connections,
-        limits.max_streams,
-        limits.max_buffered_body_bytes,
-        Some(Arc::clone(&state.metrics)),
-    ));
-    let clients = conn::ClientTable::new(limits.max_connections_per_client, limits.exempt.clone());
-    let router = api::router(state);
-    let tracker = tokio_util::task::TaskTracker::new();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let core = Arc::new(Core {
+        budgets: Arc::new(Budgets::new(
+            limits.max_connections,
+            limits.max_streams,
+            limits.max_buffered_body_bytes,
+            Some(Arc::clone(&state.metrics)),
+        )),
+        clients: conn::ClientTable::new(limits.max_connections_per_client, limits.exempt.clone()),
+        tracker: tokio_util::task::TaskTracker::new(),
+        stop: tokio_util::sync::CancellationToken::new(),
+        limits,
+    });
+    let accepting = tokio_util::sync::CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let router = api::dialect::router(listener.dialect, state.clone());
+        loops.spawn(accept_loop(
+            Arc::clone(&core),
+            listener,
+            router,
+            accepting.clone(),
+        ));
+    }
+    let failed = tokio::select! {
+        () = shutdown => None,
+        Some(ended) = loops.join_next() => Some(ended),
+    };
+    accepting.cancel();
+    while loops.join_next().await.is_some() {}
+    // Event streams never finish on their own; end them so the drain below can complete.
+    streams_stop.cancel();
+    tracing::info!("Shutting down: no new connections; waiting for in-flight requests");
+    core.stop.cancel();
+    core.tracker.close();
+    match tokio::time::timeout(core.limits.drain_timeout, core.tracker.wait()).await {
+        Ok(()) => tracing::info!("All connections closed"),
+        Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
+    }
+    match failed {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("an accept loop panicked: {e}")),
+        Some(Ok(Ok(()))) | None => Ok(()),
+    }
+}
+
+/// What every listener shares.
+struct Core {
+    budgets: Arc<Budgets>,
+    clients: Arc<conn::ClientTable>,
+    tracker: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+    limits: Limits,
+}
+
+/// One listener's accept loop: until `accepting` is cancelled (or the connection limiter
+/// closes, an error).
+async fn accept_loop(
+    core: Arc<Core>,
+    listener: Listener,
+    router: axum::Router,
+    accepting: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let Listener { tcp, tls, dialect } = listener;
+    let budgets = &core.budgets;
     loop {
         let permit = tokio::select! {
-            () = &mut shutdown => break,
+            () = accepting.cancelled() => break,
             permit = Arc::clone(&budgets.general).acquire_owned() => permit.context("connection limiter closed")?,
         };
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            () = accepting.cancelled() => break,
+            accepted = tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed");
+                    tracing::warn!(dialect = dialect.block(), error = %e, "Accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let Some(client) = clients.admit(peer.ip()) else {
+        let Some(client) = core.clients.admit(peer.ip()) else {
             // Over its cap: closed at once, the slot goes back to everyone else.
             budgets.hit(Limit::PerClient, peer.ip());
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let slot = Arc::new(ConnSlot::new(Arc::clone(&budgets), peer.ip(), permit));
+        let slot = Arc::new(ConnSlot::new(Arc::clone(budgets), peer.ip(), permit));
         let activity = conn::Activity::new(client, slot);
         let service = conn::ConnService::new(
             router.clone(),
             peer,
             Arc::clone(&activity),
-            Arc::clone(&budgets),
-            limits.deadlines(),
+            Arc::clone(budgets),
+            core.limits.deadlines(),
         );
         let stream = conn::Tracked::new(stream, Arc::clone(&activity));
-        let tls = tls.clone();
-        let limits = limits.clone();
-        let stop = stop.clone();
-        let budgets = Arc::clone(&budgets);
-        tracker.spawn(async move {
-            let deadlines = limits.deadlines();
-            let result = match tls {
-                None => {
-                    let conn = http1(&limits)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    guarded(conn, &activity, deadlines, &stop).await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            activity.restart_idle();
-                            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            let io = TokioIo::new(tls_stream);
-                            if h2 {
-                                let conn = http2(&limits).serve_connection(io, service);
-                                guarded(conn, &activity, deadlines, &stop).await
-                            } else {
-                                let conn =
-                                    http1(&limits).serve_connection(io, service).with_upgrades();
-                                guarded(conn, &activity, deadlines, &stop).await
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(client_ip = %peer.ip(), error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(client_ip = %peer.ip(), "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(client_ip = %peer.ip(), error = %e, "Connection ended with an error");
-                }
-                Err(limit) => {
-                    budgets.hit(limit, peer.ip());
-                    tracing::debug!(client_ip = %peer.ip(), limit = limit.name(), "Connection deadline passed: closed");
-                }
-            }
-        });
-    }
-    drop(listener);
-    // Event streams never finish on their own; end them so the drain below can complete.
-    streams_stop.cancel();
-    tracing::info!("Shutting down: no new connections; waiting for in-flight requests");
-    stop.cancel();
-    tracker.close();
-    match tokio::time::timeout(limits.drain_timeout, tracker.wait()).await {
-        Ok(()) => tracing::info!("All connections closed"),
-        Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
+        core.tracker.spawn(connection(
+            Arc::clone(&core),
+            stream,
+            service,
+            activity,
+            tls.clone(),
+            peer,
+        ));
     }
     Ok(())
+}
+
+/// One connection, from the TLS handshake (if any) to its end.
+async fn connection(
+    core: Arc<Core>,
+    stream: conn::Tracked<tokio::net::TcpStream>,
+    service: conn::ConnService,
+    activity: Arc<conn::Activity>,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+) {
+    let limits = &core.limits;
+    let stop = &core.stop;
+    let deadlines = limits.deadlines();
+    let result = match tls {
+        None => {
+            let conn = http1(limits)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            guarded(conn, &activity, deadlines, stop).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    activity.restart_idle();
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = TokioIo::new(tls_stream);
+                    if h2 {
+                        let conn = http2(limits).serve_connection(io, service);
+                        guarded(conn, &activity, deadlines, stop).await
+                    } else {
+                        let conn = http1(limits).serve_connection(io, service).with_upgrades();
+                        guarded(conn, &activity, deadlines, stop).await
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(client_ip = %peer.ip(), error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client_ip = %peer.ip(), "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(client_ip = %peer.ip(), error = %e, "Connection ended with an error");
+        }
+        Err(limit) => {
+            core.budgets.hit(limit, peer.ip());
+            tracing::debug!(client_ip = %peer.ip(), limit = limit.name(), "Connection deadline passed: closed");
+        }
+    }
 }
 
 /// The HTTP/1.1 side. hyper's own header timeout stays as a backstop behind the watchdog's.
@@ -420,7 +548,7 @@ where
     }
 }
 
-/// The address to bind from config.
+/// The rest_cherrypy listener's address from config.
 pub fn bind_addr(config: &Config) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(config.api.host.ip(), config.api.port))
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use saltgate::api::AppState;
-use saltgate::config::{BusChoice, Config, ListenHost, RawHook};
+use saltgate::config::{BusChoice, Config, Dialect, ListenHost, RawHook};
 use saltgate::server::{self, Limits};
 use std::sync::Arc;
 
@@ -60,6 +60,17 @@ impl Gate {
         env: &[(&str, &str)],
         tweak: impl FnOnce(&mut Config),
     ) -> Gate {
+        Self::start_dialect(sandbox, Dialect::RestCherrypy, hooks_yaml, env, tweak).await
+    }
+
+    /// [`Gate::start`], serving `dialect` on its listener.
+    pub async fn start_dialect(
+        sandbox: &SaltSandbox,
+        dialect: Dialect,
+        hooks_yaml: &str,
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Gate {
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -81,9 +92,15 @@ impl Gate {
         let limits = Limits::from_config(&config);
         let state = server::build_state_with(config, Some(Arc::new(FixtureSnsCerts)));
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::run(state.clone(), listener, None, limits, async {
-            let _ = stopped.await;
-        }));
+        let listener = server::Listener::new(dialect, listener, None);
+        tokio::spawn(server::serve(
+            state.clone(),
+            vec![listener],
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let gate = Gate {
             addr,
             state,

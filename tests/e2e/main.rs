@@ -20,3 +20,4 @@ mod shutdown;
 mod streams;
 mod support;
 mod wire;
+mod wsgi_diff;

@@ -59,11 +59,8 @@ use crate::api::auth::Caller;
 use crate::api::body::{parse_async, read_capped};
 use crate::api::error::ApiError;
 use crate::api::negotiate::{Negotiated, render_body};
-use crate::api::netapi::acl::{authorize_eauth, authorize_tokens, revoke};
-use crate::api::netapi::{Background, Client, Credentials, Prepared, execute, prepare, shape};
+use crate::api::netapi::{Background, Client, run_lowstate};
 use crate::api::state::App;
-use crate::salt::SaltClients;
-use crate::salt::channel::Token;
 
 /// `GET /` (and `/index`, `/run`, `/token`): salt-api's welcome, listing the enabled clients.
 pub async fn index(State(app): State<Arc<App>>, Negotiated(format): Negotiated) -> Response {
@@ -160,41 +157,10 @@ async fn respond(
     body: Body,
     mode: Mode,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let creds = match caller {
-        None => Credentials::PerChunk,
-        Some(caller) => Credentials::Session(caller.token().to_owned()),
-    };
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let chunks = shape(parse_async(headers, &raw).await?)?;
+    let lowstate = parse_async(headers, &raw).await?;
     let forced = (mode == Mode::Minions).then_some(Client::LocalAsync);
-    let prepared = prepare(
-        chunks,
-        &creds,
-        &app.config.master.netapi_enable_clients,
-        forced,
-    )?;
-    let salt = app.master()?;
-    let session = match caller {
-        Some(caller) => Some(caller.confirm(salt).await?),
-        // The master checks per-chunk credentials with the command: throttled like a login.
-        None => {
-            app.tokens.admit()?;
-            None
-        }
-    };
-    let mut fresh = Vec::new();
-    let results = authorize_and_execute(app, salt, background, prepared, session, &mut fresh).await;
-    revoke(app, &fresh);
-    let results = match results {
-        Ok(r) => r,
-        Err(Stage::Checks(e)) => return Err(e),
-        Err(Stage::Run(e)) => {
-            if caller.is_none() && e.status_code().0 == StatusCode::UNAUTHORIZED {
-                app.tokens.refused();
-            }
-            return Err(e);
-        }
-    };
+    let results = run_lowstate(app, background, caller, lowstate, forced).await?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()
@@ -207,30 +173,4 @@ async fn respond(
         ));
     }
     Ok((StatusCode::OK, json!({ "return": results })))
-}
-
-/// Where a request failed: in saltgate's checks (whose credential failures are already
-/// counted), or when the chunks ran (the master refused the credentials it was sent).
-enum Stage {
-    Checks(ApiError),
-    Run(ApiError),
-}
-
-async fn authorize_and_execute(
-    app: &App,
-    salt: &SaltClients,
-    background: &Background,
-    mut prepared: Vec<Prepared>,
-    session: Option<Token>,
-    fresh: &mut Vec<Token>,
-) -> Result<Vec<Value>, Stage> {
-    authorize_eauth(app, salt, &mut prepared, fresh)
-        .await
-        .map_err(Stage::Checks)?;
-    authorize_tokens(app, salt, &mut prepared, session.as_ref())
-        .await
-        .map_err(Stage::Checks)?;
-    execute(salt, background, prepared)
-        .await
-        .map_err(Stage::Run)
 }

@@ -14,9 +14,12 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
+use super::auth::Caller;
 use super::error::ApiError;
+use super::state::App;
 use super::tokens::checked_token;
-use crate::salt::channel::Auth;
+use crate::salt::SaltClients;
+use crate::salt::channel::{Auth, Token};
 use crate::security::acl::AuthList;
 
 pub use run::execute;
@@ -125,6 +128,81 @@ pub struct Prepared {
     /// The caller's auth list, once a compound command passed saltgate's check (see
     /// [`acl::authorize_eauth`]); every publish of the chunk's job is checked against it again.
     pub acl: Option<AuthList>,
+}
+
+/// Runs a parsed lowstate: shaped ([`shape`]), every chunk checked ([`prepare`]), then
+/// authorized and run in order; the results in chunk order. With a `caller` its session token
+/// runs every chunk; without one each chunk's own credentials do (throttled like a login: a
+/// client over its failure budget is refused before the master is asked, and a refusal by the
+/// master counts against it). `forced` replaces every chunk's client (`POST /minions`).
+/// Shared by every dialect that runs lowstates; the order of checks is in
+/// [`super::lowstate`].
+pub async fn run_lowstate(
+    app: &App,
+    background: &Background,
+    caller: Option<&Caller>,
+    lowstate: Value,
+    forced: Option<Client>,
+) -> Result<Vec<Value>, ApiError> {
+    let creds = match caller {
+        None => Credentials::PerChunk,
+        Some(caller) => Credentials::Session(caller.token().to_owned()),
+    };
+    let chunks = shape(lowstate)?;
+    let prepared = prepare(
+        chunks,
+        &creds,
+        &app.config.master.netapi_enable_clients,
+        forced,
+    )?;
+    let salt = app.master()?;
+    let session = match caller {
+        Some(caller) => Some(caller.confirm(salt).await?),
+        // The master checks per-chunk credentials with the command: throttled like a login.
+        None => {
+            app.tokens.admit()?;
+            None
+        }
+    };
+    let mut fresh = Vec::new();
+    let results = authorize_and_execute(app, salt, background, prepared, session, &mut fresh).await;
+    acl::revoke(app, &fresh);
+    match results {
+        Ok(r) => Ok(r),
+        Err(Stage::Checks(e)) => Err(e),
+        Err(Stage::Run(e)) => {
+            if caller.is_none() && e.status_code().0 == http::StatusCode::UNAUTHORIZED {
+                app.tokens.refused();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Where a request failed: in saltgate's checks (whose credential failures are already
+/// counted), or when the chunks ran (the master refused the credentials it was sent).
+enum Stage {
+    Checks(ApiError),
+    Run(ApiError),
+}
+
+async fn authorize_and_execute(
+    app: &App,
+    salt: &SaltClients,
+    background: &Background,
+    mut prepared: Vec<Prepared>,
+    session: Option<Token>,
+    fresh: &mut Vec<Token>,
+) -> Result<Vec<Value>, Stage> {
+    acl::authorize_eauth(app, salt, &mut prepared, fresh)
+        .await
+        .map_err(Stage::Checks)?;
+    acl::authorize_tokens(app, salt, &mut prepared, session.as_ref())
+        .await
+        .map_err(Stage::Checks)?;
+    execute(salt, background, prepared)
+        .await
+        .map_err(Stage::Run)
 }
 
 /// rest_cherrypy's shaping: a non-empty map is a one-chunk list; anything but a list is refused.

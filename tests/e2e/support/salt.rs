@@ -69,9 +69,13 @@ exit 0
 
 /// Which real salt-api to run next to the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names, reason = "salt-api's own module names")]
 pub enum SaltApi {
     RestCherrypy,
     RestTornado,
+    /// salt-api with `rest_wsgi:`, which it serves with wsgiref's simple server on
+    /// `localhost`. On Python 3 that answers every request 500 (see `wsgi_diff`).
+    RestWsgi,
 }
 
 impl SaltApi {
@@ -79,6 +83,7 @@ impl SaltApi {
         match self {
             SaltApi::RestCherrypy => "rest_cherrypy",
             SaltApi::RestTornado => "rest_tornado",
+            SaltApi::RestWsgi => "rest_wsgi",
         }
     }
 }
@@ -97,6 +102,7 @@ pub struct SaltSandboxBuilder {
     master_yaml: Vec<String>,
     minion_yaml: Vec<String>,
     salt_api: Option<SaltApi>,
+    wsgi_app: bool,
 }
 
 impl SaltSandboxBuilder {
@@ -141,6 +147,15 @@ impl SaltSandboxBuilder {
         self
     }
 
+    /// Also runs rest_wsgi's own WSGI application from this Salt install on a free port, in
+    /// wsgiref's simple server as salt-api runs it, with one change: its `str` answer is encoded
+    /// to UTF-8 bytes, which wsgiref requires (without it every answer is a 500). See
+    /// [`SaltSandbox::wsgi_app_port`].
+    pub fn with_rest_wsgi_app(mut self) -> Self {
+        self.wsgi_app = true;
+        self
+    }
+
     /// Writes the configs, starts master, minion (and salt-api), and waits until the minion
     /// answers `test.ping`. Panics with the log tails when that does not happen within 90 s.
     pub fn start(self) -> SaltSandbox {
@@ -165,15 +180,30 @@ struct Procs {
     master: Option<Proc>,
     minion: Option<Proc>,
     api: Option<Proc>,
+    wsgi_app: Option<Proc>,
 }
 
 impl Procs {
     fn all(&self) -> impl Iterator<Item = &Proc> {
-        [&self.master, &self.minion, &self.api]
+        [&self.master, &self.minion, &self.api, &self.wsgi_app]
             .into_iter()
             .flatten()
     }
 }
+
+/// rest_wsgi's application under wsgiref's simple server (what `rest_wsgi.start()` does), its
+/// `str` answer encoded to bytes. argv: master config file, port.
+const WSGI_APP: &str = r#"
+import os, sys
+os.environ["SALT_MASTER_CONFIG"] = sys.argv[1]
+import salt.netapi.rest_wsgi as rest_wsgi
+from wsgiref.simple_server import make_server
+
+def application(environ, start_response):
+    return [part.encode("utf-8") for part in rest_wsgi.application(environ, start_response)]
+
+make_server("127.0.0.1", int(sys.argv[2]), application).serve_forever()
+"#;
 
 /// A running real Salt master + minion (+ salt-api). See the module docs.
 #[derive(Debug)]
@@ -183,6 +213,7 @@ pub struct SaltSandbox {
     publish_port: u16,
     ret_port: u16,
     api: Option<(SaltApi, u16)>,
+    wsgi_app_port: Option<u16>,
     /// tcp_master_{pub,pull}_port, tcp_master_publish_pull, tcp_master_workers, and the
     /// minion's tcp_{pub,pull}_port: used only with `ipc_mode: tcp`, but never the defaults,
     /// so that parallel sandboxes in that mode do not collide.
@@ -223,6 +254,7 @@ impl SaltSandbox {
             t3p,
             t4p,
             t5p,
+            wsgi_port,
         ] = free_ports();
         let sandbox = SaltSandbox {
             root,
@@ -230,6 +262,7 @@ impl SaltSandbox {
             publish_port,
             ret_port,
             api: opts.salt_api.map(|kind| (kind, api_port)),
+            wsgi_app_port: opts.wsgi_app.then_some(wsgi_port),
             tcp_ports: [t0p, t1p, t2p, t3p, t4p, t5p],
             master_config: OnceLock::new(),
             procs: Mutex::new(Procs::default()),
@@ -260,6 +293,22 @@ impl SaltSandbox {
                 sandbox.write_pgids(&procs);
             }
             sandbox.wait_api_ready(kind, port);
+        }
+        if let Some(port) = sandbox.wsgi_app_port {
+            let script = sandbox.root.join("wsgi_app.py");
+            fs::write(&script, WSGI_APP).expect("write the rest_wsgi runner");
+            let config = sandbox.master_config_file().to_string_lossy().into_owned();
+            let port_arg = port.to_string();
+            {
+                let mut procs = sandbox.lock_procs();
+                procs.wsgi_app = Some(sandbox.spawn_args(
+                    "wsgi_app",
+                    "python",
+                    &[script.to_string_lossy().as_ref(), &config, &port_arg],
+                ));
+                sandbox.write_pgids(&procs);
+            }
+            sandbox.wait_http(port, "rest_wsgi's application", |_| true);
         }
         sandbox
     }
@@ -312,6 +361,12 @@ impl SaltSandbox {
     /// The master's publish port.
     pub fn publish_port(&self) -> u16 {
         self.publish_port
+    }
+
+    /// The port of rest_wsgi's application started by `with_rest_wsgi_app`. Panics without it.
+    pub fn wsgi_app_port(&self) -> u16 {
+        self.wsgi_app_port
+            .expect("wsgi_app_port: this sandbox was built without with_rest_wsgi_app()")
     }
 
     /// The port of the real salt-api started by `with_salt_api`. Panics without it.
@@ -621,6 +676,10 @@ impl SaltSandbox {
                     block.insert("address".into(), "127.0.0.1".into());
                     block.insert("num_processes".into(), 1.into());
                 }
+                // rest_wsgi reads `port` only (and binds localhost).
+                SaltApi::RestWsgi => {
+                    block = yaml_map([("port", Yaml::from(port))]);
+                }
             }
             master.insert(kind.config_key().into(), Yaml::Mapping(block));
         }
@@ -678,6 +737,15 @@ impl SaltSandbox {
     }
 
     fn spawn(&self, name: &'static str, program: &str, args: &[&str]) -> Proc {
+        let config = self.config_dir().to_string_lossy().into_owned();
+        let mut all = vec!["-c", config.as_str()];
+        all.extend_from_slice(args);
+        self.spawn_args(name, program, &all)
+    }
+
+    /// Runs the venv's `program` with exactly `args`, in its own process group, output to
+    /// `log/<name>.out`.
+    fn spawn_args(&self, name: &'static str, program: &str, args: &[&str]) -> Proc {
         let out_path = self.root.join("log").join(format!("{name}.out"));
         let out = fs::OpenOptions::new()
             .create(true)
@@ -686,8 +754,6 @@ impl SaltSandbox {
             .expect("open the process output file");
         let err = out.try_clone().expect("clone the output file handle");
         let child = Command::new(self.venv.join("bin").join(program))
-            .arg("-c")
-            .arg(self.config_dir())
             .args(args)
             .current_dir(&self.root)
             .stdin(Stdio::null())
@@ -775,19 +841,26 @@ impl SaltSandbox {
     }
 
     fn wait_api_ready(&self, kind: SaltApi, port: u16) {
+        // rest_wsgi under salt-api answers everything 500 (see `SaltApi::RestWsgi`).
+        let ready = move |status: u16| kind == SaltApi::RestWsgi || status < 500;
+        self.wait_http(port, &format!("salt-api ({kind:?})"), ready);
+    }
+
+    /// Waits until `GET /` on 127.0.0.1:port answers a status `ready` accepts.
+    fn wait_http(&self, port: u16, what: &str, ready: impl Fn(u16) -> bool) {
         let deadline = Instant::now() + API_TIMEOUT;
         loop {
             if let Some(dead) = self.exited_process() {
                 self.fail(&format!("salt-{dead} exited"));
             }
             if let Some(status) = http_get_status(port, "/") {
-                if status < 500 {
+                if ready(status) {
                     return;
                 }
             }
             if Instant::now() >= deadline {
                 self.fail(&format!(
-                    "salt-api ({kind:?}) did not answer GET / on 127.0.0.1:{port} within {API_TIMEOUT:?}"
+                    "{what} did not answer GET / on 127.0.0.1:{port} within {API_TIMEOUT:?}"
                 ));
             }
             sleep(Duration::from_millis(200));
@@ -800,8 +873,9 @@ impl SaltSandbox {
             master,
             minion,
             api,
+            wsgi_app,
         } = &mut *procs;
-        [master, minion, api]
+        [master, minion, api, wsgi_app]
             .into_iter()
             .filter_map(Option::as_mut)
             .find_map(|p| (!matches!(p.child.try_wait(), Ok(None))).then_some(p.name))
@@ -828,8 +902,14 @@ impl Drop for SaltSandbox {
             master,
             minion,
             api,
+            wsgi_app,
         } = procs;
-        terminate([api, minion, master].into_iter().flatten().collect());
+        terminate(
+            [wsgi_app, api, minion, master]
+                .into_iter()
+                .flatten()
+                .collect(),
+        );
         let _ = fs::write(self.root.join(".pgids"), "\n");
         if let Some(mut wd) = self
             .watchdog

@@ -1,0 +1,215 @@
+//! The rest_wsgi dialect: salt-api's `rest_wsgi` module as it answers, on its own listener.
+//!
+//! rest_wsgi has one resource and ignores the path: `POST` (any path) runs a JSON lowstate
+//! whose every chunk carries its own credentials (`token`, or `eauth` + `username` +
+//! `password`); `GET` answers a fixed sentence; any other method is 405. Every answer is JSON,
+//! `{"return": ...}`: the results in chunk order, or on failure the message as a string. Its
+//! statuses: 406 when the request's `Content-Type` is not JSON (rest_wsgi reads no `Accept`),
+//! 400 when the body is not JSON, 401 when a chunk's credentials are missing or refused, 405,
+//! and 500 for what Salt raised.
+//!
+//! The chunks run through the same checks and clients as rest_cherrypy's `POST /run`
+//! ([`crate::api::netapi::run_lowstate`]), with its throttle on failed credentials. What
+//! differs from rest_wsgi, on purpose (README, "Switching from salt-api: rest_wsgi"):
+//!
+//! - rest_wsgi under salt-api answers every request 500 `A server error occurred.` on Python 3:
+//!   its application returns `str` where the WSGI server salt-api starts it in (wsgiref)
+//!   requires bytes. saltgate answers what the module was written to answer.
+//! - The chunks are checked before any runs, as in rest_cherrypy's dialect: an unknown or
+//!   disabled client, a chunk without `fun` or `tgt`, a reserved key are 400 and nothing has run
+//!   (rest_wsgi: 500 once earlier chunks ran); `ssh` is not served.
+//! - A single map is a one-chunk lowstate (rest_wsgi iterates its keys and fails with 500).
+//! - `Content-Type: application/json` may carry parameters (`; charset=utf-8`); rest_wsgi
+//!   requires the bare string.
+//! - saltgate's own limits answer with their statuses (413 body cap, 408 slow body, 429 failed
+//!   credentials, 503 no master or busy, 504 master timeout), in rest_wsgi's `{"return": msg}`
+//!   shape; refused credentials are 401 and an authorization refusal 403, where Salt's
+//!   `LocalClient` raises errors rest_wsgi answers with 500.
+//! - Messages of saltgate's own checks (a malformed body, a chunk without `tgt`) are saltgate's
+//!   words; a refusal by the master is Salt's fixed words (`Authentication error occurred.`),
+//!   never the master's detail.
+//! - TLS when `ssl_crt`/`ssl_key` are set in the block (rest_wsgi never served TLS), and `host`
+//!   (rest_wsgi binds `localhost`, saltgate's default too).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::Value;
+
+use crate::api::body::{media_type, parse_async, read_capped};
+use crate::api::error::{self, ApiError};
+use crate::api::netapi::{Background, run_lowstate};
+use crate::api::state::App;
+use crate::api::stream::pyjson::write_py_json;
+use crate::api::{AppState, metrics, tokens};
+use crate::salt::SaltError;
+use crate::salt::wire::payload::from_json;
+
+/// rest_wsgi's answer to `GET`: its sentence, which it returns through `list(...)`, so the
+/// `return` is the sentence's characters, one string each.
+pub const GET_ANSWER: &str =
+    "They found me. I don't know how, but they found me. Run for it, Marty!";
+
+/// The rest_wsgi routes: every path, every method, one handler.
+pub fn router(state: AppState) -> Router {
+    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
+    Router::new()
+        .route("/", any(answer))
+        .route("/{*path}", any(answer))
+        .route_layer(axum::middleware::from_fn(metrics::label_route))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted_proxies,
+            tokens::client_scope,
+        ))
+        .with_state(state)
+}
+
+/// Why rest_wsgi refuses a request before Salt is asked: its `HTTPError`s, whose message it
+/// writes as `"<code>: <message>"`.
+#[derive(Debug)]
+enum Refusal {
+    /// 405: not `GET` nor `POST`.
+    Method,
+    /// 406: the body is not declared JSON.
+    NotJson,
+}
+
+async fn answer(
+    State(app): State<Arc<App>>,
+    State(background): State<Background>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match method {
+        Method::GET => {
+            let chars: Vec<Value> = GET_ANSWER
+                .chars()
+                .map(|c| Value::String(c.to_string()))
+                .collect();
+            reply(StatusCode::OK, &Value::Array(chars))
+        }
+        Method::POST => match post(&app, &background, &headers, body).await {
+            Ok(results) => reply(StatusCode::OK, &Value::Array(results)),
+            Err(Ok(refusal)) => refuse(refusal),
+            Err(Err(e)) => {
+                error::log(&e, "POST", "rest_wsgi");
+                failure(&e)
+            }
+        },
+        _ => refuse(Refusal::Method),
+    }
+}
+
+async fn post(
+    app: &App,
+    background: &Background,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<Value>, Result<Refusal, ApiError>> {
+    if media_type(headers).as_deref() != Some("application/json") {
+        return Err(Ok(Refusal::NotJson));
+    }
+    let limit = app
+        .config
+        .wsgi
+        .as_ref()
+        .map_or(app.config.api.max_request_body_size, |w| {
+            w.max_request_body_size
+        });
+    let raw = read_capped(headers, body, limit).await.map_err(Err)?;
+    if raw.is_empty() {
+        return Err(Err(ApiError::BadBody("an empty body is not JSON".into())));
+    }
+    let lowstate = parse_async(headers, &raw).await.map_err(Err)?;
+    run_lowstate(app, background, None, lowstate, None)
+        .await
+        .map_err(Err)
+}
+
+fn refuse(refusal: Refusal) -> Response {
+    let (status, message) = match refusal {
+        Refusal::Method => (StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed"),
+        Refusal::NotJson => (StatusCode::NOT_ACCEPTABLE, "406: JSON required"),
+    };
+    reply(status, &Value::String(message.to_owned()))
+}
+
+/// A failure as rest_wsgi shapes one: its status, `{"return": "<message>"}`. A chunk's error
+/// is its own message (rest_wsgi does not say which chunk failed); a body that does not parse
+/// is `400: <why>`, as rest_wsgi writes its `HTTPError`s.
+fn failure(e: &ApiError) -> Response {
+    let inner = match e {
+        ApiError::Chunk { error, .. } => error.as_ref(),
+        other => other,
+    };
+    let (status, _) = inner.status_code();
+    let message = match inner {
+        ApiError::BadBody(_) => format!("400: {}", inner.message()),
+        // The fixed words Salt's clients raise for a refusal (never the master's detail).
+        ApiError::Salt(SaltError::AuthRefused(_)) => "Authentication error occurred.".into(),
+        ApiError::Salt(SaltError::NotAuthorized(_)) | ApiError::NotAuthorized => {
+            "Authorization error occurred.".into()
+        }
+        other => other.message(),
+    };
+    let mut response = reply(status, &Value::String(message));
+    if let ApiError::RateLimited(secs) = inner {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if matches!(inner, ApiError::TooLarge(_) | ApiError::BodyTimeout) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// `{"return": ret}` as rest_wsgi writes it, with Python's `json.dumps` separators.
+fn reply(status: StatusCode, ret: &Value) -> Response {
+    let mut body = String::with_capacity(64);
+    body.push_str("{\"return\": ");
+    write_py_json(&mut body, &from_json(ret));
+    body.push('}');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_shaped_as_rest_wsgi_shapes_them() {
+        let e = ApiError::Chunk {
+            index: 2,
+            error: Box::new(ApiError::Unauthorized(
+                "No authentication credentials given",
+            )),
+        };
+        let r = failure(&e);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let r = failure(&ApiError::BadBody("x".into()));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = failure(&ApiError::RateLimited(7));
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(
+            refuse(Refusal::Method).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            refuse(Refusal::NotJson).status(),
+            StatusCode::NOT_ACCEPTABLE
+        );
+    }
+}
