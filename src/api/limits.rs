@@ -116,7 +116,7 @@ impl LogThrottle {
     }
 }
 
-/// The process-wide budgets of one listener.
+/// The process-wide budgets, shared by every listener.
 #[derive(Debug)]
 pub struct Budgets {
     /// Connections that are not (yet) streams.

@@ -142,6 +142,55 @@ pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value)
     }
 }
 
+/// `value` as Python's `json.dumps(value, ensure_ascii=False)` writes it: `", "` and `": "`
+/// separators, non-ASCII unescaped (what salt-api's modules send). Map keys come in serde_json's
+/// order (sorted), not the master's.
+pub fn python_json(value: &serde_json::Value) -> String {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    match serde::Serialize::serialize(value, &mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        // A `serde_json::Value` always serialises.
+        Err(_) => "null".to_owned(),
+    }
+}
+
+/// serde_json's compact output with Python's separators.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +199,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT, accept.parse().unwrap());
         response_format(&h)
+    }
+
+    #[test]
+    fn python_json_has_python_separators() {
+        let v = serde_json::json!({"return": [{"m1": true, "é": [1, 2.5, null]}, {}, []]});
+        assert_eq!(
+            python_json(&v),
+            r#"{"return": [{"m1": true, "é": [1, 2.5, null]}, {}, []]}"#
+        );
     }
 
     #[test]

@@ -280,7 +280,9 @@ impl Config {
         for (i, a) in listeners.iter().enumerate() {
             for b in &listeners[..i] {
                 let (ia, ib) = (a.host.ip(), b.host.ip());
-                if a.port == b.port && (ia == ib || ia.is_unspecified() || ib.is_unspecified()) {
+                // Port 0 (any free port, for tests) never clashes.
+                let same_port = a.port == b.port && a.port != 0;
+                if same_port && (ia == ib || ia.is_unspecified() || ib.is_unspecified()) {
                     return Err(ConfigError::invalid(
                         format!("{}.port", a.dialect.block()),
                         format!(
@@ -844,6 +846,79 @@ mod tests {
                 format!("saltgate.{key}")
             );
         }
+    }
+
+    #[test]
+    fn each_salt_api_block_is_a_listener() {
+        // No block: rest_cherrypy's defaults, as before.
+        let c = load_text("saltgate:\n  bus: builtin\n").unwrap();
+        let dialects: Vec<Dialect> = c.listeners().iter().map(|l| l.dialect).collect();
+        assert_eq!(dialects, [Dialect::RestCherrypy]);
+        // Only rest_wsgi: only it, on localhost as rest_wsgi binds.
+        let c = load_text("rest_wsgi:\n  port: 8001\n").unwrap();
+        assert_eq!(
+            c.listeners(),
+            [Listen {
+                dialect: Dialect::RestWsgi,
+                host: ListenHost::Localhost,
+                port: 8001,
+                ssl_crt: None,
+                ssl_key: None,
+                disable_ssl: false,
+            }]
+        );
+        assert!(c.listeners()[0].plaintext_allowed());
+        assert_eq!(c.wsgi.as_ref().unwrap().max_request_body_size, 1_048_576);
+        // Both: both, rest_cherrypy first.
+        let c = load_text(
+            "rest_cherrypy:\n  port: 8000\n  disable_ssl: true\nrest_wsgi:\n  port: 8001\n  \
+             host: 0.0.0.0\n  ssl_crt: /c\n  ssl_key: /k\n",
+        )
+        .unwrap();
+        let listeners = c.listeners();
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(listeners[0].addr().to_string(), "0.0.0.0:8000");
+        assert_eq!(listeners[1].addr().to_string(), "0.0.0.0:8001");
+        assert!(listeners[1].tls() && !listeners[0].tls());
+        assert!(!listeners[1].plaintext_allowed());
+    }
+
+    #[test]
+    fn rest_wsgi_is_read_leniently_and_checked() {
+        // salt-api does not load rest_wsgi without a port; saltgate refuses the block.
+        let e = load_text("rest_wsgi:\n  host: 127.0.0.1\n").unwrap_err();
+        assert_eq!(e.key(), Some("rest_wsgi"), "{e}");
+        assert!(e.to_string().contains("missing field `port`"), "{e}");
+        assert_eq!(refused_key("rest_wsgi:\n  port: http\n"), "rest_wsgi.port");
+        assert_eq!(
+            refused_key("rest_wsgi:\n  port: 8001\n  ssl_crt: /c\n"),
+            "rest_wsgi.ssl_key"
+        );
+        assert_eq!(
+            refused_key("rest_wsgi:\n  port: 8001\n  max_request_body_size: 0\n"),
+            "rest_wsgi.max_request_body_size"
+        );
+        // Two blocks on one port: refused, naming the second.
+        assert_eq!(
+            refused_key("rest_cherrypy:\n  port: 8000\nrest_wsgi:\n  port: 8000\n"),
+            "rest_wsgi.port"
+        );
+        // Different addresses, one port: fine.
+        let c = load_text(
+            "rest_cherrypy:\n  port: 8000\n  host: 127.0.0.1\nrest_wsgi:\n  port: 8000\n  \
+             host: '::1'\n",
+        )
+        .unwrap();
+        assert_eq!(c.listeners().len(), 2);
+        // Unknown keys are accepted and reported, as in rest_cherrypy.
+        let c = load_text("rest_wsgi:\n  port: 8001\n  prot: 8002\n").unwrap();
+        assert_eq!(c.unread_wsgi, ["prot"]);
+        let w = warnings(&c);
+        assert!(
+            w.iter().any(|w| w.starts_with("rest_wsgi.prot: neither")),
+            "{w:?}"
+        );
+        assert!(render_effective(&c).contains("dialect: rest_wsgi"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Serving: build the state from config, accept connections, shut down gracefully.
+//! Serving: build the state from config, accept connections on every listener (one per
+//! served dialect, see [`crate::config::Listen`]), shut down gracefully.
 //!
 //! Not bare `axum::serve`: every connection state has a deadline (see [`conn`]: first byte,
 //! headers, keep-alive, request body idle and rate, blocked writes; TLS handshakes run inside the
 //! connection's task with their own timeout), the number of open connections is capped (excess
-//! ones wait in the kernel backlog) and so is each client address's share of them, event streams
+//! ones wait in the kernel backlog, but for one per listener that waits accepted) and so is each client address's share of them, event streams
 //! have their own budget, and buffered request bodies share one byte budget
 //! ([`crate::api::limits`]).
 
@@ -357,10 +358,10 @@ async fn accept_loop(
     let Listener { tcp, tls, dialect } = listener;
     let budgets = &core.budgets;
     loop {
-        let permit = tokio::select! {
-            () = accepting.cancelled() => break,
-            permit = Arc::clone(&budgets.general).acquire_owned() => permit.context("connection limiter closed")?,
-        };
+        // Accept, then wait for a connection slot: a loop that held a slot while it waited for
+        // its own listener would starve the other listeners' clients. So each listener holds
+        // at most one accepted connection beyond `max_connections`, unserved until a slot
+        // frees (its deadlines start then); the others wait in the kernel's backlog.
         let (stream, peer) = tokio::select! {
             () = accepting.cancelled() => break,
             accepted = tcp.accept() => match accepted {
@@ -378,6 +379,10 @@ async fn accept_loop(
             budgets.hit(Limit::PerClient, peer.ip());
             drop(stream);
             continue;
+        };
+        let permit = tokio::select! {
+            () = accepting.cancelled() => break,
+            permit = Arc::clone(&budgets.general).acquire_owned() => permit.context("connection limiter closed")?,
         };
         let _ = stream.set_nodelay(true);
         let slot = Arc::new(ConnSlot::new(Arc::clone(budgets), peer.ip(), permit));

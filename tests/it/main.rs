@@ -7,6 +7,7 @@
 
 mod acl;
 mod config_files;
+mod dialects;
 mod files;
 mod hook_pipeline;
 mod hook_security;

@@ -39,16 +39,15 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::api::body::{media_type, parse_async, read_capped};
 use crate::api::error::{self, ApiError};
+use crate::api::negotiate::python_json;
 use crate::api::netapi::{Background, run_lowstate};
 use crate::api::state::App;
-use crate::api::stream::pyjson::write_py_json;
 use crate::api::{AppState, metrics, tokens};
 use crate::salt::SaltError;
-use crate::salt::wire::payload::from_json;
 
 /// rest_wsgi's answer to `GET`: its sentence, which it returns through `list(...)`, so the
 /// `return` is the sentence's characters, one string each.
@@ -178,10 +177,7 @@ fn failure(e: &ApiError) -> Response {
 
 /// `{"return": ret}` as rest_wsgi writes it, with Python's `json.dumps` separators.
 fn reply(status: StatusCode, ret: &Value) -> Response {
-    let mut body = String::with_capacity(64);
-    body.push_str("{\"return\": ");
-    write_py_json(&mut body, &from_json(ret));
-    body.push('}');
+    let body = python_json(&json!({ "return": ret }));
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 

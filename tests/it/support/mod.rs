@@ -25,6 +25,7 @@ pub struct Builder {
     env: std::collections::HashMap<String, String>,
     hooks: Vec<saltgate::config::RawHook>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    dialect: saltgate::config::Dialect,
 }
 
 impl TestApp {
@@ -39,6 +40,7 @@ impl TestApp {
             env: Default::default(),
             hooks: Vec::new(),
             tls: None,
+            dialect: saltgate::config::Dialect::RestCherrypy,
         }
     }
 
@@ -99,6 +101,12 @@ impl Builder {
         self
     }
 
+    /// Serve `dialect` (default rest_cherrypy).
+    pub fn with_dialect(mut self, dialect: saltgate::config::Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
     /// Serve TLS with the certificate in `tests/fixtures/tls`.
     pub fn with_tls(mut self) -> Self {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
@@ -116,10 +124,10 @@ impl Builder {
         let addr = listener.local_addr().unwrap();
         let state = server::build_state(self.config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(
+        let listener = server::Listener::new(self.dialect, listener, self.tls);
+        let task = tokio::spawn(server::serve(
             state.clone(),
-            listener,
-            self.tls,
+            vec![listener],
             self.limits,
             async {
                 let _ = stopped.await;
