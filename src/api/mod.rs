@@ -98,7 +98,6 @@ pub fn router(state: AppState) -> Router {
         .ui_path
         .trim_end_matches('/')
         .to_owned();
-    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
     let streams = axum::middleware::from_fn(limits::stream_budget);
     let index = lowstate::index;
     let routes = Router::new()
@@ -151,15 +150,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(resources::metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(csrf::guard))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            metrics::track,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            trusted_proxies,
-            tokens::client_scope,
-        ))
+        .layer(axum::middleware::from_fn(csrf::guard));
+    let routes = core_layers(routes, &state)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.stats),
             resources::stats::count,
@@ -184,6 +176,22 @@ pub fn router(state: AppState) -> Router {
     // Outermost: every error answered inside is logged here once and written in the request's
     // preferred format.
     routes.layer(axum::middleware::from_fn(error::respond))
+}
+
+/// The layers every dialect's routes get, inside out: request metrics ([`metrics::track`]),
+/// then the client scope ([`tokens::client_scope`]: the resolved client address the credential
+/// throttle counts by).
+pub fn core_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::track,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted_proxies,
+            tokens::client_scope,
+        ))
 }
 
 async fn not_found() -> ApiError {

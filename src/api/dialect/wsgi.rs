@@ -46,7 +46,7 @@ use crate::api::error::{self, ApiError};
 use crate::api::negotiate::python_json;
 use crate::api::netapi::{Background, run_lowstate};
 use crate::api::state::App;
-use crate::api::{AppState, metrics, tokens};
+use crate::api::{AppState, core_layers, metrics};
 use crate::salt::SaltError;
 
 /// rest_wsgi's answer to `GET`: its sentence, which it returns through `list(...)`, so the
@@ -56,20 +56,11 @@ pub const GET_ANSWER: &str =
 
 /// The rest_wsgi routes: every path, every method, one handler.
 pub fn router(state: AppState) -> Router {
-    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
-    Router::new()
+    let routes = Router::new()
         .route("/", any(answer))
         .route("/{*path}", any(answer))
-        .route_layer(axum::middleware::from_fn(metrics::label_route))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            metrics::track,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            trusted_proxies,
-            tokens::client_scope,
-        ))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(metrics::label_route));
+    core_layers(routes, &state).with_state(state)
 }
 
 /// Why rest_wsgi refuses a request before Salt is asked: its `HTTPError`s, whose message it
