@@ -90,13 +90,19 @@ async fn answer(
         }
         Method::POST => match post(&app, &background, &headers, body).await {
             Ok(results) => reply(StatusCode::OK, &Value::Array(results)),
-            Err(Ok(refusal)) => refuse(refusal),
+            Err(Ok(refusal)) => {
+                tracing::debug!(method = "POST", route = "rest_wsgi", refusal = ?refusal, "Request refused");
+                refuse(refusal)
+            }
             Err(Err(e)) => {
                 error::log(&e, "POST", "rest_wsgi");
                 failure(&e)
             }
         },
-        _ => refuse(Refusal::Method),
+        other => {
+            tracing::debug!(method = %other, route = "rest_wsgi", "Request refused: method not allowed");
+            refuse(Refusal::Method)
+        }
     }
 }
 
