@@ -17,6 +17,8 @@ mod hostile_edge;
 mod hostile_streams;
 mod listener;
 mod lowstate;
+mod monitoring;
+mod notify;
 mod streams;
 mod streams_browser;
 mod support;
