@@ -52,6 +52,10 @@ enum Command {
         /// The Salt master config file (or its directory).
         #[arg(long, short)]
         config: PathBuf,
+        /// Instead of the effective settings, print what switching this master from salt-api
+        /// (rest_cherrypy) to saltgate keeps, what it changes, and what to review first.
+        #[arg(long)]
+        compare_salt_api: bool,
     },
     /// Print the headers a sender would add to BODYFILE, to test a hook rule with curl.
     Sign {
@@ -134,8 +138,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig {
+            config,
+            compare_salt_api,
+        } => {
             let config = load(Some(&config))?;
+            if compare_salt_api {
+                print!("{}", saltgate::config::compare::report(&config));
+                return Ok(());
+            }
             println!("{}", saltgate::config::render_effective(&config));
             for warning in saltgate::config::warnings(&config) {
                 eprintln!("warning: {warning}");

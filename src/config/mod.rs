@@ -8,6 +8,7 @@
 //! `saltgate check-config` and `saltgate serve` load through the same function, so they refuse
 //! the same configs with the same words. Nothing here is async and nothing here touches HTTP.
 
+pub mod compare;
 pub mod error;
 pub mod hooks;
 pub mod master;
@@ -48,6 +49,9 @@ pub struct Config {
     pub hooks: Vec<HookRule>,
     /// Keys of the `rest_cherrypy:` block saltgate does not act on (for [`warnings`]).
     pub unread: Vec<String>,
+    /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
+    /// for the review in [`compare`].
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
             use_master: false,
             hooks: Vec::new(),
             unread: Vec::new(),
+            secret_files: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
         let _ = config.set_hooks(&[], &HashMap::new());
@@ -87,6 +92,19 @@ impl Config {
             self.api.max_request_body_size,
             env,
         )?;
+        self.secret_files = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| rule.verify.as_ref().map(|v| (i, v)))
+            .flat_map(|(i, v)| {
+                v.secret_files().into_iter().map(move |(key, path)| {
+                    (
+                        format!("saltgate.hooks[{i}].verify.{}.{key}", v.scheme()),
+                        path.to_path_buf(),
+                    )
+                })
+            })
+            .collect();
         Ok(())
     }
 
@@ -140,6 +158,7 @@ impl Config {
             use_master,
             hooks: Vec::new(),
             unread,
+            secret_files: Vec::new(),
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;
