@@ -77,7 +77,7 @@ pub struct RawHook {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dedupe {
-    /// The delivery id the scheme reports (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`, ...,
+    /// The delivery id the scheme reports (`X-GitHub-Delivery`, GitLab's `Idempotency-Key`, ...,
     /// SNS `MessageId`). Only SNS signs its id; the others' ids are plain headers, so this stops
     /// sender retries and concurrent double deliveries, not an attacker who resends a captured
     /// body with a new or no id.

@@ -19,6 +19,7 @@ mod listener;
 mod lowstate;
 mod monitoring;
 mod notify;
+mod senders;
 mod streams;
 mod streams_browser;
 mod support;

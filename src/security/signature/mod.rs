@@ -160,11 +160,16 @@ impl Verifier {
         match self {
             Verifier::Github(_) => vec![github::SIGNATURE_256, github::SIGNATURE_SHA1],
             Verifier::Gitlab(_) => vec![gitlab::TOKEN],
-            Verifier::Gitea(_) => vec![gitea::GITEA_SIGNATURE, gitea::FORGEJO_SIGNATURE],
+            Verifier::Gitea(_) => gitea::CREDENTIAL_HEADERS.to_vec(),
             Verifier::Bitbucket(_) => vec![bitbucket::SIGNATURE],
             Verifier::Slack(_) => vec![slack::SIGNATURE],
             Verifier::Stripe(_) => vec![stripe::SIGNATURE],
-            Verifier::StandardWebhooks(_) => vec![standard_webhooks::SIGNATURE],
+            Verifier::StandardWebhooks(_) => {
+                vec![
+                    standard_webhooks::SIGNATURE,
+                    standard_webhooks::SVIX_SIGNATURE,
+                ]
+            }
             Verifier::Hmac(v) => vec![v.header().clone()],
             Verifier::Token(v) => vec![v.header()],
             Verifier::Travis(_) => vec![travis::SIGNATURE],
