@@ -150,11 +150,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(resources::metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(csrf::guard));
-    let routes = core_layers(routes, &state)
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.stats),
-            resources::stats::count,
+            Frame::cherrypy(&state),
+            frame,
         ))
         .with_state(state.clone());
     let routes = files::with_files(routes, &state.config.api);
@@ -178,20 +176,69 @@ pub fn router(state: AppState) -> Router {
     routes.layer(axum::middleware::from_fn(error::respond))
 }
 
-/// The layers every dialect's routes get, inside out: request metrics ([`metrics::track`]),
-/// then the client scope ([`tokens::client_scope`]: the resolved client address the credential
-/// throttle counts by).
-pub fn core_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
-    routes
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            metrics::track,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            trusted_proxies,
-            tokens::client_scope,
-        ))
+/// What [`frame`] needs: the parts every dialect shares (metrics, the client scope) and
+/// rest_cherrypy's own (`/stats` counting, the CSRF guard for its cookie sessions).
+#[derive(Debug)]
+pub struct Frame {
+    metrics: Arc<metrics::Metrics>,
+    stats: Option<Arc<Stats>>,
+    csrf: bool,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+}
+
+impl Frame {
+    /// rest_cherrypy's frame: everything.
+    fn cherrypy(state: &AppState) -> Arc<Self> {
+        Arc::new(Self {
+            stats: Some(Arc::clone(&state.stats)),
+            csrf: true,
+            ..Self::base(state)
+        })
+    }
+
+    /// The frame of a dialect without sessions or `/stats`: request metrics and the client
+    /// scope only.
+    pub fn plain(state: &AppState) -> Arc<Self> {
+        Arc::new(Self::base(state))
+    }
+
+    fn base(state: &AppState) -> Self {
+        Self {
+            metrics: Arc::clone(&state.metrics),
+            stats: None,
+            csrf: false,
+            trusted_proxies: state.config.saltgate.trusted_proxies.clone().into(),
+        }
+    }
+}
+
+/// The frame every request runs in, one middleware rather than a layer each (every layer is a
+/// boxed service and a future per request): `/stats` counting, the CSRF guard
+/// ([`csrf::refusal`]), the client's scope for credential checks ([`tokens::in_client_scope`])
+/// and the request metrics ([`metrics::Metrics::observe_response`]). A CSRF refusal is counted
+/// like any answer. A [`Frame::plain`] skips the first two.
+pub async fn frame(
+    axum::extract::State(f): axum::extract::State<Arc<Frame>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let counted = f.stats.as_ref().is_some_and(|s| s.begin());
+    let method = metrics::method_label(request.method());
+    let started = std::time::Instant::now();
+    let refused = if f.csrf {
+        csrf::refusal(&request)
+    } else {
+        None
+    };
+    let response = match refused {
+        Some(refused) => refused,
+        None => tokens::in_client_scope(&f.trusted_proxies, request, next).await,
+    };
+    f.metrics.observe_response(&response, method, started);
+    if let (true, Some(stats)) = (counted, &f.stats) {
+        stats.finish(response.status());
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -10,6 +10,7 @@
 //! `saltgate check-config` and `saltgate serve` load through the same function, so they refuse
 //! the same configs with the same words. Nothing here is async and nothing here touches HTTP.
 
+pub mod compare;
 pub mod error;
 pub mod hooks;
 pub mod master;
@@ -57,6 +58,9 @@ pub struct Config {
     pub wsgi: Option<RestWsgi>,
     /// Keys of the `rest_wsgi:` block saltgate does not read (for [`warnings`]).
     pub unread_wsgi: Vec<String>,
+    /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
+    /// for the review in [`compare`].
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 /// A salt-api module, as saltgate serves it on a listener of its own.
@@ -133,6 +137,7 @@ impl Config {
             serve_cherrypy: true,
             wsgi: None,
             unread_wsgi: Vec::new(),
+            secret_files: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
         let _ = config.set_hooks(&[], &HashMap::new());
@@ -152,6 +157,19 @@ impl Config {
             self.api.max_request_body_size,
             env,
         )?;
+        self.secret_files = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| rule.verify.as_ref().map(|v| (i, v)))
+            .flat_map(|(i, v)| {
+                v.secret_files().into_iter().map(move |(key, path)| {
+                    (
+                        format!("saltgate.hooks[{i}].verify.{}.{key}", v.scheme()),
+                        path.to_path_buf(),
+                    )
+                })
+            })
+            .collect();
         Ok(())
     }
 
@@ -211,6 +229,7 @@ impl Config {
             serve_cherrypy: has_rest_cherrypy || rest_wsgi.is_none(),
             wsgi: rest_wsgi,
             unread_wsgi,
+            secret_files: Vec::new(),
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;

@@ -9,6 +9,7 @@
 //! ([`crate::api::limits`]).
 
 pub mod conn;
+pub mod notify;
 pub mod tls;
 
 use std::future::Future;

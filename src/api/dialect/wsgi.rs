@@ -36,17 +36,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::any;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::api::body::{media_type, parse_async, read_capped};
 use crate::api::error::{self, ApiError};
-use crate::api::negotiate::python_json;
+use crate::api::negotiate::{Format, render_body};
 use crate::api::netapi::{Background, run_lowstate};
 use crate::api::state::App;
-use crate::api::{AppState, core_layers, metrics};
+use crate::api::{AppState, Frame, frame, metrics};
 use crate::salt::SaltError;
 
 /// rest_wsgi's answer to `GET`: its sentence, which it returns through `list(...)`, so the
@@ -60,7 +60,12 @@ pub fn router(state: AppState) -> Router {
         .route("/", any(answer))
         .route("/{*path}", any(answer))
         .route_layer(axum::middleware::from_fn(metrics::label_route));
-    core_layers(routes, &state).with_state(state)
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            Frame::plain(&state),
+            frame,
+        ))
+        .with_state(state)
 }
 
 /// Why rest_wsgi refuses a request before Salt is asked: its `HTTPError`s, whose message it
@@ -172,10 +177,9 @@ fn failure(e: &ApiError) -> Response {
     response
 }
 
-/// `{"return": ret}` as rest_wsgi writes it, with Python's `json.dumps` separators.
+/// `{"return": ret}` as rest_wsgi writes it (Python's `json.dumps` separators).
 fn reply(status: StatusCode, ret: &Value) -> Response {
-    let body = python_json(&json!({ "return": ret }));
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    render_body(status, Format::Json, &json!({ "return": ret }))
 }
 
 #[cfg(test)]
