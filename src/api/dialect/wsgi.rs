@@ -68,14 +68,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Why rest_wsgi refuses a request before Salt is asked: its `HTTPError`s, whose message it
-/// writes as `"<code>: <message>"`.
+/// Why a request is not answered 200.
 #[derive(Debug)]
 enum Refusal {
-    /// 405: not `GET` nor `POST`.
+    /// 405: not `GET` nor `POST` (rest_wsgi's `HTTPError`, written `"405: <message>"`).
     Method,
-    /// 406: the body is not declared JSON.
+    /// 406: the body is not declared JSON (likewise).
     NotJson,
+    /// Anything saltgate or Salt refused: [`failure`].
+    Api(ApiError),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
 }
 
 async fn answer(
@@ -85,29 +92,20 @@ async fn answer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match method {
+    let answered = match method {
         Method::GET => {
             let chars: Vec<Value> = GET_ANSWER
                 .chars()
                 .map(|c| Value::String(c.to_string()))
                 .collect();
-            reply(StatusCode::OK, &Value::Array(chars))
+            Ok(chars)
         }
-        Method::POST => match post(&app, &background, &headers, body).await {
-            Ok(results) => reply(StatusCode::OK, &Value::Array(results)),
-            Err(Ok(refusal)) => {
-                tracing::debug!(method = "POST", route = "rest_wsgi", refusal = ?refusal, "Request refused");
-                refuse(refusal)
-            }
-            Err(Err(e)) => {
-                error::log(&e, "POST", "rest_wsgi");
-                failure(&e)
-            }
-        },
-        other => {
-            tracing::debug!(method = %other, route = "rest_wsgi", "Request refused: method not allowed");
-            refuse(Refusal::Method)
-        }
+        Method::POST => post(&app, &background, &headers, body).await,
+        _ => Err(Refusal::Method),
+    };
+    match answered {
+        Ok(ret) => reply(StatusCode::OK, &Value::Array(ret)),
+        Err(refusal) => refuse(&refusal, method.as_str()),
     }
 }
 
@@ -116,9 +114,9 @@ async fn post(
     background: &Background,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Vec<Value>, Result<Refusal, ApiError>> {
+) -> Result<Vec<Value>, Refusal> {
     if media_type(headers).as_deref() != Some("application/json") {
-        return Err(Ok(Refusal::NotJson));
+        return Err(Refusal::NotJson);
     }
     let limit = app
         .config
@@ -127,21 +125,31 @@ async fn post(
         .map_or(app.config.api.max_request_body_size, |w| {
             w.max_request_body_size
         });
-    let raw = read_capped(headers, body, limit).await.map_err(Err)?;
+    let raw = read_capped(headers, body, limit).await?;
     if raw.is_empty() {
-        return Err(Err(ApiError::BadBody("an empty body is not JSON".into())));
+        return Err(ApiError::BadBody("an empty body is not JSON".into()).into());
     }
-    let lowstate = parse_async(headers, &raw).await.map_err(Err)?;
-    run_lowstate(app, background, None, lowstate, None)
-        .await
-        .map_err(Err)
+    let lowstate = parse_async(headers, &raw).await?;
+    Ok(run_lowstate(app, background, None, lowstate, None).await?)
 }
 
-fn refuse(refusal: Refusal) -> Response {
+/// The refusal's answer, logged (without secrets: the message is what the client sees).
+fn refuse(refusal: &Refusal, method: &str) -> Response {
     let (status, message) = match refusal {
+        Refusal::Api(e) => {
+            error::log(e, method, "rest_wsgi");
+            return failure(e);
+        }
         Refusal::Method => (StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed"),
         Refusal::NotJson => (StatusCode::NOT_ACCEPTABLE, "406: JSON required"),
     };
+    tracing::debug!(
+        method,
+        route = "rest_wsgi",
+        status = status.as_u16(),
+        message,
+        "Request refused"
+    );
     reply(status, &Value::String(message.to_owned()))
 }
 
@@ -186,8 +194,21 @@ fn reply(status: StatusCode, ret: &Value) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn failures_are_shaped_as_rest_wsgi_shapes_them() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a small response built by the test"
+    )]
+    async fn text(r: Response) -> String {
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn failures_are_shaped_as_rest_wsgi_shapes_them() {
+        // A chunk's error is its own message: rest_wsgi does not say which chunk failed.
         let e = ApiError::Chunk {
             index: 2,
             error: Box::new(ApiError::Unauthorized(
@@ -196,17 +217,36 @@ mod tests {
         };
         let r = failure(&e);
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            text(r).await,
+            r#"{"return": "No authentication credentials given"}"#
+        );
+        // The master's refusals in Salt's fixed words, never its detail.
+        let r = failure(&ApiError::Salt(SaltError::AuthRefused("detail".into())));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            text(r).await,
+            r#"{"return": "Authentication error occurred."}"#
+        );
+        let r = failure(&ApiError::Salt(SaltError::NotAuthorized("detail".into())));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            text(r).await,
+            r#"{"return": "Authorization error occurred."}"#
+        );
         let r = failure(&ApiError::BadBody("x".into()));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(text(r).await.starts_with(r#"{"return": "400: "#));
         let r = failure(&ApiError::RateLimited(7));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
-        assert_eq!(
-            refuse(Refusal::Method).status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            refuse(Refusal::NotJson).status(),
-            StatusCode::NOT_ACCEPTABLE
-        );
+        let r = failure(&ApiError::TooLarge(10));
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+        let r = refuse(&Refusal::Method, "PUT");
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(text(r).await, r#"{"return": "405: Method Not Allowed"}"#);
+        let r = refuse(&Refusal::NotJson, "POST");
+        assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
+        assert_eq!(text(r).await, r#"{"return": "406: JSON required"}"#);
     }
 }
