@@ -141,6 +141,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = server::bind_addr(&config)?;
     let tls = server::tls_from_config(&config)?;
     let limits = server::Limits::from_config(&config);
+    let warnings = saltgate::config::warnings(&config);
+    // First: a spool that cannot be opened stops the start before anything listens.
+    let state = server::build_state(config)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -150,10 +153,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "saltgate listening"
     );
-    for warning in saltgate::config::warnings(&config) {
+    for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let state = server::build_state(config);
     server::run(state, listener, tls, limits, shutdown_signal()).await
 }
 

@@ -35,6 +35,8 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The hook pipeline's rules, limiter and replay guard.
     pub hooks: crate::api::hook::Hooks,
+    /// The durable spool hooks are committed to; `None` when `saltgate.spool.enabled: false`.
+    pub spool: Option<crate::spool::Spool>,
 }
 
 /// The state handle handlers receive.

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hooks;
 pub mod master;
 pub mod raw;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +49,8 @@ pub struct Config {
     pub hooks: Vec<HookRule>,
     /// Keys of the `rest_cherrypy:` block saltgate does not act on (for [`warnings`]).
     pub unread: Vec<String>,
+    /// The spool, when on.
+    pub spool: Option<crate::spool::SpoolConfig>,
 }
 
 impl Config {
@@ -68,6 +71,8 @@ impl Config {
             use_master: false,
             hooks: Vec::new(),
             unread: Vec::new(),
+            // The built-in bus without a spool directory: see `spool::build`.
+            spool: None,
         };
         // No rules and no secrets to read: building cannot fail.
         let _ = config.set_hooks(&[], &HashMap::new());
@@ -132,6 +137,12 @@ impl Config {
             BusChoice::Builtin => false,
             BusChoice::Auto => master.ipc_mode == IpcMode::Tcp || master.sock_dir.exists(),
         };
+        let spool = spool::build(
+            &saltgate.spool,
+            &master,
+            use_master,
+            rest_cherrypy.max_request_body_size,
+        )?;
         let mut config = Self {
             source: Some(merged.file.clone()),
             master,
@@ -140,6 +151,7 @@ impl Config {
             use_master,
             hooks: Vec::new(),
             unread,
+            spool,
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;
@@ -449,6 +461,7 @@ pub fn render_effective(config: &Config) -> String {
             "auth_failure_burst": config.saltgate.auth_failure_burst,
             "auth_failures_per_minute": config.saltgate.auth_failures_per_minute,
             "auth_max_in_flight": config.saltgate.auth_max_in_flight,
+            "spool": spool::render(config.spool.as_ref()),
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

@@ -29,9 +29,10 @@ use crate::salt::bus::memory::MemoryBus;
 use crate::salt::channel::{MasterChannel, Timeouts};
 use crate::salt::{SaltClients, SharedBus};
 
-/// Builds the application state: the master's bus and channel, or the built-in bus.
-/// Must run inside a tokio runtime.
-pub fn build_state(config: Config) -> AppState {
+/// Builds the application state: the master's bus and channel, or the built-in bus, and the
+/// spool (opened and recovered). Must run inside a tokio runtime. Fails when the spool cannot
+/// be opened (an unwritable directory, another saltgate using it).
+pub fn build_state(config: Config) -> Result<AppState, crate::spool::SpoolError> {
     build_state_with(config, None)
 }
 
@@ -40,7 +41,7 @@ pub fn build_state(config: Config) -> AppState {
 pub fn build_state_with(
     config: Config,
     sns_http: Option<Arc<dyn crate::api::sns::SnsHttp>>,
-) -> AppState {
+) -> Result<AppState, crate::spool::SpoolError> {
     let (bus, salt): (SharedBus, Option<SaltClients>) = if config.use_master {
         let (publisher, puller) = config.master.bus_endpoints();
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
@@ -86,6 +87,16 @@ pub fn build_state_with(
         config.client_keys(),
         sns_http,
     );
+    let spool = match config.spool.clone() {
+        None => None,
+        Some(mut spool_config) => {
+            (spool_config.dedup_ttl, spool_config.dedup_capacity) = hooks.replay_limits();
+            let spool = crate::spool::Spool::open(spool_config, Arc::clone(&bus))?;
+            let (ttl, capacity) = hooks.replay_limits();
+            hooks.restore_replay_keys(&spool.dedup_keys(ttl, capacity));
+            Some(spool)
+        }
+    };
     let state = AppState(Arc::new(App {
         config,
         bus,
@@ -94,6 +105,7 @@ pub fn build_state_with(
         metrics: api::metrics::Metrics::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         hooks,
+        spool,
     }));
     let weak = Arc::downgrade(&state.0);
     tokio::spawn(async move {
@@ -106,7 +118,7 @@ pub fn build_state_with(
             }
         }
     });
-    state
+    Ok(state)
 }
 
 /// Serving limits for the listener.
@@ -226,6 +238,7 @@ pub async fn run(
         Some(state.clone()),
     ));
     let clients = conn::ClientTable::new(limits.max_connections_per_client, limits.exempt.clone());
+    let spool = state.spool.clone();
     let router = api::router(state);
     let tracker = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -327,8 +340,15 @@ pub async fn run(
         Ok(()) => tracing::info!("All connections closed"),
         Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
     }
+    if let Some(spool) = spool {
+        // Accepted hooks still waiting get a last chance to go out; the rest stay spooled.
+        spool.drain(SPOOL_DRAIN).await;
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for spooled hooks to be delivered.
+const SPOOL_DRAIN: Duration = Duration::from_secs(10);
 
 /// The HTTP/1.1 side. hyper's own header timeout stays as a backstop behind the watchdog's.
 fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {

@@ -36,7 +36,7 @@ impl Gate {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let limits = saltgate::server::Limits::from_config(&config);
-            let state = saltgate::server::build_state(config);
+            let state = saltgate::server::build_state(config).unwrap();
             tokio::spawn(saltgate::server::run(
                 state,
                 listener,

@@ -9,6 +9,7 @@
 )]
 
 mod acl;
+mod chaos;
 mod gate;
 mod hooks;
 mod hostile_auth;
@@ -17,6 +18,7 @@ mod lowstate_diff;
 mod reactor_examples;
 mod sandbox_selftest;
 mod shutdown;
+mod spool;
 mod streams;
 mod support;
 mod wire;

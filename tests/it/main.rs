@@ -17,6 +17,7 @@ mod hostile_edge;
 mod hostile_streams;
 mod listener;
 mod lowstate;
+mod spool;
 mod streams;
 mod streams_browser;
 mod support;
