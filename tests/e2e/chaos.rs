@@ -105,6 +105,9 @@ async fn sigkill_at_random_moments_of_a_flood_loses_no_hook_answered_2xx() {
          the master bus; {ids} seen more than once ({extra} extra copies)",
         accepted.len()
     );
+    // A repeat is marked: every copy of a hook carries the same delivery id, so a Reactor
+    // that must act once can tell (`data._saltgate.id`).
+    assert_eq!(watcher.unmarked_repeats(), Vec::<u64>::new());
 }
 
 #[tokio::test]

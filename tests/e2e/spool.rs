@@ -1,5 +1,5 @@
 //! The spool against a real master: hooks accepted while the master is down are answered 202
-//! `queued` and reach the bus (and the Reactor) once each when it is back; a small spool
+//! `queued` and reach the bus (and the Reactor) once each, in arrival order, when it is back; a small spool
 //! refuses with 503 + `Retry-After` and drains; a sender's retry after a saltgate restart is a
 //! duplicate. The heavy rounds (SIGKILL during floods, a master restart mid-flood) are in
 //! `chaos` (3007.17 only).
@@ -84,6 +84,9 @@ pub fn signed_hook(
 /// and the Reactor (an engine started after the publisher) are.
 pub struct Watcher {
     seen: Arc<Mutex<HashMap<u64, u32>>>,
+    /// Each hook's delivery ids (`_saltgate.id`) over all its copies, and the first copies in
+    /// the order the bus carried them, as `(i, seq)`.
+    ids: Arc<Mutex<IdLog>>,
     asks: Arc<AtomicU64>,
     connects: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -94,6 +97,9 @@ impl Drop for Watcher {
         self.task.abort();
     }
 }
+
+/// Each hook's delivery ids `(spool, seq)`, and its first copies in bus order as `(i, seq)`.
+type IdLog = (HashMap<u64, HashSet<(u64, u64)>>, Vec<(u64, u64)>);
 
 trait Io: AsyncRead + Unpin + Send {}
 impl<T: AsyncRead + Unpin + Send> Io for T {}
@@ -110,9 +116,10 @@ impl Watcher {
         let endpoint = config.master.bus_endpoints().0;
         let tag = tag.to_owned();
         let seen = Arc::new(Mutex::new(HashMap::new()));
+        let ids: Arc<Mutex<IdLog>> = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
         let asks = Arc::new(AtomicU64::new(0));
         let connects = Arc::new(AtomicU64::new(0));
-        let (s, a, c) = (seen.clone(), asks.clone(), connects.clone());
+        let (s, a, c, d) = (seen.clone(), asks.clone(), connects.clone(), ids.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok(mut conn) = connect(&endpoint).await else {
@@ -142,7 +149,19 @@ impl Watcher {
                                 let post = to_json(ev.get("post").unwrap_or(&rmpv::Value::Nil));
                                 if post["run"] == run {
                                     if let Some(i) = post["i"].as_u64() {
-                                        *s.lock().unwrap().entry(i).or_insert(0) += 1;
+                                        let n = {
+                                            let mut seen = s.lock().unwrap();
+                                            let n = seen.entry(i).or_insert(0);
+                                            *n += 1;
+                                            *n
+                                        };
+                                        let id = saltgate::spool::id::event_id(&ev)
+                                            .unwrap_or((u64::MAX, u64::MAX));
+                                        let mut d = d.lock().unwrap();
+                                        d.0.entry(i).or_default().insert(id);
+                                        if n == 1 {
+                                            d.1.push((i, id.1));
+                                        }
                                     }
                                 }
                             }
@@ -155,6 +174,7 @@ impl Watcher {
         });
         Watcher {
             seen,
+            ids,
             asks,
             connects,
             task,
@@ -173,6 +193,24 @@ impl Watcher {
     /// How often each `i` was seen.
     pub fn seen(&self) -> HashMap<u64, u32> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Hooks whose copies on the bus did not all carry one and the same delivery id (a copy
+    /// without one counts as another id): a repeat must be recognisable by its id.
+    pub fn unmarked_repeats(&self) -> Vec<u64> {
+        let d = self.ids.lock().unwrap();
+        let mut bad: Vec<u64> =
+            d.0.iter()
+                .filter(|(_, ids)| ids.len() != 1 || ids.contains(&(u64::MAX, u64::MAX)))
+                .map(|(i, _)| *i)
+                .collect();
+        bad.sort_unstable();
+        bad
+    }
+
+    /// The hooks' first copies in the order the bus carried them, as `(i, spool sequence)`.
+    pub fn bus_order(&self) -> Vec<(u64, u64)> {
+        self.ids.lock().unwrap().1.clone()
     }
 
     /// Reactor requests seen, and connections made.
@@ -370,9 +408,18 @@ async fn a_master_outage_queues_hooks_and_each_reaches_the_bus_and_the_reactor_o
     })
     .await;
 
-    // 500 signed hooks, 16 at a time: every one answered 202 `queued`.
+    // 500 signed hooks, the first 20 one after the other (their order is the client's),
+    // then 16 at a time: every one answered 202 `queued`.
+    const SEQUENTIAL: u64 = 20;
     let client = reqwest::Client::new();
-    let next = Arc::new(AtomicU64::new(0));
+    for i in 0..SEQUENTIAL {
+        let resp = signed_hook(&client, &gate.url("/hook/spool/outage"), run, i, 64)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "hook {i}");
+    }
+    let next = Arc::new(AtomicU64::new(SEQUENTIAL));
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (client, url, next) = (client.clone(), gate.url("/hook/spool/outage"), next.clone());
@@ -455,6 +502,22 @@ async fn a_master_outage_queues_hooks_and_each_reaches_the_bus_and_the_reactor_o
         (0, 0, 0),
         "{small_status:?}"
     );
+    // In arrival order: the bus carried them by spool sequence, the sequential ones first and
+    // in the order they were sent; each with one delivery id.
+    let order = watcher.bus_order();
+    assert_eq!(order.len() as u64, N);
+    let first: Vec<u64> = order
+        .iter()
+        .take(SEQUENTIAL as usize)
+        .map(|o| o.0)
+        .collect();
+    assert_eq!(first, (0..SEQUENTIAL).collect::<Vec<_>>(), "bus order");
+    let out_of_order: Vec<_> = order.windows(2).filter(|w| w[0].1 >= w[1].1).collect();
+    assert!(
+        out_of_order.is_empty(),
+        "out of spool order: {out_of_order:?}"
+    );
+    assert_eq!(watcher.unmarked_repeats(), Vec::<u64>::new());
     let status = gate.state.spool.as_ref().unwrap().status();
     assert!(status.reactor_answers >= 1, "{status:?}");
     assert_eq!((status.confirmed, status.repeats), (N, 0), "{status:?}");
