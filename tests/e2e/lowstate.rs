@@ -16,6 +16,9 @@ struct Gate {
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
+    /// This saltgate's own spool: gates on one sandbox run side by side, and a spool is held
+    /// by one process at a time.
+    _spool: tempfile::TempDir,
 }
 
 impl Gate {
@@ -30,6 +33,10 @@ impl Gate {
                 .expect("the sandbox's master config loads");
         config.use_master = true;
         config.api.disable_ssl = true;
+        let spool = tempfile::tempdir().unwrap();
+        if let Some(s) = &mut config.spool {
+            s.storage = saltgate::spool::Storage::Dir(spool.path().to_path_buf());
+        }
         tweak(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let addr = rt.block_on(async {
@@ -52,6 +59,7 @@ impl Gate {
             rt,
             addr,
             _stop: stop,
+            _spool: spool,
         }
     }
 
