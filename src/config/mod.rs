@@ -534,6 +534,45 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_block_is_strict_and_defaults_under_the_masters_cachedir() {
+        use crate::spool::Storage;
+        let master =
+            "cachedir: /srv/cache\nuser: salt\nreactor:\n  - 'salt/netapi/hook/*': [/r.sls]\n";
+        let c = load_text(&format!("{master}saltgate:\n  bus: master\n")).unwrap();
+        let spool = c.spool.expect("on by default on a master");
+        assert_eq!(
+            spool.storage,
+            Storage::Dir(PathBuf::from("/srv/cache/saltgate"))
+        );
+        assert_eq!(spool.max_bytes, crate::spool::DEFAULT_MAX_BYTES);
+        assert_eq!(
+            spool.reactor.map(|r| r.key_file),
+            Some(PathBuf::from("/srv/cache/.salt_key")),
+            "the Reactor check reads the master user's key"
+        );
+        // The built-in bus: no spool unless a directory is given.
+        let builtin = "saltgate:\n  bus: builtin\n";
+        assert!(load_text(builtin).unwrap().spool.is_none());
+        let c = load_text(&format!("{builtin}  spool:\n    dir: /var/lib/sg\n")).unwrap();
+        assert_eq!(
+            c.spool.unwrap().storage,
+            Storage::Dir(PathBuf::from("/var/lib/sg"))
+        );
+        let off = format!("{master}saltgate:\n  bus: master\n  spool:\n    enabled: false\n");
+        assert!(load_text(&off).unwrap().spool.is_none());
+        for (block, key) in [
+            ("    colour: red\n", "saltgate.spool.colour"),
+            ("    dir: relative/spool\n", "saltgate.spool.dir"),
+            ("    max_bytes: 1000\n", "saltgate.spool.max_bytes"),
+            ("    max_bytes: lots\n", "saltgate.spool.max_bytes"),
+            ("    queue_bytes: 10\n", "saltgate.spool.queue_bytes"),
+        ] {
+            let text = format!("saltgate:\n  bus: master\n  spool:\n{block}");
+            assert_eq!(refused_key(&text), key, "{block}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_the_key_came_from() {
         let dir = tempfile::tempdir().unwrap();
         let master = dir.path().join("master");

@@ -26,6 +26,7 @@
 //! [`Accepted`] or a [`SpoolError`].
 
 pub mod id;
+pub mod metrics;
 mod pusher;
 pub mod reactor;
 pub mod store;
