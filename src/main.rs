@@ -1,12 +1,16 @@
-//! The `saltgate` command: `serve`, `check-config`, `version`.
+//! The `saltgate` command: `serve`, `check-config`, `sign`, `version` (and the hidden `assets`,
+//! which writes the man pages and shell completions the packages ship).
+
+mod assets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use saltgate::config::Config;
 use saltgate::server;
+use saltgate::server::notify::{self, Notifier};
 
 /// mimalloc instead of glibc's malloc. Measured A/B on the built-in bus with signed 1 KiB hooks
 /// (same build otherwise): 24 → 21 µs of CPU per hook, and RSS at 256 connections 30 → 26–27 MiB.
@@ -19,7 +23,13 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "saltgate",
     version,
-    about = "A hardened, fast drop-in for Salt's salt-api"
+    about = "A hardened, fast drop-in for Salt's salt-api",
+    long_about = "A hardened, fast drop-in for Salt's salt-api: webhooks to the Salt Reactor and \
+                  salt-api's lowstate API, next to a Salt master. It reads the master config \
+                  (and master.d/*.conf), salt-api's rest_cherrypy block as it is, and its own \
+                  saltgate block. Under systemd (Type=notify) it reports ready once it listens \
+                  and is attached to the master's event bus. The operator guide: \
+                  /usr/share/doc/saltgate/OPERATIONS.md."
 )]
 struct Cli {
     /// Log JSON lines instead of text.
@@ -42,6 +52,10 @@ enum Command {
         /// The Salt master config file (or its directory).
         #[arg(long, short)]
         config: PathBuf,
+        /// Instead of the effective settings, print what switching this master from salt-api
+        /// (rest_cherrypy) to saltgate keeps, what it changes, and what to review first.
+        #[arg(long)]
+        compare_salt_api: bool,
     },
     /// Print the headers a sender would add to BODYFILE, to test a hook rule with curl.
     Sign {
@@ -69,6 +83,12 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Write the man pages (DIR/man) and shell completions (DIR/completions).
+    #[command(hide = true)]
+    Assets {
+        /// The directory to write into.
+        dir: PathBuf,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -86,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             println!("saltgate {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Assets { dir } => assets::write(Cli::command(), &dir),
         Command::Sign {
             provider,
             secret_file,
@@ -117,8 +138,15 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig {
+            config,
+            compare_salt_api,
+        } => {
             let config = load(Some(&config))?;
+            if compare_salt_api {
+                print!("{}", saltgate::config::compare::report(&config));
+                return Ok(());
+            }
             println!("{}", saltgate::config::render_effective(&config));
             for warning in saltgate::config::warnings(&config) {
                 eprintln!("warning: {warning}");
@@ -138,6 +166,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything can take time: SIGHUP (systemd's ExecReload) must never end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let notifier = Notifier::from_socket_var(std::env::var_os("NOTIFY_SOCKET").as_deref());
     let addr = server::bind_addr(&config)?;
     let tls = server::tls_from_config(&config)?;
     let limits = server::Limits::from_config(&config);
@@ -156,10 +188,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    server::run(state, listener, tls, limits, shutdown_signal()).await
+    let listening = addr.to_string();
+    tokio::spawn(notify::announce_ready(
+        notifier.clone(),
+        state.bus.clone(),
+        listening.clone(),
+    ));
+    tokio::spawn(notify::on_hangup(
+        hangups,
+        notifier.clone(),
+        state.bus.clone(),
+        listening,
+    ));
+    server::run(state, listener, tls, limits, shutdown_signal(notifier)).await
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(notifier: Notifier) {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -178,4 +222,5 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("Shutdown signal received");
+    notifier.stopping();
 }

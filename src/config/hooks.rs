@@ -77,7 +77,7 @@ pub struct RawHook {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dedupe {
-    /// The delivery id the scheme reports (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`, ...,
+    /// The delivery id the scheme reports (`X-GitHub-Delivery`, GitLab's `Idempotency-Key`, ...,
     /// SNS `MessageId`). Only SNS signs its id; the others' ids are plain headers, so this stops
     /// sender retries and concurrent double deliveries, not an attacker who resends a captured
     /// body with a new or no id.
@@ -158,6 +158,32 @@ impl RawVerify {
             Self::Travis(_) => "travis",
             Self::Sns(_) => "sns",
         }
+    }
+
+    /// The files this scheme reads its shared secrets from, each with its key path below
+    /// `verify.<scheme>` (`secret_file`, `secrets[1].file`). Public keys are not secrets.
+    pub fn secret_files(&self) -> Vec<(String, &Path)> {
+        let sources = match self {
+            Self::Github(s) => s.sources(),
+            Self::Gitlab(s) => s.sources(),
+            Self::Gitea(s) => s.sources(),
+            Self::Bitbucket(s) => s.sources(),
+            Self::Slack(s) => s.sources(),
+            Self::Stripe(s) => s.sources(),
+            Self::StandardWebhooks(s) => s.sources(),
+            Self::Hmac(s) => s.sources(),
+            Self::Token(s) => s.sources(),
+            Self::Travis(_) | Self::Sns(_) => return Vec::new(),
+        };
+        let one = sources
+            .file
+            .map(|f| ("secret_file".to_owned(), f.as_path()));
+        let listed = sources
+            .list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.file.as_deref().map(|f| (format!("secrets[{i}].file"), f)));
+        one.into_iter().chain(listed).collect()
     }
 
     /// What `saltgate sign` was given on its command line, read as if written under `verify:`

@@ -8,6 +8,7 @@
 //! `saltgate check-config` and `saltgate serve` load through the same function, so they refuse
 //! the same configs with the same words. Nothing here is async and nothing here touches HTTP.
 
+pub mod compare;
 pub mod error;
 pub mod hooks;
 pub mod master;
@@ -51,6 +52,9 @@ pub struct Config {
     pub unread: Vec<String>,
     /// The spool, when on.
     pub spool: Option<crate::spool::SpoolConfig>,
+    /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
+    /// for the review in [`compare`].
+    pub secret_files: Vec<(String, PathBuf)>,
 }
 
 impl Config {
@@ -73,6 +77,7 @@ impl Config {
             unread: Vec::new(),
             // The built-in bus without a spool directory: see `spool::build`.
             spool: None,
+            secret_files: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
         let _ = config.set_hooks(&[], &HashMap::new());
@@ -92,6 +97,19 @@ impl Config {
             self.api.max_request_body_size,
             env,
         )?;
+        self.secret_files = raw
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| rule.verify.as_ref().map(|v| (i, v)))
+            .flat_map(|(i, v)| {
+                v.secret_files().into_iter().map(move |(key, path)| {
+                    (
+                        format!("saltgate.hooks[{i}].verify.{}.{key}", v.scheme()),
+                        path.to_path_buf(),
+                    )
+                })
+            })
+            .collect();
         Ok(())
     }
 
@@ -152,6 +170,7 @@ impl Config {
             hooks: Vec::new(),
             unread,
             spool,
+            secret_files: Vec::new(),
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;

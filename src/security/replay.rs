@@ -4,7 +4,7 @@
 //! the id) and two copies of one delivery being fired at once (the second is refused while the
 //! first is in flight). What it does not stop: an attacker who captured a signed delivery and
 //! sends it again with a new or no id. GitHub (`X-GitHub-Delivery`), GitLab
-//! (`X-Gitlab-Event-UUID`), Gitea/Forgejo (`X-Gitea-Delivery`, `X-Forgejo-Delivery`) and
+//! (`Idempotency-Key`, else `X-Gitlab-Webhook-UUID`), Gitea/Forgejo (`X-Gitea-Delivery`, `X-Forgejo-Delivery`) and
 //! Bitbucket (`X-Request-UUID`) ids, and a generic `hmac` rule's `delivery_header`, are plain
 //! headers outside the signature, so a changed id still verifies. Only Amazon SNS signs its id (`MessageId`). Against resent bodies, the
 //! defences are the signed timestamp window ([`check_timestamp`]: Slack, Stripe, Standard

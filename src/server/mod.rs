@@ -8,6 +8,7 @@
 //! ([`crate::api::limits`]).
 
 pub mod conn;
+pub mod notify;
 pub mod tls;
 
 use std::future::Future;

@@ -87,14 +87,19 @@ fn case(name: &'static str, path: &str, status: u16) -> Case {
     }
 }
 
-#[tokio::test]
-async fn status_codes_and_returns_match_rest_cherrypy() {
-    let sandbox = blocking(|| {
+/// A sandbox with the real rest_cherrypy beside the master.
+async fn with_rest_cherrypy() -> SaltSandbox {
+    blocking(|| {
         SaltSandbox::builder()
             .with_salt_api(SaltApi::RestCherrypy)
             .start()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn status_codes_and_returns_match_rest_cherrypy() {
+    let sandbox = with_rest_cherrypy().await;
     let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
     let ours = format!("http://{}", gate.addr);
     let cherry = format!("http://127.0.0.1:{}", sandbox.salt_api_port());
@@ -270,12 +275,7 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
 
 #[tokio::test]
 async fn post_keys_hands_out_an_accepted_key_pair_as_a_tar() {
-    let sandbox = blocking(|| {
-        SaltSandbox::builder()
-            .with_salt_api(SaltApi::RestCherrypy)
-            .start()
-    })
-    .await;
+    let sandbox = with_rest_cherrypy().await;
     let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
     let c = reqwest::Client::new();
     let creds = |mid: &str, password: &str| json!({"mid": mid, "username": "saltdev", "password": password, "eauth": "file"});
@@ -395,4 +395,37 @@ fn tar_members(bytes: &[u8]) -> Vec<TarMember> {
             }
         })
         .collect()
+}
+
+/// `saltgate check-config --compare-salt-api` on the master config that runs the real
+/// rest_cherrypy here prints exactly the pinned report (tests/e2e/compare-salt-api.txt, with
+/// the sandbox root and salt-api's port as `@ROOT@` and `@PORT@`): what stays as salt-api did,
+/// the README's differences that apply to this config, and the review items.
+#[tokio::test]
+async fn compare_salt_api_report_for_the_sandbox_config() {
+    let sandbox = with_rest_cherrypy().await;
+    // The config is a working salt-api config: salt-api serves on it.
+    let root = reqwest::get(format!("http://127.0.0.1:{}/", sandbox.salt_api_port()))
+        .await
+        .unwrap();
+    assert_eq!(root.status(), 200);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_saltgate"))
+        .args(["check-config", "--compare-salt-api", "--config"])
+        .arg(sandbox.master_config_file())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout)
+        .unwrap()
+        .replace(&sandbox.root().display().to_string(), "@ROOT@")
+        .replace(
+            &format!("127.0.0.1:{} ", sandbox.salt_api_port()),
+            "127.0.0.1:@PORT@ ",
+        );
+    let want = include_str!("compare-salt-api.txt");
+    assert_eq!(got, want, "the report changed; the new one:\n{got}");
 }

@@ -15,6 +15,7 @@ mod hooks;
 mod hostile_auth;
 mod lowstate;
 mod lowstate_diff;
+mod notify;
 mod reactor_examples;
 mod sandbox_selftest;
 mod shutdown;

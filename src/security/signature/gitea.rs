@@ -4,8 +4,13 @@
 //! Defends against forged Gitea/Forgejo deliveries. Forgejo sends both headers with the same
 //! value; the Forgejo one is checked when present, otherwise the Gitea one. The delivery id
 //! (`X-Forgejo-Delivery` / `X-Gitea-Delivery`) is returned for the replay guard.
+//!
+//! A hook set to the `application/x-www-form-urlencoded` content type is delivered as
+//! `payload=<urlencoded JSON>` but signed over the JSON itself. So a form body that is exactly
+//! one `payload` field is checked against that field's decoded value when the raw body does not
+//! match; nothing outside the signed bytes reaches the event, because there is no other field.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, header::CONTENT_TYPE};
 
 use super::{HashAlg, Verified, VerifyError, check_prefixed_hex, delivery_id, name, single_header};
 use crate::security::secret::{Secret, SecretSet};
@@ -18,6 +23,33 @@ pub const FORGEJO_SIGNATURE: HeaderName = name("x-forgejo-signature");
 pub const GITEA_DELIVERY: HeaderName = name("x-gitea-delivery");
 /// `X-Forgejo-Delivery`.
 pub const FORGEJO_DELIVERY: HeaderName = name("x-forgejo-delivery");
+
+/// `X-Gogs-Signature`: Gitea also sends the same MAC under Gogs' name.
+pub const GOGS_SIGNATURE: HeaderName = name("x-gogs-signature");
+
+/// Every header a Gitea or Forgejo delivery carries a MAC of the payload in: its own, Gogs',
+/// and GitHub's two (`X-Hub-Signature` SHA-1, `X-Hub-Signature-256`), all kept out of events.
+pub const CREDENTIAL_HEADERS: [HeaderName; 5] = [
+    GITEA_SIGNATURE,
+    FORGEJO_SIGNATURE,
+    GOGS_SIGNATURE,
+    super::github::SIGNATURE_256,
+    super::github::SIGNATURE_SHA1,
+];
+
+/// The decoded `payload` of a form body made of that one field, else `None`.
+fn form_payload(headers: &HeaderMap, body: &[u8]) -> Option<Vec<u8>> {
+    let media = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let media = media.split(';').next()?.trim();
+    if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return None;
+    }
+    let mut fields = form_urlencoded::parse(body);
+    match (fields.next(), fields.next()) {
+        (Some((key, value)), None) if key == "payload" => Some(value.into_owned().into_bytes()),
+        _ => None,
+    }
+}
 
 /// Gitea/Forgejo verifier config.
 #[derive(Debug, Clone)]
@@ -36,7 +68,7 @@ impl Gitea {
         &self.secrets
     }
 
-    /// Checks the signature over the raw `body`.
+    /// Checks the signature over the raw `body`, or over the JSON of a form delivery.
     pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
         let (value, header) = match single_header(headers, &FORGEJO_SIGNATURE)? {
             Some(v) => (v, &FORGEJO_SIGNATURE),
@@ -45,7 +77,16 @@ impl Gitea {
                 None => return Err(VerifyError::MissingHeader(GITEA_SIGNATURE)),
             },
         };
-        check_prefixed_hex(value, "", HashAlg::Sha256, header, &self.secrets, &[body])?;
+        let check = |signed: &[u8]| {
+            check_prefixed_hex(value, "", HashAlg::Sha256, header, &self.secrets, &[signed])
+        };
+        match check(body) {
+            Err(VerifyError::Mismatch) => match form_payload(headers, body) {
+                Some(payload) => check(&payload)?,
+                None => return Err(VerifyError::Mismatch),
+            },
+            other => other?,
+        }
         let id = match delivery_id(headers, &FORGEJO_DELIVERY)? {
             Some(id) => Some(id),
             None => delivery_id(headers, &GITEA_DELIVERY)?,
@@ -119,5 +160,52 @@ mod tests {
             Err(VerifyError::MissingHeader(GITEA_SIGNATURE)),
         );
         check(&Gitea::new(secrets(&["old", SECRET])), gitea, Ok(()));
+    }
+
+    /// A form delivery as Gitea sends it: `payload=<urlencoded JSON>`, signed over the JSON.
+    #[test]
+    fn form_deliveries_are_checked_against_their_payload() {
+        let v = Gitea::new(secrets(&[SECRET]));
+        let json = br#"{"ref":"refs/heads/main","note":"a b&c=d"}"#;
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", std::str::from_utf8(json).unwrap())
+            .finish();
+        let sig = sign(&secret(SECRET), json).remove(0).1;
+        let form = |ct: &str, body: &str| {
+            let map = headers(&[
+                (GITEA_SIGNATURE, sig.clone()),
+                (CONTENT_TYPE, ct.to_owned()),
+            ]);
+            v.verify(&map, body.as_bytes()).map(|_| ())
+        };
+        assert_eq!(form("application/x-www-form-urlencoded", &body), Ok(()));
+        assert_eq!(
+            form("Application/X-WWW-Form-Urlencoded; charset=utf-8", &body),
+            Ok(())
+        );
+        // Only a body that is that one field: anything else would be unsigned content.
+        assert_eq!(
+            form(
+                "application/x-www-form-urlencoded",
+                &format!("{body}&extra=1")
+            ),
+            Err(VerifyError::Mismatch)
+        );
+        assert_eq!(
+            form(
+                "application/x-www-form-urlencoded",
+                &body.replace("payload=", "data=")
+            ),
+            Err(VerifyError::Mismatch)
+        );
+        // The JSON content type means the raw body is what was signed.
+        assert_eq!(form("application/json", &body), Err(VerifyError::Mismatch));
+        assert_eq!(
+            form(
+                "application/x-www-form-urlencoded",
+                &body.replace("main", "evil")
+            ),
+            Err(VerifyError::Mismatch)
+        );
     }
 }

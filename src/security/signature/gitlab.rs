@@ -2,8 +2,12 @@
 //!
 //! Defends against forged GitLab deliveries. GitLab does not sign the body, so this is a
 //! bearer secret: it is compared in constant time (hashed first, so the length does not leak
-//! either) and redacted from events. The delivery id (`X-Gitlab-Event-UUID`) is returned for
-//! the replay guard.
+//! either) and redacted from events.
+//!
+//! The delivery id for the replay guard is `Idempotency-Key`, which GitLab keeps the same on
+//! every retry of one delivery, else `X-Gitlab-Webhook-UUID` (one per delivery). Never
+//! `X-Gitlab-Event-UUID`: GitLab gives every hook triggered from one request, recursively, that
+//! same value, so deduplicating on it would drop distinct events.
 
 use http::{HeaderMap, HeaderName};
 
@@ -12,8 +16,10 @@ use crate::security::secret::{Secret, SecretSet};
 
 /// `X-Gitlab-Token`.
 pub const TOKEN: HeaderName = name("x-gitlab-token");
-/// `X-Gitlab-Event-UUID`.
-pub const DELIVERY: HeaderName = name("x-gitlab-event-uuid");
+/// `Idempotency-Key`: the same on each retry of a delivery (GitLab 17.4 and later).
+pub const DELIVERY: HeaderName = name("idempotency-key");
+/// `X-Gitlab-Webhook-UUID`: one per delivery, for GitLab versions without `Idempotency-Key`.
+pub const WEBHOOK_UUID: HeaderName = name("x-gitlab-webhook-uuid");
 
 /// GitLab verifier config.
 #[derive(Debug, Clone)]
@@ -39,7 +45,10 @@ impl Gitlab {
             return Err(VerifyError::Mismatch);
         }
         Ok(Verified {
-            delivery_id: delivery_id(headers, &DELIVERY)?,
+            delivery_id: match delivery_id(headers, &DELIVERY)? {
+                Some(id) => Some(id),
+                None => delivery_id(headers, &WEBHOOK_UUID)?,
+            },
             timestamp: None,
         })
     }
@@ -94,5 +103,31 @@ mod tests {
             Ok(()),
         );
         check(&v, headers(&sign(&secret("glsecret"))), Ok(()));
+    }
+
+    /// Retries carry the same `Idempotency-Key`; without it the per-delivery webhook UUID is
+    /// the id; the event UUID, shared by recursively triggered hooks, never is.
+    #[test]
+    fn delivery_id_is_the_retry_key() {
+        let v = Gitlab::new(secrets(&["glsecret"]));
+        let id = |extra: &[(HeaderName, &str)]| {
+            let mut pairs = vec![(TOKEN, "glsecret".to_owned())];
+            pairs.extend(extra.iter().map(|(n, v)| (n.clone(), (*v).to_owned())));
+            v.verify(&headers(&pairs)).unwrap().delivery_id
+        };
+        let event_uuid = name("x-gitlab-event-uuid");
+        assert_eq!(
+            id(&[
+                (DELIVERY, "idem-1"),
+                (WEBHOOK_UUID, "wh-1"),
+                (event_uuid.clone(), "ev-1")
+            ]),
+            Some("idem-1".into())
+        );
+        assert_eq!(
+            id(&[(WEBHOOK_UUID, "wh-1"), (event_uuid.clone(), "ev-1")]),
+            Some("wh-1".into())
+        );
+        assert_eq!(id(&[(event_uuid, "ev-1")]), None);
     }
 }

@@ -95,7 +95,14 @@ pub enum SignError {
     /// Travis signs with its private key; we only hold the public key.
     #[error("scheme {0} is signed with a private key saltgate does not hold")]
     NeedsPrivateKey(&'static str),
+    /// Timestamped schemes carry a non-negative Unix time of at most 18 digits, the only form
+    /// their verifiers accept; a signature for any other time could never verify.
+    #[error("time {0} cannot be carried by a signed timestamp (0 to 18 digits)")]
+    Timestamp(i64),
 }
+
+/// Largest Unix time a signed timestamp header may carry (18 digits, as [`parse_unix`] reads).
+const MAX_SIGNED_UNIX: i64 = 999_999_999_999_999_999;
 
 /// A configured verifier for one hook rule.
 #[derive(Debug, Clone)]
@@ -153,11 +160,16 @@ impl Verifier {
         match self {
             Verifier::Github(_) => vec![github::SIGNATURE_256, github::SIGNATURE_SHA1],
             Verifier::Gitlab(_) => vec![gitlab::TOKEN],
-            Verifier::Gitea(_) => vec![gitea::GITEA_SIGNATURE, gitea::FORGEJO_SIGNATURE],
+            Verifier::Gitea(_) => gitea::CREDENTIAL_HEADERS.to_vec(),
             Verifier::Bitbucket(_) => vec![bitbucket::SIGNATURE],
             Verifier::Slack(_) => vec![slack::SIGNATURE],
             Verifier::Stripe(_) => vec![stripe::SIGNATURE],
-            Verifier::StandardWebhooks(_) => vec![standard_webhooks::SIGNATURE],
+            Verifier::StandardWebhooks(_) => {
+                vec![
+                    standard_webhooks::SIGNATURE,
+                    standard_webhooks::SVIX_SIGNATURE,
+                ]
+            }
             Verifier::Hmac(v) => vec![v.header().clone()],
             Verifier::Token(v) => vec![v.header()],
             Verifier::Travis(_) => vec![travis::SIGNATURE],
@@ -187,6 +199,13 @@ impl Verifier {
     /// secret: for `saltgate sign` and tests. Standard Webhooks gets a `webhook-id` derived
     /// from the body and time.
     pub fn sign(&self, body: &[u8], now_unix: i64) -> Result<Vec<(HeaderName, String)>, SignError> {
+        let timestamped = matches!(
+            self,
+            Verifier::Slack(_) | Verifier::Stripe(_) | Verifier::StandardWebhooks(_)
+        );
+        if timestamped && !(0..=MAX_SIGNED_UNIX).contains(&now_unix) {
+            return Err(SignError::Timestamp(now_unix));
+        }
         Ok(match self {
             Verifier::Github(v) => github::sign(v.secrets().primary(), body),
             Verifier::Gitlab(v) => gitlab::sign(v.secrets().primary()),
@@ -448,6 +467,30 @@ mod tests {
             )),
             Verifier::Hmac(generic(HashAlg::Sha512, hmac::Encoding::Base64, None)),
         ]
+    }
+
+    /// Every signature `sign` hands out verifies at the same time, including at the edges of
+    /// what a timestamp header can carry; times no header can carry are refused up front.
+    #[test]
+    fn own_signatures_verify_at_every_representable_time() {
+        for v in hmac_family() {
+            for now in [0, 1, NOW, MAX_SIGNED_UNIX] {
+                let map = headers(&v.sign(b"{}", now).unwrap());
+                assert!(v.verify(&map, b"{}", now).is_ok(), "{} at {now}", v.name());
+            }
+            let timestamped = matches!(
+                v,
+                Verifier::Slack(_) | Verifier::Stripe(_) | Verifier::StandardWebhooks(_)
+            );
+            for now in [-1, i64::MIN, MAX_SIGNED_UNIX + 1, i64::MAX] {
+                let got = v.sign(b"{}", now);
+                if timestamped {
+                    assert_eq!(got, Err(SignError::Timestamp(now)), "{}", v.name());
+                } else {
+                    assert!(got.is_ok(), "{}", v.name());
+                }
+            }
+        }
     }
 
     #[test]

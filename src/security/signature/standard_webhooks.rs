@@ -6,11 +6,19 @@
 //! is a trustworthy key for the replay guard and a timestamp outside the tolerance (default
 //! 300 s, both directions) is refused. Entries of other versions (`v1a` asymmetric) are
 //! skipped; a header with no `v1` entry is refused as the wrong algorithm.
+//!
+//! Svix, where the spec comes from, sends the same three headers named `svix-id`,
+//! `svix-timestamp` and `svix-signature` (the `webhook-*` names are its paid white-label
+//! option), so both families are read: the family of the id header present is used for all
+//! three, never a mix. Secrets are `whsec_` and base64 with or without padding, as the
+//! reference libraries accept them.
 
 use std::time::Duration;
 
 use base64::Engine;
+use base64::alphabet;
 use base64::engine::general_purpose::STANDARD;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +32,12 @@ pub const ID: HeaderName = name("webhook-id");
 pub const TIMESTAMP: HeaderName = name("webhook-timestamp");
 /// `webhook-signature`.
 pub const SIGNATURE: HeaderName = name("webhook-signature");
+/// `svix-id` (Svix's name for `webhook-id`).
+pub const SVIX_ID: HeaderName = name("svix-id");
+/// `svix-timestamp`.
+pub const SVIX_TIMESTAMP: HeaderName = name("svix-timestamp");
+/// `svix-signature`.
+pub const SVIX_SIGNATURE: HeaderName = name("svix-signature");
 /// The spec's recommended tolerance.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 /// Most signature entries read.
@@ -66,31 +80,37 @@ impl StandardWebhooks {
         body: &[u8],
         now_unix: i64,
     ) -> Result<Verified, VerifyError> {
-        let id = required_header(headers, &ID)?;
+        let [id_name, ts_name, sig_name] = if headers.contains_key(&ID) {
+            [&ID, &TIMESTAMP, &SIGNATURE]
+        } else if headers.contains_key(&SVIX_ID) {
+            [&SVIX_ID, &SVIX_TIMESTAMP, &SVIX_SIGNATURE]
+        } else {
+            return Err(VerifyError::MissingHeader(ID));
+        };
+        let id = required_header(headers, id_name)?;
         if id.is_empty() || id.len() > MAX_ID_LEN {
-            return Err(VerifyError::MalformedHeader(ID));
+            return Err(VerifyError::MalformedHeader(id_name.clone()));
         }
-        let ts_raw = required_header(headers, &TIMESTAMP)?;
-        let ts = parse_unix(ts_raw, &TIMESTAMP)?;
-        let value = required_header(headers, &SIGNATURE)?;
+        let ts_raw = required_header(headers, ts_name)?;
+        let ts = parse_unix(ts_raw, ts_name)?;
+        let value = required_header(headers, sig_name)?;
+        let malformed = || VerifyError::MalformedHeader(sig_name.clone());
         let mut tags = Vec::new();
         for (i, entry) in value.split(' ').filter(|e| !e.is_empty()).enumerate() {
             if i >= MAX_ENTRIES {
-                return Err(VerifyError::MalformedHeader(SIGNATURE));
+                return Err(malformed());
             }
-            let (version, sig) = entry
-                .split_once(',')
-                .ok_or(VerifyError::MalformedHeader(SIGNATURE))?;
+            let (version, sig) = entry.split_once(',').ok_or_else(malformed)?;
             if version != "v1" {
                 continue;
             }
             match STANDARD.decode(sig) {
                 Ok(tag) if tag.len() == HashAlg::Sha256.len() => tags.push(tag),
-                _ => return Err(VerifyError::MalformedHeader(SIGNATURE)),
+                _ => return Err(malformed()),
             }
         }
         if tags.is_empty() {
-            return Err(VerifyError::WrongAlgorithm(SIGNATURE));
+            return Err(VerifyError::WrongAlgorithm(sig_name.clone()));
         }
         let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_raw.as_bytes(), b".", body];
         let matched = self.keys.any(|k| {
@@ -109,11 +129,18 @@ impl StandardWebhooks {
     }
 }
 
-/// `whsec_<base64>` (or bare base64) to the key bytes.
+/// Standard base64 that takes its padding or leaves it out (never anything outside the
+/// alphabet), as the reference libraries read `whsec_` secrets.
+const PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `whsec_<base64>` (or bare base64, padded or not) to the key bytes.
 pub fn decode_key(secret: &Secret) -> Result<Secret, InvalidKey> {
     let raw = secret.expose();
     let b64 = raw.strip_prefix(b"whsec_").unwrap_or(raw);
-    let key = STANDARD.decode(b64).map_err(|_| InvalidKey)?;
+    let key = PADDING_OPTIONAL.decode(b64).map_err(|_| InvalidKey)?;
     Secret::new(key).map_err(|_| InvalidKey)
 }
 
@@ -184,6 +211,55 @@ mod tests {
             h(),
             DOC_TS,
             Ok(()),
+        );
+    }
+
+    /// Svix's own header names carry the same signature; the families are never mixed.
+    #[test]
+    fn svix_header_family() {
+        let svix = headers(&[
+            (SVIX_ID, DOC_ID.to_owned()),
+            (SVIX_TIMESTAMP, DOC_TS.to_string()),
+            (SVIX_SIGNATURE, DOC_SIG.to_owned()),
+        ]);
+        let got = v(&[DOC_SECRET]).verify(&svix, DOC_BODY, DOC_TS).unwrap();
+        assert_eq!(got.delivery_id.as_deref(), Some(DOC_ID));
+        check(
+            &v(&[DOC_SECRET]),
+            without(svix.clone(), &SVIX_SIGNATURE),
+            DOC_TS,
+            Err(VerifyError::MissingHeader(SVIX_SIGNATURE)),
+        );
+        let mixed = headers(&[
+            (ID, DOC_ID.to_owned()),
+            (SVIX_TIMESTAMP, DOC_TS.to_string()),
+            (SVIX_SIGNATURE, DOC_SIG.to_owned()),
+        ]);
+        check(
+            &v(&[DOC_SECRET]),
+            mixed,
+            DOC_TS,
+            Err(VerifyError::MissingHeader(TIMESTAMP)),
+        );
+        check(
+            &v(&[DOC_SECRET]),
+            HeaderMap::new(),
+            DOC_TS,
+            Err(VerifyError::MissingHeader(ID)),
+        );
+    }
+
+    /// `whsec_` secrets without their base64 padding, as the reference libraries accept them.
+    #[test]
+    fn unpadded_secrets() {
+        // 35 key bytes: base64 with one `=` of padding.
+        let padded = "whsec_c2FsdGdhdGUtdW5wYWRkZWQta2V5LWJ5dGVzLTAxMjM0NTY=";
+        let key = decode_key(&secret(padded)).unwrap();
+        let bare = decode_key(&secret(padded.trim_end_matches('='))).unwrap();
+        assert_eq!(key.expose(), bare.expose());
+        assert_eq!(
+            StandardWebhooks::new(&secrets(&["whsec_C2Fs dGdh"]), DEFAULT_TOLERANCE).err(),
+            Some(InvalidKey)
         );
     }
 

@@ -8,6 +8,7 @@
     reason = "a toolbox: each test binary module uses a different part"
 )]
 pub mod salt;
+pub mod watch;
 
 #[allow(unused_imports, reason = "not every test module uses every item")]
 pub use salt::{SaltApi, SaltSandbox, SaltSandboxBuilder, shared};

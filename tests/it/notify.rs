@@ -1,0 +1,244 @@
+//! systemd's `Type=notify` protocol, spoken by the real `saltgate` binary to a datagram socket
+//! in `$NOTIFY_SOCKET` as systemd would hold it: READY=1 once it serves, RELOADING=1/READY=1 on
+//! SIGHUP (which must never end the process), STOPPING=1 on SIGTERM; nothing is READY while the
+//! master's event bus is not there. (tests/e2e/notify.rs: the same against a real master.)
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[path = "../shared/notify_socket.rs"]
+mod notify_socket;
+
+use notify_socket::{NotifySocket, free_port};
+
+/// A saltgate child with the receiving end of its notification socket.
+struct Notified {
+    child: Child,
+    socket: NotifySocket,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Notified {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Notified {
+    /// Starts `saltgate serve` on a config made of `saltgate_block` (YAML under `saltgate:`).
+    fn start(saltgate_block: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = NotifySocket::bind();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("master"),
+            format!(
+                "sock_dir: {}\ncachedir: {}\nrest_cherrypy:\n  host: 127.0.0.1\n  port: {port}\n  \
+                 disable_ssl: true\n  webhook_disable_auth: true\nsaltgate:\n{saltgate_block}",
+                dir.path().join("sock").display(),
+                dir.path().join("cache").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_saltgate"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("master"))
+            .env("NOTIFY_SOCKET", socket.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            socket,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn recv(&self, timeout: Duration) -> Option<String> {
+        self.socket.recv(timeout)
+    }
+
+    fn expect(&self, what: &str) -> String {
+        self.recv(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no datagram from saltgate; expected {what}"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("saltgate did not exit within 30 s");
+    }
+
+    fn get_root(&self) -> u16 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{}/", self.port))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+#[test]
+fn ready_reload_and_stop_are_told_to_systemd() {
+    let mut gate = Notified::start("  bus: builtin\n");
+    let ready = gate.expect("READY=1");
+    assert_eq!(
+        ready,
+        format!(
+            "READY=1\nSTATUS=Serving on 127.0.0.1:{} (built-in event bus, no Salt master)\n",
+            gate.port
+        )
+    );
+    // Ready means serving: the first request after READY=1 is answered.
+    assert_eq!(gate.get_root(), 200);
+
+    // systemctl reload: RELOADING=1 with the monotonic time, then READY=1; still serving.
+    for _ in 0..2 {
+        let before = monotonic_usec();
+        gate.signal("-HUP");
+        let reloading = gate.expect("RELOADING=1");
+        let lines: Vec<&str> = reloading.lines().collect();
+        assert_eq!(lines[0], "RELOADING=1", "{reloading}");
+        let stamp: u64 = lines[1]
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap_or_else(|| panic!("{reloading}"))
+            .parse()
+            .unwrap();
+        assert!(
+            stamp >= before && stamp <= monotonic_usec(),
+            "MONOTONIC_USEC={stamp} is not CLOCK_MONOTONIC now ({before})"
+        );
+        assert_eq!(lines[2], "STATUS=Reloading the configuration");
+        assert!(
+            gate.expect("READY=1")
+                .starts_with("READY=1\nSTATUS=Serving on ")
+        );
+        assert!(gate.running(), "SIGHUP ended saltgate");
+        assert_eq!(gate.get_root(), 200);
+    }
+
+    gate.signal("-TERM");
+    assert_eq!(
+        gate.expect("STOPPING=1"),
+        "STOPPING=1\nSTATUS=Shutting down: finishing in-flight requests\n"
+    );
+    assert!(gate.wait_exit().success());
+    assert_eq!(
+        gate.recv(Duration::from_millis(300)),
+        None,
+        "a datagram after STOPPING=1"
+    );
+}
+
+#[test]
+fn not_ready_until_the_master_bus_is_there() {
+    // `bus: master` with a sock_dir where no master has its sockets.
+    let mut gate = Notified::start("  bus: master\n");
+    assert_eq!(
+        gate.expect("the waiting status"),
+        format!(
+            "STATUS=Listening on 127.0.0.1:{}; waiting for the Salt master's event bus\n",
+            gate.port
+        )
+    );
+    assert_eq!(
+        gate.recv(Duration::from_secs(2)),
+        None,
+        "told systemd something while waiting"
+    );
+    // A SIGHUP before READY=1 is no reload to announce, and must not end the process.
+    gate.signal("-HUP");
+    assert_eq!(gate.recv(Duration::from_millis(500)), None);
+    assert!(gate.running(), "SIGHUP during start-up ended saltgate");
+    gate.signal("-TERM");
+    assert!(gate.expect("STOPPING=1").starts_with("STOPPING=1\n"));
+    assert!(gate.wait_exit().success());
+}
+
+#[test]
+fn without_notify_socket_nothing_changes() {
+    // The same binary outside systemd: SIGHUP is still harmless, SIGTERM still drains.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("master");
+    std::fs::write(
+        &config,
+        format!("rest_cherrypy:\n  host: 127.0.0.1\n  port: {port}\n  disable_ssl: true\nsaltgate:\n  bus: builtin\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saltgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "saltgate did not start");
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, pid.as_str()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended saltgate");
+    kill("-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("Reload requested (SIGHUP): reloading the configuration is not supported yet"),
+        "{log}"
+    );
+    assert!(log.contains("Shutdown signal received"), "{log}");
+}
