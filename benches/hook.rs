@@ -1,4 +1,4 @@
-//! The hook path's CPU steps after verification: body parsing (`api::hook::parse_body`), event
+//! The hook path's CPU steps after verification: body parsing (`api::hook::event::parse_body`), event
 //! packing (`Event::pack`) and bus framing (`encode_frame` / `decode_frame`), at 1 KiB and 64 KiB;
 //! and the per-request rate check (`RateLimiter::check`, `AuthThrottle::check`).
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
 use rmpv::Value;
-use saltgate::api::hook::parse_body;
+use saltgate::api::hook::event::parse_body;
 use saltgate::salt::Event;
 use saltgate::salt::event::{hook_tag, stamp_now};
 use saltgate::salt::wire::framing::{Decoded, Framing, decode_frame, encode_frame};

@@ -751,7 +751,7 @@ async fn subscriber(target: Arc<Target>, token: Arc<str>, shared: Arc<SubShared>
                     t.warm = true;
                     shared.warm.fetch_add(1, Ordering::Relaxed);
                 }
-            } else if tag == saltgate::api::events::LAGGED_TAG {
+            } else if tag == saltgate::api::stream::LAGGED_TAG {
                 t.lag_notices += 1;
                 t.missed += d
                     .and_then(|d| d.get("missed"))

@@ -61,7 +61,7 @@ fn publish(frame: &[u8], framing: Framing, max_frame: usize) {
         let _ = event.redact_credentials();
         let _ = event.get("data");
         // What /events and /ws send for it (keys nested in keys are bounded).
-        let _ = saltgate::api::events::sse_event(&event);
+        let _ = saltgate::api::stream::record::sse_event(&event);
         if let Ok(packed) = event.pack() {
             let back = Event::unpack(&packed).expect("a packed event unpacks");
             assert_eq!(back.tag, event.tag);

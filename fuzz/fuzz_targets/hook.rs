@@ -1,5 +1,5 @@
 //! Whole requests through saltgate's real router (in process, built-in bus, no master):
-//! hook path → rule → tag (src/api/hook.rs, src/config/hooks.rs), with each rule's verifier,
+//! hook path → rule → tag (src/api/hook/, src/config/hooks.rs), with each rule's verifier,
 //! allowlist, body cap (`Content-Length` included) and body parsing by content type (YAML only
 //! on the `yaml: true` rule), the event fired, and the lowstate routes' body parsing.
 //!

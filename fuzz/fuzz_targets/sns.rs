@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 use libfuzzer_sys::fuzz_target;
-use saltgate::api::sns::{CertCache, SnsFetchError, SnsHttp, verify_sns};
+use saltgate::api::hook::sns::{CertCache, SnsFetchError, SnsHttp, verify_sns};
 use saltgate::security::signature::sns::{Sns, SnsUrl};
 use saltgate_fuzz::{first_text, fixtures, message, pem_to_der};
 

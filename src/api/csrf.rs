@@ -26,11 +26,10 @@
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method};
 
 use super::error::ApiError;
-use super::negotiate::{Format, response_format};
 
 /// The middleware: refuses cross-origin unsafe requests that a browser authenticated by itself.
 pub async fn guard(request: Request, next: Next) -> Response {
@@ -49,8 +48,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
             code = "cross_origin",
             "Cross-origin request refused"
         );
-        let format = response_format(request.headers()).unwrap_or(Format::Json);
-        return ApiError::CrossOrigin.render(format);
+        return ApiError::CrossOrigin.into_response();
     }
     next.run(request).await
 }
@@ -73,7 +71,7 @@ pub fn needs_check(method: &Method, headers: &HeaderMap, login: bool) -> bool {
         return false;
     }
     // With no `X-Auth-Token`, the token the routes would use is the cookie's.
-    login || super::extract::session_token(headers).is_some()
+    login || super::auth::session_token(headers).is_some()
 }
 
 /// Whether the browser's own signals say the request comes from this origin. No signal at all:

@@ -1,11 +1,19 @@
 //! [`ApiError`]: every failure of the HTTP edge, mapped through one table to a status and a
 //! stable code. The body is `{"status": N, "code": "...", "message": "..."}` in the negotiated
 //! format. Internal detail (the Salt error text) is logged, not sent.
+//!
+//! Handlers return `Result<_, ApiError>`. `into_response` renders the error as JSON and carries
+//! it on the response as an extension, with no side effect; [`respond`], the outermost layer,
+//! takes it from there: it logs it, once, and writes the body again in the request's preferred
+//! format when that is YAML. rest_cherrypy answers its own errors with CherryPy HTML pages; the
+//! bodies here are saltgate's (API.md §1).
 
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-use super::negotiate::Format;
+use super::negotiate::{Format, NotAcceptable, accept_format, render_body};
 use crate::salt::SaltError;
 
 /// A failure answered to the client.
@@ -63,6 +71,15 @@ pub enum ApiError {
     BadLowstate(String),
     /// 400: the client is not listed in `netapi_enable_clients` (or not served by saltgate).
     ClientDisabled(String),
+    /// 400: a query parameter an event stream does not take.
+    BadQuery(&'static str),
+    /// 403: a browser's WebSocket handshake from another origin.
+    OriginNotAllowed,
+    /// A WebSocket handshake that is not one (405, 400 or 426): its status and reason.
+    BadUpgrade(StatusCode, &'static str),
+    /// The Salt master or its bus failed or refused: shown as [`salt_face`] shows it, the
+    /// detail kept for the log.
+    Salt(SaltError),
     /// One chunk of a lowstate failed: the chunk's own error, its index in the message.
     Chunk {
         /// The chunk's position, from 0.
@@ -102,6 +119,10 @@ impl ApiError {
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
             Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
+            Self::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            Self::BadUpgrade(status, _) => (*status, "bad_upgrade"),
+            Self::Salt(e) => salt_face(e).status_code(),
             Self::Chunk { error, .. } => error.status_code(),
         }
     }
@@ -113,7 +134,9 @@ impl ApiError {
             Self::BadPath(why)
             | Self::Unauthorized(why)
             | Self::BadSignature(why)
-            | Self::Unavailable(why) => (*why).to_owned(),
+            | Self::Unavailable(why)
+            | Self::BadQuery(why)
+            | Self::BadUpgrade(_, why) => (*why).to_owned(),
             Self::Stale => "The request's timestamp is outside the accepted window".into(),
             Self::Forbidden => "Requests from this address are not allowed".into(),
             Self::NotAuthorized => "Not allowed to run this".into(),
@@ -141,6 +164,8 @@ impl ApiError {
             Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
                 why.clone()
             }
+            Self::OriginNotAllowed => "Cross-origin WebSocket connections are not allowed".into(),
+            Self::Salt(e) => salt_face(e).message(),
             Self::Chunk { index, error } => format!("chunk {index}: {}", error.message()),
         }
     }
@@ -173,58 +198,116 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The Salt error behind this one, if any.
+    pub fn cause(&self) -> Option<&SaltError> {
+        match self {
+            Self::Salt(e) => Some(e),
+            Self::Chunk { error, .. } => error.cause(),
+            _ => None,
+        }
+    }
+}
+
+/// How a Salt error is shown to the client: a fixed status and message, never the detail.
+fn salt_face(e: &SaltError) -> ApiError {
+    match e {
+        SaltError::AuthRefused(_) => ApiError::Unauthorized("Authentication failed"),
+        SaltError::NotAuthorized(_) => ApiError::NotAuthorized,
+        SaltError::Timeout(_) => ApiError::Timeout,
+        SaltError::Unavailable(_) | SaltError::BusBusy(_) => {
+            ApiError::Unavailable("The Salt master is unavailable")
+        }
+        SaltError::Master(_) | SaltError::Protocol(_) => ApiError::Internal,
+    }
+}
+
+/// JSON, with the error itself as an extension for [`respond`] to log and re-render.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.render(Format::Json)
+        let mut response = self.render(Format::Json);
+        response.extensions_mut().insert(self);
+        response
     }
 }
 
-/// Maps a Salt error to the client's error, logging the detail once.
+/// The Salt error, kept for the log; the client sees [`salt_face`].
 impl From<SaltError> for ApiError {
     fn from(e: SaltError) -> Self {
-        match &e {
-            SaltError::AuthRefused(_) => Self::Unauthorized("Authentication failed"),
-            SaltError::NotAuthorized(_) => Self::NotAuthorized,
-            SaltError::Timeout(_) => {
-                tracing::warn!(error = %e, "Salt master timed out");
-                Self::Timeout
-            }
-            SaltError::Unavailable(_) | SaltError::BusBusy(_) => {
-                tracing::warn!(error = %e, "Salt master unavailable");
-                Self::Unavailable("The Salt master is unavailable")
-            }
-            SaltError::Master(_) | SaltError::Protocol(_) => {
-                tracing::error!(error = %e, "Unexpected answer from the Salt master");
-                Self::Internal
-            }
-        }
+        Self::Salt(e)
     }
 }
 
-/// Serialises `body` as JSON or YAML with the right content type.
-pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value) -> Response {
-    let bytes = match format {
-        Format::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml::to_string(body)
-            .map(String::into_bytes)
-            .map_err(|e| e.to_string()),
+impl From<NotAcceptable> for ApiError {
+    fn from(_: NotAcceptable) -> Self {
+        Self::NotAcceptable
+    }
+}
+
+impl IntoResponse for NotAcceptable {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+/// The outermost layer: every error answered (an [`ApiError`] carried on the response) is logged
+/// here, once, and its body is written in the format the request's `Accept` prefers (JSON when
+/// it names none saltgate writes). Client mistakes are logged at debug, the master's refusals
+/// at info, failures at warn and 500s at error, with the Salt detail the client never sees.
+pub async fn respond(request: Request, next: Next) -> Response {
+    let accept: Vec<HeaderValue> = request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .cloned()
+        .collect();
+    let method = request.method().clone();
+    let mut response = next.run(request).await;
+    let Some(error) = response.extensions_mut().remove::<ApiError>() else {
+        return response;
     };
-    match bytes {
-        Ok(bytes) => (
-            status,
-            [(header::CONTENT_TYPE, format.content_type())],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "Could not serialise a response");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "application/json")],
-                r#"{"status":500,"code":"internal","message":"Could not serialise the response"}"#,
-            )
-                .into_response()
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    log(&error, method.as_str(), route);
+    let format = accept_format(&accept).unwrap_or(Format::Json);
+    if format == Format::Json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (fresh, body) = error.render(format).into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(ct) = fresh.headers.get(header::CONTENT_TYPE) {
+        parts.headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    Response::from_parts(parts, body)
+}
+
+fn log(error: &ApiError, method: &str, route: &str) {
+    let (status, code) = error.status_code();
+    let status = status.as_u16();
+    let message = error.message();
+    match error.cause() {
+        Some(cause) if status == 500 => tracing::error!(
+            method, route, status, code, %message, error = %cause,
+            "Request failed: unexpected answer from the Salt master"
+        ),
+        Some(cause) if status > 500 => tracing::warn!(
+            method, route, status, code, %message, error = %cause,
+            "Request failed: the Salt master could not answer"
+        ),
+        Some(cause) => tracing::info!(
+            method, route, status, code, %message, kind = cause.kind(),
+            "Request refused by the Salt master"
+        ),
+        None if status == 500 => {
+            tracing::error!(method, route, status, code, %message, "Request failed");
         }
+        None if status > 500 => {
+            tracing::warn!(method, route, status, code, %message, "Request failed");
+        }
+        None => tracing::debug!(method, route, status, code, %message, "Request refused"),
     }
 }
 
@@ -253,7 +336,8 @@ mod tests {
     #[test]
     fn salt_errors_map_without_detail() {
         let e: ApiError = SaltError::Master("secret detail".into()).into();
-        assert_eq!(e, ApiError::Internal);
+        assert_eq!(e.status_code(), ApiError::Internal.status_code());
+        assert_eq!(e.message(), ApiError::Internal.message());
         assert!(!e.message().contains("secret"));
         let e: ApiError = SaltError::Unavailable("x".into()).into();
         assert_eq!(e.status_code().0, StatusCode::SERVICE_UNAVAILABLE);

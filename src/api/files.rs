@@ -19,10 +19,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::negotiate::{Format, response_format};
 
 /// Adds the `static` directory and the `app` page to `routes`, when configured.
 pub fn with_files(routes: Router, api: &crate::config::RestCherrypy) -> Router {
@@ -53,7 +52,6 @@ pub fn with_files(routes: Router, api: &crate::config::RestCherrypy) -> Router {
 
 /// Refuses paths that are not plain segments and files whose real path leaves `root`.
 async fn guard(root: Arc<PathBuf>, request: Request, next: Next) -> Response {
-    let format = response_format(request.headers()).unwrap_or(Format::Json);
     // The router drops empty segments in front of the nested path (`/static//x` arrives here as
     // `/x`); the client's own path decides.
     let original = request
@@ -61,14 +59,14 @@ async fn guard(root: Arc<PathBuf>, request: Request, next: Next) -> Response {
         .get::<axum::extract::OriginalUri>()
         .map_or(request.uri().path(), |o| o.path());
     if original.contains("//") {
-        return ApiError::NotFound.render(format);
+        return ApiError::NotFound.into_response();
     }
     let Some(file) = resolve(&root, request.uri().path()) else {
-        return ApiError::NotFound.render(format);
+        return ApiError::NotFound.into_response();
     };
     if !stays_inside(&root, &file).await {
         tracing::info!(path = %request.uri().path(), "Static file refused: it resolves outside the directory");
-        return ApiError::NotFound.render(format);
+        return ApiError::NotFound.into_response();
     }
     next.run(request).await
 }

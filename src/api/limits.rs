@@ -19,15 +19,14 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
-use super::negotiate::{Format, response_format};
-use super::state::AppState;
+use super::metrics::Metrics;
 
 /// A limit that refused or cut off a client, for logs and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,14 +125,19 @@ pub struct Budgets {
     pub streams: Arc<Semaphore>,
     /// Buffered request-body bytes.
     body_bytes: Arc<Semaphore>,
-    app: Option<AppState>,
+    metrics: Option<Arc<Metrics>>,
     log: LogThrottle,
 }
 
 impl Budgets {
     /// Budgets of `connections` general slots, `streams` stream slots and `body_bytes` buffered
-    /// body bytes; hits are counted in `app`'s metrics.
-    pub fn new(connections: usize, streams: usize, body_bytes: u64, app: Option<AppState>) -> Self {
+    /// body bytes; hits are counted in `metrics`.
+    pub fn new(
+        connections: usize,
+        streams: usize,
+        body_bytes: u64,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let body_bytes = usize::try_from(body_bytes)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -141,15 +145,15 @@ impl Budgets {
             general: Arc::new(Semaphore::new(connections.clamp(1, Semaphore::MAX_PERMITS))),
             streams: Arc::new(Semaphore::new(streams.min(Semaphore::MAX_PERMITS))),
             body_bytes: Arc::new(Semaphore::new(body_bytes)),
-            app,
+            metrics,
             log: LogThrottle::new(),
         }
     }
 
     /// Counts a hit of `limit` and logs it, at most one line per limit every 10 s.
     pub fn hit(&self, limit: Limit, client: std::net::IpAddr) {
-        if let Some(app) = &self.app {
-            app.metrics.limit_hit(limit.name());
+        if let Some(metrics) = &self.metrics {
+            metrics.limit_hit(limit.name());
         }
         if let Some(hits) = self.log.admit(limit) {
             match limit {
@@ -356,8 +360,7 @@ pub async fn stream_budget(req: Request, next: Next) -> Response {
     };
     let Ok(permit) = Arc::clone(&slot.budgets.streams).try_acquire_owned() else {
         slot.budgets.hit(Limit::Streams, slot.client);
-        let format = response_format(req.headers()).unwrap_or(Format::Json);
-        return ApiError::Busy("Too many event streams are open; retry later").render(format);
+        return ApiError::Busy("Too many event streams are open; retry later").into_response();
     };
     let response = next.run(req).await;
     let status = response.status();

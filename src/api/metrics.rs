@@ -1,5 +1,5 @@
-//! `/metrics` in the Prometheus text format (0.0.4), and the ring of recent hook deliveries the
-//! events page shows.
+//! saltgate's counters: what `/metrics` shows in the Prometheus text format (0.0.4), and the
+//! ring of recent hook deliveries the events page shows; the middleware that counts requests.
 //!
 //! Hand-written: a handful of counters behind one mutex per family. Every label value comes from
 //! a finite set (matched route templates, HTTP methods, status codes, `ApiError` codes), so the
@@ -9,18 +9,16 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use http::StatusCode;
 use serde::Serialize;
 
-use super::negotiate::{Format, response_format};
-use super::state::{App, AppState};
 use crate::salt::bus::BusStatus;
 use crate::salt::event::{hook_tag, stamp_now};
 
@@ -84,14 +82,13 @@ pub struct Delivery {
 /// Decrements a subscriber gauge when a stream ends, however it ends.
 #[derive(Debug)]
 pub struct SubscriberGuard {
-    app: AppState,
+    metrics: Arc<Metrics>,
     kind: StreamKind,
 }
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.app
-            .metrics
+        self.metrics
             .gauge(self.kind)
             .fetch_sub(1, Ordering::Relaxed);
     }
@@ -303,7 +300,7 @@ impl Metrics {
     }
 }
 
-impl App {
+impl Metrics {
     /// Records a hook's outcome: the counter and the deliveries ring.
     pub fn record_hook(
         &self,
@@ -312,7 +309,7 @@ impl App {
         status: StatusCode,
         outcome: &'static str,
     ) {
-        if let Ok(mut m) = self.metrics.hooks.lock() {
+        if let Ok(mut m) = self.hooks.lock() {
             *m.entry(outcome).or_default() += 1;
         }
         let mut tag = hook_tag(path);
@@ -330,21 +327,19 @@ impl App {
             status: status.as_u16(),
             outcome,
         };
-        if let Ok(mut ring) = self.metrics.deliveries.lock() {
+        if let Ok(mut ring) = self.deliveries.lock() {
             if ring.len() >= DELIVERIES {
                 ring.pop_front();
             }
             ring.push_back(delivery);
         }
     }
-}
 
-impl AppState {
     /// Counts a new stream subscriber until the guard is dropped.
-    pub fn stream_opened(&self, kind: StreamKind) -> SubscriberGuard {
-        self.metrics.gauge(kind).fetch_add(1, Ordering::Relaxed);
+    pub fn stream_opened(self: &Arc<Self>, kind: StreamKind) -> SubscriberGuard {
+        self.gauge(kind).fetch_add(1, Ordering::Relaxed);
         SubscriberGuard {
-            app: self.clone(),
+            metrics: Arc::clone(self),
             kind,
         }
     }
@@ -386,7 +381,7 @@ pub async fn label_route(request: Request, next: Next) -> Response {
 }
 
 /// Outer layer: counts every request by route, method and status, and times it.
-pub async fn track(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
@@ -394,37 +389,13 @@ pub async fn track(State(app): State<AppState>, request: Request, next: Next) ->
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    app.metrics.observe_request(
+    metrics.observe_request(
         route,
         method,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     response
-}
-
-/// `GET /metrics`: open when `stats_disable_auth` is set (the same switch as salt-api's
-/// `/stats`, the other operator endpoint), else the same token check as the event streams.
-pub async fn metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    if !app.config.api.stats_disable_auth {
-        if let Err(e) =
-            super::events::authorize(&app, super::extract::session_token(&headers).as_deref()).await
-        {
-            return e.render(response_format(&headers).unwrap_or(Format::Json));
-        }
-    }
-    let mut body = app.metrics.render(&app.bus.status());
-    if let Some(spool) = &app.spool {
-        crate::spool::metrics::render(&mut body, &spool.status());
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }
 
 #[cfg(test)]

@@ -1,36 +1,82 @@
 //! The HTTP edge: routes, content negotiation, errors. Thin: parse, call `security`, call
 //! `salt`, render. No sockets or wire formats here.
+//!
+//! - One folder per capability, holding its route handlers: [`hook`], [`lowstate`],
+//!   [`session`], [`stream`], [`resources`], [`ui`]. Handlers never use each other.
+//! - Shared services, which use no handler: [`state`] (the services every capability may use),
+//!   [`auth`] (the caller extractor), [`tokens`] (token validation and its cache),
+//!   [`negotiate`] (the format extractors), [`error`] (`ApiError` and the layer that logs and
+//!   renders it), [`netapi`] (running lowstate chunks), [`body`] (capped body reading and
+//!   parsing), [`metrics`], [`limits`], [`csrf`], [`cors`], [`files`].
+//! - This module: the route table and [`AppState`], the services plus each capability's state,
+//!   from which handlers take their parts (`FromRef`).
+//!
+//! ARCHITECTURE.md draws the layers and follows a hook and a lowstate call through them.
 
+pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod csrf;
-pub mod digest;
 pub mod error;
-pub mod events;
-pub mod extract;
 pub mod files;
 pub mod hook;
 pub mod limits;
 pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
+pub mod netapi;
 pub mod resources;
 pub mod session;
-pub mod sns;
 pub mod state;
+pub mod stream;
+pub mod tokens;
 pub mod ui;
-pub mod ws;
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::FromRef;
 use axum::routing::{get, post};
-use http::{HeaderMap, StatusCode};
 
 pub use error::ApiError;
-pub use state::{App, AppState};
+pub use state::App;
 
-use negotiate::{Format, response_format};
+use hook::Hooks;
+use netapi::Background;
+use resources::stats::Stats;
+
+/// The router's state: the shared services and each capability's own state. Handlers take the
+/// parts they use (`State<Arc<App>>`, `State<Arc<Hooks>>`, ...), never the whole.
+#[derive(Debug, Clone, FromRef)]
+pub struct AppState {
+    /// The shared services.
+    pub app: Arc<App>,
+    /// The hook pipeline's rules, limiter and replay guard.
+    pub hooks: Arc<Hooks>,
+    /// The `/stats` counters.
+    pub stats: Arc<Stats>,
+    /// The bound on `wheel_async` calls running in the background.
+    pub background: Background,
+}
+
+impl AppState {
+    /// The state of a router serving `app` and the hook pipeline `hooks`.
+    pub fn new(app: App, hooks: Hooks) -> Self {
+        Self {
+            stats: Arc::new(Stats::new(app.config.api.collect_stats)),
+            app: Arc::new(app),
+            hooks: Arc::new(hooks),
+            background: Background::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
+}
 
 /// The whole route table.
 pub fn router(state: AppState) -> Router {
@@ -51,8 +97,9 @@ pub fn router(state: AppState) -> Router {
         .ui_path
         .trim_end_matches('/')
         .to_owned();
-    let stats = std::sync::Arc::new(resources::Stats::new(state.config.api.collect_stats));
+    let trusted_proxies: Arc<[ipnet::IpNet]> = state.config.saltgate.trusted_proxies.clone().into();
     let streams = axum::middleware::from_fn(limits::stream_budget);
+    let index = lowstate::index;
     let routes = Router::new()
         .route("/", get(index).post(lowstate::root))
         .route("/index", get(index).post(lowstate::root))
@@ -62,7 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/token", get(index).post(session::token))
         .route(
             "/minions",
-            get(resources::minions).post(resources::minions_post),
+            get(resources::minions).post(lowstate::minions_post),
         )
         .route("/minions/", get(resources::minions))
         .route("/minions/{mid}", get(resources::minion))
@@ -72,24 +119,27 @@ pub fn router(state: AppState) -> Router {
         .route("/keys", get(resources::keys).post(resources::keys_post))
         .route("/keys/", get(resources::keys))
         .route("/keys/{mid}", get(resources::key))
-        .route("/stats", get(resources::stats))
+        .route("/stats", get(resources::stats::stats))
         .route(&hook_base, post(hook::hook_root))
         .route(&format!("{hook_base}/"), post(hook::hook_root))
         .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
         // streams: their own budget (limits::stream_budget), apart from the general one
-        .route("/events", get(events::events).route_layer(streams.clone()))
-        .route("/ws", get(ws::ws_root).route_layer(streams.clone()))
+        .route(
+            "/events",
+            get(stream::sse::events).route_layer(streams.clone()),
+        )
+        .route("/ws", get(stream::ws::ws_root).route_layer(streams.clone()))
         .route(
             "/ws/{token}",
-            get(ws::ws_token).route_layer(streams.clone()),
+            get(stream::ws::ws_token).route_layer(streams.clone()),
         )
         .route(
             "/all_events/{token}",
-            get(ws::all_events).route_layer(streams.clone()),
+            get(stream::ws::all_events).route_layer(streams.clone()),
         )
         .route(
             "/formatted_events/{token}",
-            get(ws::formatted_events).route_layer(streams.clone()),
+            get(stream::ws::formatted_events).route_layer(streams.clone()),
         )
         .route(&ui_base, get(ui::page))
         .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
@@ -97,22 +147,23 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{ui_base}/login.js"), get(ui::login_js))
         .route(&format!("{ui_base}/style.css"), get(ui::style))
         // stats
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(resources::metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(csrf::guard))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            Arc::clone(&state.metrics),
             metrics::track,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            state::client_scope,
+            trusted_proxies,
+            tokens::client_scope,
         ))
-        .with_state(state.clone())
-        .layer(axum::middleware::from_fn(resources::count))
-        .layer(axum::Extension(stats))
-        .layer(axum::Extension(lowstate::Background::new()));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.stats),
+            resources::stats::count,
+        ))
+        .with_state(state.clone());
     let routes = files::with_files(routes, &state.config.api);
     let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
         Some(cors) => routes.layer(cors),
@@ -124,25 +175,16 @@ pub fn router(state: AppState) -> Router {
         .root_prefix
         .trim_end_matches('/')
         .to_owned();
-    if prefix.is_empty() {
+    let routes = if prefix.is_empty() {
         routes
     } else {
         Router::new().nest(&prefix, routes).fallback(not_found)
-    }
-}
-
-/// `GET /`: salt-api's welcome, listing the enabled clients.
-async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(format) = response_format(&headers) else {
-        return ApiError::NotAcceptable.render(Format::Json);
     };
-    let body = serde_json::json!({
-        "return": "Welcome",
-        "clients": app.config.master.netapi_enable_clients,
-    });
-    error::render_body(StatusCode::OK, format, &body)
+    // Outermost: every error answered inside is logged here once and written in the request's
+    // preferred format.
+    routes.layer(axum::middleware::from_fn(error::respond))
 }
 
-async fn not_found(headers: HeaderMap) -> Response {
-    ApiError::NotFound.render(response_format(&headers).unwrap_or(Format::Json))
+async fn not_found() -> ApiError {
+    ApiError::NotFound
 }

@@ -1,6 +1,22 @@
-//! Content negotiation: which format a response is written in, from `Accept`.
+//! Content negotiation: which format a response is written in, from `Accept`, and the
+//! extractors that hand every route its format.
+//!
+//! - [`Negotiated`]: the routes rest_cherrypy negotiates (`hypermedia_out`): 406 before
+//!   anything runs when `Accept` names no format saltgate writes (rest_cherrypy runs the
+//!   command first, then answers 406).
+//! - [`Preferred`]: the routes rest_cherrypy serves without negotiation (`/events`, `/ws`,
+//!   `POST /keys`; saltgate's events page data): never 406, JSON when `Accept` names nothing
+//!   saltgate writes.
+//!
+//! Error bodies follow [`Preferred`] on every route (see [`super::error::respond`]), so a 406
+//! itself is JSON.
 
-use http::HeaderMap;
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 /// The formats saltgate writes, as salt-api does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +40,13 @@ impl Format {
 /// Picks the response format from `Accept`; `None` when nothing acceptable is offered (406).
 /// Media ranges are taken in order of their `q` value, ties in written order.
 pub fn response_format(headers: &HeaderMap) -> Option<Format> {
+    accept_format(headers.get_all(header::ACCEPT))
+}
+
+/// [`response_format`] over the values of the `Accept` headers.
+pub fn accept_format<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> Option<Format> {
     let mut ranges: Vec<(f32, usize, String)> = Vec::new();
-    for value in headers.get_all(http::header::ACCEPT) {
+    for value in values {
         let Ok(text) = value.to_str() else { continue };
         for (i, part) in text.split(',').enumerate() {
             let mut pieces = part.split(';');
@@ -58,6 +79,67 @@ pub fn response_format(headers: &HeaderMap) -> Option<Format> {
             }
             _ => None,
         })
+}
+
+/// The format `Accept` asks for; refused with [`NotAcceptable`] (406) when it names none
+/// saltgate writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated(pub Format);
+
+/// The rejection of [`Negotiated`]: 406 `not_acceptable` (rendered by `ApiError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAcceptable;
+
+impl<S: Send + Sync> FromRequestParts<S> for Negotiated {
+    type Rejection = NotAcceptable;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotAcceptable> {
+        response_format(&parts.headers)
+            .map(Self)
+            .ok_or(NotAcceptable)
+    }
+}
+
+/// The format `Accept` prefers, JSON when it names none saltgate writes: for the routes that are
+/// served whatever `Accept` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preferred(pub Format);
+
+impl<S: Send + Sync> FromRequestParts<S> for Preferred {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self(
+            response_format(&parts.headers).unwrap_or(Format::Json),
+        ))
+    }
+}
+
+/// Serialises `body` as JSON or YAML with the right content type.
+pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value) -> Response {
+    let bytes = match format {
+        Format::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml::to_string(body)
+            .map(String::into_bytes)
+            .map_err(|e| e.to_string()),
+    };
+    match bytes {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, format.content_type())],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Could not serialise a response");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"status":500,"code":"internal","message":"Could not serialise the response"}"#,
+            )
+                .into_response()
+        }
+    }
 }
 
 #[cfg(test)]

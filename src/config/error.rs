@@ -83,3 +83,28 @@ impl ConfigError {
         self
     }
 }
+
+/// Deserializes `value` as a `T`, naming the key path (below `prefix`) at fault.
+pub(crate) fn parse_at<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    prefix: Option<&str>,
+) -> Result<T, ConfigError> {
+    at_key(serde_path_to_error::deserialize(value), prefix)
+}
+
+/// A deserialisation result, its error naming the key path (below `prefix`) at fault.
+pub(crate) fn at_key<T>(
+    result: Result<T, serde_path_to_error::Error<serde_yaml::Error>>,
+    prefix: Option<&str>,
+) -> Result<T, ConfigError> {
+    result.map_err(|e| {
+        let path = e.path().to_string();
+        let key = match (prefix, path.as_str()) {
+            (Some(p), ".") => p.to_owned(),
+            (Some(p), rest) if rest.starts_with('[') => format!("{p}{rest}"),
+            (Some(p), rest) => format!("{p}.{rest}"),
+            (None, rest) => rest.to_owned(),
+        };
+        ConfigError::invalid(key, e.into_inner().to_string())
+    })
+}

@@ -28,7 +28,7 @@ pub use raw::{
     Unmatched,
 };
 
-pub(crate) use raw::parse_at;
+pub(crate) use error::parse_at;
 
 use crate::salt::bus::ipc::PullFraming;
 use crate::salt::wire::framing::Framing;

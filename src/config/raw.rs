@@ -18,9 +18,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, at_key, parse_at};
 use super::hooks::RawHook;
 use super::master::MasterSettings;
 
@@ -126,30 +125,6 @@ pub const SALT_API_ONLY_KEYS: &[(&str, Option<&str>)] = &[
 /// A top-level block; absent and `~` read as empty.
 fn block(doc: &serde_yaml::Mapping, name: &str) -> Option<serde_yaml::Value> {
     doc.get(name).filter(|v| !v.is_null()).cloned()
-}
-
-/// Deserializes `value` as a `T`, naming the key path (below `prefix`) at fault.
-pub(crate) fn parse_at<T: DeserializeOwned>(
-    value: serde_yaml::Value,
-    prefix: Option<&str>,
-) -> Result<T, ConfigError> {
-    at_key(serde_path_to_error::deserialize(value), prefix)
-}
-
-fn at_key<T>(
-    result: Result<T, serde_path_to_error::Error<serde_yaml::Error>>,
-    prefix: Option<&str>,
-) -> Result<T, ConfigError> {
-    result.map_err(|e| {
-        let path = e.path().to_string();
-        let key = match (prefix, path.as_str()) {
-            (Some(p), ".") => p.to_owned(),
-            (Some(p), rest) if rest.starts_with('[') => format!("{p}{rest}"),
-            (Some(p), rest) => format!("{p}.{rest}"),
-            (None, rest) => rest.to_owned(),
-        };
-        ConfigError::invalid(key, e.into_inner().to_string())
-    })
 }
 
 /// `rest_cherrypy.host`: an IP address, or `localhost` (bound as 127.0.0.1).

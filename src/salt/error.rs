@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Everything that can go wrong while talking to a Salt master or an event bus.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SaltError {
     /// The master (request server or event bus) cannot be reached right now.
     #[error("salt master unavailable: {0}")]

@@ -3,6 +3,7 @@
 use rmpv::Value;
 
 use super::error::SaltError;
+pub use super::value::{bytes_like, map_get, text_like};
 
 /// The separator between an event's tag and its packed data.
 pub const TAG_END: &[u8] = b"\n\n";
@@ -159,29 +160,6 @@ fn redact_value(value: &mut Value, depth: usize) -> bool {
         _ => {}
     }
     changed
-}
-
-/// Looks up `key` in a msgpack map whose keys are str or bin.
-pub fn map_get<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    value
-        .as_map()?
-        .iter()
-        .find_map(|(k, v)| (bytes_like(k) == Some(key.as_bytes())).then_some(v))
-}
-
-/// The bytes of a str (valid UTF-8 or not) or bin value. Salt packs replies with
-/// `use_bin_type=False`, so a "string" may be either and may hold invalid UTF-8.
-pub fn bytes_like(value: &Value) -> Option<&[u8]> {
-    match value {
-        Value::String(s) => Some(s.as_bytes()),
-        Value::Binary(b) => Some(b),
-        _ => None,
-    }
-}
-
-/// A str or bin value as text, replacing invalid UTF-8.
-pub fn text_like(value: &Value) -> Option<String> {
-    bytes_like(value).map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 /// Salt's `_stamp`: UTC ISO 8601 with microseconds and no offset, `2026-11-22T19:30:30.245676`.

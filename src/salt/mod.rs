@@ -11,6 +11,7 @@ pub mod channel;
 pub mod client;
 pub mod error;
 pub mod event;
+pub mod value;
 pub mod wire;
 
 pub use bus::{BusItem, EventBus, SharedBus, Subscription};
@@ -18,3 +19,5 @@ pub use channel::{Auth, MasterChannel};
 pub use client::SaltClients;
 pub use error::SaltError;
 pub use event::Event;
+/// Salt's data (msgpack values) to and from JSON, for the layers that speak JSON.
+pub use wire::payload::{MAX_KEY_NESTING, from_json, to_json};

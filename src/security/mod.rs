@@ -3,7 +3,7 @@
 //! Everything here defends the hook and API endpoints against untrusted input: forged
 //! client addresses, unsigned or replayed deliveries, floods and credential leaks into the
 //! event bus or logs. Body size and parser bounds live where the bytes are read
-//! (`api::extract::read_capped`, `api::body`), so there is one implementation of each. Each
+//! (`api::body::read_capped`, `api::body`), so there is one implementation of each. Each
 //! check is a plain function or a small type over `&[u8]`, [`http::HeaderMap`] and
 //! [`std::net::IpAddr`]; time is always passed in (`now`), never read inside a check, so every
 //! control is deterministic under test.

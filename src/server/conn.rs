@@ -168,6 +168,8 @@ pub struct Activity {
     /// request runs: a request start wakes it only when it sleeps longer than that.
     sleep_until: AtomicU64,
     recheck: AtomicU64,
+    /// `header_timeout` in ms: a first read wakes the watchdog when it sleeps past that.
+    header: AtomicU64,
     wake: tokio::sync::Notify,
     /// The connection's slot and its client count, released with the last reference.
     _client: ClientGuard,
@@ -186,6 +188,7 @@ impl Activity {
             write_blocked: AtomicU64::new(NONE),
             sleep_until: AtomicU64::new(0),
             recheck: AtomicU64::new(0),
+            header: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             _client: client,
             slot,
@@ -208,7 +211,15 @@ impl Activity {
 
     fn on_read(&self) {
         if self.first_read.load(Ordering::Relaxed) == NONE {
-            self.first_read.store(self.now(), Ordering::Relaxed);
+            let now = self.now();
+            self.first_read.store(now, Ordering::Relaxed);
+            // The header deadline starts here: wake the watchdog when it sleeps past it (a
+            // new connection's watchdog sleeps until the first-byte deadline, which may be
+            // later). Not per request on a busy connection: it then sleeps a short recheck.
+            if self.sleep_until.load(Ordering::Relaxed) > now + self.header.load(Ordering::Relaxed)
+            {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -286,6 +297,8 @@ impl Activity {
     pub async fn expired(&self, d: Deadlines) -> Limit {
         self.recheck
             .store(recheck(&d).as_millis() as u64, Ordering::Relaxed);
+        self.header
+            .store(d.header.as_millis() as u64, Ordering::Relaxed);
         loop {
             let (at, limit) = self.next_deadline(&d);
             let until = at.saturating_duration_since(self.base).as_millis() as u64;

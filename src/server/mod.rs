@@ -41,7 +41,7 @@ pub fn build_state(config: Config) -> Result<AppState, crate::spool::SpoolError>
 /// caller (tests serve a test certificate; `None` is the real HTTPS client).
 pub fn build_state_with(
     config: Config,
-    sns_http: Option<Arc<dyn crate::api::sns::SnsHttp>>,
+    sns_http: Option<Arc<dyn crate::api::hook::sns::SnsHttp>>,
 ) -> Result<AppState, crate::spool::SpoolError> {
     let (bus, salt): (SharedBus, Option<SaltClients>) = if config.use_master {
         let (publisher, puller) = config.master.bus_endpoints();
@@ -80,7 +80,7 @@ pub fn build_state_with(
             None,
         )
     };
-    let tokens = api::state::TokenCache::from_config(&config);
+    let tokens = api::tokens::TokenCache::from_config(&config);
     let hooks = api::hook::Hooks::new(
         config.hooks.clone(),
         config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
@@ -98,23 +98,23 @@ pub fn build_state_with(
             Some(spool)
         }
     };
-    let state = AppState(Arc::new(App {
+    let app = App {
         config,
         bus,
         salt,
         tokens,
-        metrics: api::metrics::Metrics::default(),
+        metrics: Arc::new(api::metrics::Metrics::default()),
         shutdown: tokio_util::sync::CancellationToken::new(),
-        hooks,
         spool,
-    }));
-    let weak = Arc::downgrade(&state.0);
+    };
+    let state = AppState::new(app, hooks);
+    let weak = Arc::downgrade(&state.hooks);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             match weak.upgrade() {
-                Some(app) => app.hooks.housekeep(),
+                Some(hooks) => hooks.housekeep(),
                 None => break,
             }
         }
@@ -236,7 +236,7 @@ pub async fn run(
         limits.max_connections,
         limits.max_streams,
         limits.max_buffered_body_bytes,
-        Some(state.clone()),
+        Some(Arc::clone(&state.metrics)),
     ));
     let clients = conn::ClientTable::new(limits.max_connections_per_client, limits.exempt.clone());
     let spool = state.spool.clone();

@@ -10,7 +10,7 @@ use saltgate::server::{self, Limits};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use saltgate::api::sns::{SnsFetchError, SnsHttp};
+use saltgate::api::hook::sns::{SnsFetchError, SnsHttp};
 use saltgate::security::signature::sns::SnsUrl;
 use tokio::sync::oneshot;
 

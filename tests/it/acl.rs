@@ -10,7 +10,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use saltgate::api::lowstate::Client;
+use saltgate::api::netapi::Client;
 
 use crate::support::fake_master::FakeMaster;
 use crate::support::{TestApp, assert_no_event};

@@ -15,6 +15,7 @@ mod hostile_body;
 mod hostile_conn;
 mod hostile_edge;
 mod hostile_streams;
+mod layering;
 mod listener;
 mod lowstate;
 mod monitoring;

@@ -31,9 +31,11 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 
 pub mod offload;
+pub mod read;
 pub mod yaml;
 
 pub use offload::offload;
+pub use read::read_capped;
 
 /// The most values (scalars, lists, maps) one body may produce.
 pub const MAX_NODES: usize = 100_000;

@@ -17,6 +17,7 @@ use crate::salt::bus::BusItem;
 use crate::salt::channel::{Auth, PublishRequest, Published};
 use crate::salt::error::SaltError;
 use crate::salt::event::{Event, text_like};
+use crate::salt::wire::payload::to_json;
 
 /// What a synchronous `local` call gathered.
 #[derive(Debug, Clone)]
@@ -31,6 +32,35 @@ pub struct LocalReturns {
     pub error: Option<String>,
     /// Events may have been missed (the subscriber lagged or the bus dropped).
     pub incomplete: bool,
+}
+
+impl LocalReturns {
+    /// The returns as `LocalClient.cmd` gives them, `{minion: return}` (with `full_return`,
+    /// `{minion: {ret, retcode, jid}}`); targeted minions that did not return are `false`, and
+    /// nothing was published when the master explained why (`{}`).
+    pub fn shaped(&self, full_return: bool) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if self.error.is_some() {
+            return serde_json::Value::Object(out);
+        }
+        for (mid, ev) in &self.returns {
+            let ret = ev.get("return").map(to_json).unwrap_or_default();
+            let v = if full_return {
+                serde_json::json!({
+                    "ret": ret,
+                    "retcode": ev.get("retcode").map_or(serde_json::json!(0), to_json),
+                    "jid": ev.get("jid").map(to_json).unwrap_or_default(),
+                })
+            } else {
+                ret
+            };
+            out.insert(mid.clone(), v);
+        }
+        for mid in &self.missing {
+            out.insert(mid.clone(), serde_json::Value::Bool(false));
+        }
+        serde_json::Value::Object(out)
+    }
 }
 
 impl SaltClients {

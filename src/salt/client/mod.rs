@@ -2,7 +2,11 @@
 //! `runner` and `wheel` clients as salt-api exposes them.
 //!
 //! Every client subscribes to the bus *before* sending its request, so no return is missed.
+//! [`args`] reads a lowstate chunk's arguments as Salt's clients do; [`batch`] holds the batch
+//! and subset modes of `local`.
 
+pub mod args;
+pub mod batch;
 pub mod local;
 pub mod runner;
 pub mod wheel;

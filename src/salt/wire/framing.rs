@@ -119,7 +119,7 @@ pub fn frame_body(frame: &[u8]) -> Result<Vec<u8>, SaltError> {
     let mut cursor = frame;
     let value = crate::salt::wire::payload::decode_value(&mut cursor)
         .map_err(|e| SaltError::Protocol(format!("frame is not msgpack: {e}")))?;
-    match crate::salt::event::map_get(&value, "body") {
+    match crate::salt::value::map_get(&value, "body") {
         Some(Value::Binary(b)) => Ok(b.clone()),
         Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
         _ => Err(SaltError::Protocol("frame without a bytes `body`".into())),

@@ -8,7 +8,7 @@
 use rmpv::Value;
 
 use crate::salt::error::SaltError;
-use crate::salt::event::{map_get, text_like};
+use crate::salt::value::{map_get, text_like};
 
 /// Builds a msgpack map from string keys.
 pub fn map<I, K>(items: I) -> Value

@@ -75,7 +75,7 @@ pub enum VerifyError {
     #[error("signing certificate unavailable")]
     CertUnavailable,
     /// SNS was verified through the synchronous entry; it needs its certificate, so use
-    /// `api::sns::verify_sns`.
+    /// `api::hook::sns::verify_sns`.
     #[error("sns needs its signing certificate: use the async sns path")]
     NeedsCertificate,
 }
@@ -128,7 +128,7 @@ pub enum Verifier {
     /// Travis CI RSA-SHA1 `Signature`.
     Travis(travis::Travis),
     /// Amazon SNS: signature in the JSON body, by the certificate at `SigningCertURL`. Verify
-    /// with `api::sns::verify_sns`; [`Verifier::verify`] refuses it.
+    /// with `api::hook::sns::verify_sns`; [`Verifier::verify`] refuses it.
     Sns(sns::Sns),
 }
 

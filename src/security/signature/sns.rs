@@ -20,7 +20,7 @@
 //! checked AWS host; that is AWS's own guidance, and SNS serves the leaf alone, so a chain to a
 //! public root cannot be built offline.
 //!
-//! Pure: no network, no clock. Fetching the certificate is `api::sns`'s job.
+//! Pure: no network, no clock. Fetching the certificate is `api::hook::sns`'s job.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -626,7 +626,7 @@ fn is_topic_arn(arn: &str) -> bool {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! Signs SNS messages with the fixture key, for this module's and `api::sns`'s tests.
+    //! Signs SNS messages with the fixture key, for this module's and `api::hook::sns`'s tests.
 
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;

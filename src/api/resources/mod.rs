@@ -4,34 +4,36 @@
 //! | route | Salt call | body |
 //! | --- | --- | --- |
 //! | `GET /minions[/<mid>]` | local `grains.items` on `<mid>` or `*` | `{"return": [{mid: grains}]}` |
-//! | `POST /minions` | the lowstate with every client forced to `local_async` | 202 `{"return": [...], "_links": {"jobs": [{"href": "/jobs/<jid>"}]}}` |
+//! | `POST /minions` | the lowstate with every client forced to `local_async` (a lowstate route: [`crate::api::lowstate::minions_post`]) | 202 `{"return": [...], "_links": {"jobs": [{"href": "/jobs/<jid>"}]}}` |
 //! | `GET /jobs` | runner `jobs.list_jobs` | `{"return": [jobs]}` |
 //! | `GET /jobs/<jid>` | runner `jobs.list_job` | `{"info": [job], "return": [{mid: return}]}` |
 //! | `GET /keys` | wheel `key.list_all` | `{"return": {minions, minions_pre, ...}}` (not a list, as rest_cherrypy) |
 //! | `GET /keys/<mid>` | wheel `key.finger` | `{"return": {"minions": {mid: finger}}}` |
 //! | `POST /keys` | wheel `key.gen_accept` with the body's `username`, `password`, `eauth` (never a session) | a tar of `minion.pem` and `minion.pub` (see [`keys_post`]) |
-//! | `GET /stats` | none: saltgate's own counters | see [`Stats`] |
+//! | `GET /stats` | none: saltgate's own counters | see [`stats::Stats`] |
+//! | `GET /metrics` | none: saltgate's counters in the Prometheus text format | see [`metrics`] |
 //!
 //! `/stats` needs the session unless `stats_disable_auth`; its counters run only with
 //! `collect_stats` (as rest_cherrypy's `cpstats`, the route exists either way). The clients these
 //! routes use must be in `netapi_enable_clients`, as for the same calls made through `POST /`.
 
+pub mod metrics;
+pub mod stats;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::{Extension, extract::Query};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::error::{ApiError, render_body};
-use super::lowstate::{self, Credentials, Mode, execute, master, prepare, require_valid, session};
-use super::negotiate::{Format, response_format};
-use super::state::AppState;
+use crate::api::auth::Caller;
+use crate::api::body::{parse_async, read_capped};
+use crate::api::error::ApiError;
+use crate::api::negotiate::{Format, Negotiated, render_body};
+use crate::api::netapi::{Background, Client, Credentials, execute, prepare};
+use crate::api::state::App;
 
 /// Optional `?mid=` / `?jid=` query forms of the path routes (rest_cherrypy takes both).
 #[derive(Debug, serde::Deserialize, Default)]
@@ -41,112 +43,92 @@ pub struct Ids {
 }
 
 /// Runs one session-authenticated chunk and returns its results.
-async fn one_chunk(app: &AppState, headers: &HeaderMap, chunk: Value) -> Result<Value, ApiError> {
-    let token = session(headers)?;
+async fn one_chunk(app: &App, caller: &Caller, chunk: Value) -> Result<Value, ApiError> {
     let prepared = prepare(
         vec![chunk],
-        &Credentials::Session(token.clone()),
+        &Credentials::Session(caller.token().to_owned()),
         &app.config.master.netapi_enable_clients,
         None,
     )?;
-    let salt = master(app)?;
-    require_valid(app, salt, &token).await?;
+    let salt = app.master()?;
+    caller.confirm(salt).await?;
     // These views never use wheel_async, so they need no shared background bound.
-    let mut out = execute(salt, &lowstate::Background::new(), prepared).await?;
+    let mut out = execute(salt, &Background::new(), prepared).await?;
     Ok(out.pop().unwrap_or(Value::Null))
 }
 
-fn respond(headers: &HeaderMap, f: impl FnOnce(Format) -> Response) -> Response {
-    match response_format(headers) {
-        Some(format) => f(format),
-        None => ApiError::NotAcceptable.render(Format::Json),
-    }
-}
-
-async fn answer(
-    headers: &HeaderMap,
-    work: impl Future<Output = Result<Value, ApiError>>,
-) -> Response {
-    let Some(format) = response_format(headers) else {
-        return ApiError::NotAcceptable.render(Format::Json);
-    };
-    match work.await {
-        Ok(v) => render_body(StatusCode::OK, format, &v),
-        Err(e) => e.render(format),
-    }
+fn ok(format: Format, body: &Value) -> Response {
+    render_body(StatusCode::OK, format, body)
 }
 
 /// `GET /minions`.
 pub async fn minions(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Query(ids): Query<Ids>,
-    headers: HeaderMap,
-) -> Response {
-    minion_grains(app, headers, ids.mid).await
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    minion_grains(&app, format, &caller, ids.mid).await
 }
 
 /// `GET /minions/<mid>`.
 pub async fn minion(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Path(mid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    minion_grains(app, headers, Some(mid)).await
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    minion_grains(&app, format, &caller, Some(mid)).await
 }
 
-async fn minion_grains(app: AppState, headers: HeaderMap, mid: Option<String>) -> Response {
+async fn minion_grains(
+    app: &App,
+    format: Format,
+    caller: &Caller,
+    mid: Option<String>,
+) -> Result<Response, ApiError> {
     let tgt = mid.filter(|m| !m.is_empty()).unwrap_or_else(|| "*".into());
     let chunk = json!({"client": "local", "tgt": tgt, "fun": "grains.items"});
-    answer(&headers, async {
-        Ok(json!({"return": [one_chunk(&app, &headers, chunk).await?]}))
-    })
-    .await
-}
-
-/// `POST /minions`: publish without waiting; 202 with links to the jobs.
-pub async fn minions_post(
-    State(app): State<AppState>,
-    Extension(bg): Extension<lowstate::Background>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    lowstate::handle(&app, &bg, &headers, body, Mode::Minions).await
+    let grains = one_chunk(app, caller, chunk).await?;
+    Ok(ok(format, &json!({ "return": [grains] })))
 }
 
 /// `GET /jobs`.
 pub async fn jobs(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Query(ids): Query<Ids>,
-    headers: HeaderMap,
-) -> Response {
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     match ids.jid.filter(|j| !j.is_empty()) {
-        Some(jid) => job_detail(app, headers, jid).await,
+        Some(jid) => job_detail(&app, format, &caller, jid).await,
         None => {
             let chunk = json!({"client": "runner", "fun": "jobs.list_jobs"});
-            answer(&headers, async {
-                Ok(json!({"return": [one_chunk(&app, &headers, chunk).await?]}))
-            })
-            .await
+            let jobs = one_chunk(&app, &caller, chunk).await?;
+            Ok(ok(format, &json!({ "return": [jobs] })))
         }
     }
 }
 
 /// `GET /jobs/<jid>`.
 pub async fn job(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Path(jid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    job_detail(app, headers, jid).await
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    job_detail(&app, format, &caller, jid).await
 }
 
-async fn job_detail(app: AppState, headers: HeaderMap, jid: String) -> Response {
+async fn job_detail(
+    app: &App,
+    format: Format,
+    caller: &Caller,
+    jid: String,
+) -> Result<Response, ApiError> {
     let chunk = json!({"client": "runner", "fun": "jobs.list_job", "jid": jid});
-    answer(&headers, async {
-        let info = one_chunk(&app, &headers, chunk).await?;
-        Ok(job_shape(info))
-    })
-    .await
+    let info = one_chunk(app, caller, chunk).await?;
+    Ok(ok(format, &job_shape(info)))
 }
 
 /// `{"info": [list_job], "return": [{mid: Result[mid].return}]}`.
@@ -162,111 +144,42 @@ fn job_shape(info: Value) -> Value {
 
 /// `GET /keys`.
 pub async fn keys(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Query(ids): Query<Ids>,
-    headers: HeaderMap,
-) -> Response {
-    key_view(app, headers, ids.mid).await
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    key_view(&app, format, &caller, ids.mid).await
 }
 
 /// `GET /keys/<mid>`.
 pub async fn key(
-    State(app): State<AppState>,
+    State(app): State<Arc<App>>,
     Path(mid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    key_view(app, headers, Some(mid)).await
+    Negotiated(format): Negotiated,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    key_view(&app, format, &caller, Some(mid)).await
 }
 
-async fn key_view(app: AppState, headers: HeaderMap, mid: Option<String>) -> Response {
+async fn key_view(
+    app: &App,
+    format: Format,
+    caller: &Caller,
+    mid: Option<String>,
+) -> Result<Response, ApiError> {
     let chunk = match mid.filter(|m| !m.is_empty()) {
         Some(mid) => json!({"client": "wheel", "fun": "key.finger", "match": mid}),
         None => json!({"client": "wheel", "fun": "key.list_all"}),
     };
-    answer(&headers, async {
-        let r = one_chunk(&app, &headers, chunk).await?;
-        Ok(json!({"return": r.pointer("/data/return").cloned().unwrap_or(Value::Null)}))
-    })
-    .await
-}
-
-/// saltgate's request counters (`collect_stats`).
-#[derive(Debug)]
-pub struct Stats {
-    started: Instant,
-    enabled: bool,
-    requests: AtomicU64,
-    in_flight: AtomicU64,
-    by_class: [AtomicU64; 5],
-}
-
-impl Stats {
-    /// Counters; they count only when `enabled`.
-    pub fn new(enabled: bool) -> Self {
-        Self {
-            started: Instant::now(),
-            enabled,
-            requests: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            by_class: Default::default(),
-        }
-    }
-
-    fn snapshot(&self) -> Value {
-        let c = |i: usize| self.by_class[i].load(Ordering::Relaxed);
-        json!({"saltgate": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "collect_stats": self.enabled,
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "requests": {
-                "total": self.requests.load(Ordering::Relaxed),
-                "in_flight": self.in_flight.load(Ordering::Relaxed),
-                "1xx": c(0), "2xx": c(1), "3xx": c(2), "4xx": c(3), "5xx": c(4),
-            },
-        }})
-    }
-}
-
-/// Middleware counting every request when `collect_stats` is on.
-pub async fn count(Extension(stats): Extension<Arc<Stats>>, req: Request, next: Next) -> Response {
-    if !stats.enabled {
-        return next.run(req).await;
-    }
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let r = next.run(req).await;
-    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let class = usize::from(r.status().as_u16() / 100).saturating_sub(1);
-    if let Some(slot) = stats.by_class.get(class) {
-        slot.fetch_add(1, Ordering::Relaxed);
-    }
-    r
-}
-
-/// `GET /stats`.
-pub async fn stats(
-    State(app): State<AppState>,
-    Extension(stats): Extension<Arc<Stats>>,
-    headers: HeaderMap,
-) -> Response {
-    if app.config.api.stats_disable_auth {
-        return respond(&headers, |f| {
-            render_body(StatusCode::OK, f, &stats.snapshot())
-        });
-    }
-    answer(&headers, async {
-        let token = session(&headers)?;
-        let salt = master(&app)?;
-        require_valid(&app, salt, &token).await?;
-        Ok(stats.snapshot())
-    })
-    .await
+    let r = one_chunk(app, caller, chunk).await?;
+    let keys = r.pointer("/data/return").cloned().unwrap_or(Value::Null);
+    Ok(ok(format, &json!({ "return": keys })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::lowstate::Client;
 
     #[test]
     fn job_detail_splits_info_and_returns() {
@@ -290,32 +203,34 @@ mod tests {
 /// rest_cherrypy does for pre-seeding a minion. Credentials (`username`, `password`, `eauth`)
 /// come in the body, never a session: the private key leaves the master only for someone who
 /// proves who they are on this request. Unlike rest_cherrypy (500 HTML for every failure),
-/// failures are JSON errors with their own status; an already accepted minion is 409.
-pub async fn keys_post(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let format = response_format(&headers).unwrap_or(Format::Json);
-    match key_pair(&app, &headers, body).await {
-        Ok((mid, tar)) => Response::builder()
-            .status(StatusCode::OK)
-            .header(http::header::CONTENT_TYPE, "application/x-tar")
-            .header(
-                http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"saltkeys-{mid}.tar\""),
-            )
-            .header(http::header::CACHE_CONTROL, "no-cache")
-            .body(Body::from(tar))
-            .unwrap_or_else(|_| ApiError::Internal.render(format)),
-        Err(e) => e.render(format),
-    }
+/// failures are JSON errors with their own status; an already accepted minion is 409. As in
+/// rest_cherrypy (`hypermedia_out` is off for it), `Accept` is not negotiated: never 406, and
+/// errors are written in the format `Accept` prefers, as on every route.
+pub async fn keys_post(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (mid, tar) = key_pair(&app, &headers, body).await?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/x-tar")
+        .header(
+            http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"saltkeys-{mid}.tar\""),
+        )
+        .header(http::header::CACHE_CONTROL, "no-cache")
+        .body(Body::from(tar))
+        .map_err(|_| ApiError::Internal)
 }
 
 async fn key_pair(
-    app: &AppState,
+    app: &App,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(String, Vec<u8>), ApiError> {
-    let raw =
-        super::extract::read_capped(headers, body, app.config.api.max_request_body_size).await?;
-    let parsed = super::body::parse_async(headers, &raw).await?;
+    let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
+    let parsed = parse_async(headers, &raw).await?;
     let fields = match parsed {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,
@@ -336,16 +251,10 @@ async fn key_pair(
             "username, password and eauth are required",
         ));
     };
-    if !app
-        .config
-        .master
-        .netapi_enable_clients
-        .iter()
-        .any(|c| c == "wheel")
-    {
+    if !Client::Wheel.enabled_in(&app.config.master.netapi_enable_clients) {
         return Err(ApiError::BadBody("Client disabled: 'wheel'".into()));
     }
-    let salt = master(app)?;
+    let salt = app.master()?;
     let auth = crate::salt::Auth::Eauth {
         eauth,
         username,
@@ -353,7 +262,7 @@ async fn key_pair(
     };
     let args = vec![("id_".to_owned(), rmpv::Value::from(mid.as_str()))];
     let data = salt.wheel("key.gen_accept", args, &auth).await?;
-    let data = crate::salt::wire::payload::to_json(&data);
+    let data = crate::salt::to_json(&data);
     if data.get("success") == Some(&Value::Bool(false)) {
         tracing::warn!(mid = %mid, "key.gen_accept failed on the master");
         return Err(ApiError::Internal);

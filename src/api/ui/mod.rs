@@ -7,38 +7,40 @@
 //! and are served to anyone. Event data is only ever written with `textContent`, and a strict
 //! Content-Security-Policy allows scripts from this server only.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 
-use super::error::render_body;
-use super::events::authorize;
-use super::extract::session_token;
-use super::negotiate::{Format, response_format};
-use super::state::AppState;
+use crate::api::auth::{Caller, Unauthenticated, authorize_stream};
+use crate::api::error::ApiError;
+use crate::api::negotiate::{Preferred, render_body};
+use crate::api::state::App;
 
-const INDEX: &str = include_str!("ui/index.html");
-const LOGIN: &str = include_str!("ui/login.html");
-const APP_JS: &str = include_str!("ui/app.js");
-const LOGIN_JS: &str = include_str!("ui/login.js");
-const STYLE: &str = include_str!("ui/style.css");
+const INDEX: &str = include_str!("index.html");
+const LOGIN: &str = include_str!("login.html");
+const APP_JS: &str = include_str!("app.js");
+const LOGIN_JS: &str = include_str!("login.js");
+const STYLE: &str = include_str!("style.css");
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The page's base URL and the `/events` URL, both under `root_prefix`.
-fn urls(app: &AppState) -> (String, String) {
+fn urls(app: &App) -> (String, String) {
     let prefix = app.config.api.root_prefix.trim_end_matches('/');
     let ui = app.config.saltgate.ui_path.trim_end_matches('/');
     (format!("{prefix}{ui}"), format!("{prefix}/events"))
 }
 
 /// `GET <ui_path>`.
-pub async fn page(State(app): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn page(
+    State(app): State<Arc<App>>,
+    caller: Result<Caller, Unauthenticated>,
+) -> Response {
     let (base, events) = urls(&app);
-    let authorized = authorize(&app, session_token(&headers).as_deref())
-        .await
-        .is_ok();
+    let authorized = authorize_stream(&app, caller).await.is_ok();
     let (status, template) = if authorized {
         (StatusCode::OK, INDEX)
     } else {
@@ -51,11 +53,12 @@ pub async fn page(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// `GET <ui_path>/deliveries`: the recent deliveries, newest first.
-pub async fn deliveries(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let format = response_format(&headers).unwrap_or(Format::Json);
-    if let Err(e) = authorize(&app, session_token(&headers).as_deref()).await {
-        return e.render(format);
-    }
+pub async fn deliveries(
+    State(app): State<Arc<App>>,
+    Preferred(format): Preferred,
+    caller: Result<Caller, Unauthenticated>,
+) -> Result<Response, ApiError> {
+    authorize_stream(&app, caller).await?;
     let mut response = render_body(
         StatusCode::OK,
         format,
@@ -64,7 +67,7 @@ pub async fn deliveries(State(app): State<AppState>, headers: HeaderMap) -> Resp
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(response)
 }
 
 /// `GET <ui_path>/app.js`.

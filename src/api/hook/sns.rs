@@ -18,8 +18,9 @@ use futures::future::BoxFuture;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::security::VerifyError;
+use crate::api::error::ApiError;
 use crate::security::signature::sns::{MAX_CERT, Sns, SnsUrl, SnsVerified};
+use crate::security::{Verifier, VerifyError};
 
 /// Certificates cached at most.
 pub const CERT_CAPACITY: usize = 64;
@@ -232,6 +233,30 @@ pub async fn confirm_subscription(
         .get(subscribe_url, MAX_CONFIRM_BYTES)
         .await
         .map(|_| ())
+}
+
+/// An SNS `SubscriptionConfirmation` is confirmed here when the rule opts in (GET of the
+/// checked `SubscribeURL`), and then not fired; otherwise it is fired for the Reactor.
+pub async fn confirm_sns(
+    certs: Option<&CertCache>,
+    verifier: &Verifier,
+    sns: &SnsVerified,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let (Verifier::Sns(rule), Some(url)) = (verifier, &sns.subscribe_url) else {
+        return Ok(None);
+    };
+    if !rule.confirm_subscriptions() {
+        return Ok(None);
+    }
+    let cache = certs.ok_or(ApiError::Unavailable("No HTTPS client for SNS"))?;
+    confirm_subscription(cache, url).await.map_err(|e| {
+        tracing::warn!(topic = %sns.topic_arn, error = ?e, "SNS subscription could not be confirmed");
+        ApiError::Unavailable("The SNS subscription could not be confirmed")
+    })?;
+    tracing::info!(topic = %sns.topic_arn, "Confirmed an SNS subscription");
+    Ok(Some(
+        serde_json::json!({"success": true, "confirmed": true}),
+    ))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@
 use indexmap::IndexMap;
 use rmpv::Value;
 
-use super::events::{push_str_json, write_py_json};
+use super::pyjson::{push_str_json, write_py_json};
 use crate::salt::Event;
 use crate::salt::event::text_like;
 

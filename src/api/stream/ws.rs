@@ -5,10 +5,10 @@
 //! event as the text frame `data: {"data": …, "tag": …}\n\n` and answers every client message
 //! with `server received message`; `/all_events` sends the bare JSON and answers nothing, as
 //! rest_tornado. Lag and bus state notices, the token recheck and the `?tag=` filter are those of
-//! `/events` (see [`super::events`]); keep-alives are pings.
+//! `/events` (see [`crate::api::stream`]); keep-alives are pings.
 //!
 //! The formatted views (`/ws?format_events`, `/formatted_events`) fold the bus into a jobs view and
-//! a minions view ([`super::digest`], which lists the differences from Salt's `SaltInfo`) and send
+//! a minions view ([`crate::api::stream::digest`], which lists the differences from Salt's `SaltInfo`) and send
 //! the whole view after each change. Notices keep their `{"data": …, "tag": "saltgate/stream/…"}`
 //! shape there (with the view's framing: bare JSON, or JSON and `"\n\n"` for rest_tornado), so
 //! a client that looks for the `jobs` and `minions` keys skips them. `grains.items` runs as Salt
@@ -30,13 +30,14 @@
 //! `ApiError`-shaped body (`bad_upgrade`). The socket loop is generic over `Sink`/`Stream`.
 //!
 //! Memory per subscriber: an event's frames are parts of its one shared rendering (see
-//! [`super::events`]), sent as fragments of at most [`FRAGMENT`] bytes, each written out before
+//! [`crate::api::stream`]), sent as fragments of at most [`FRAGMENT`] bytes, each written out before
 //! the next is handed over, so a reader that stops reading holds one fragment's copy, not the
 //! event's. The handshake is answered here and the upgraded connection driven directly (axum's
 //! socket type cannot send fragments). A subscriber that has not taken one item (an event, a
 //! snapshot) within `saltgate.stream_write_timeout_secs` is dropped: it was told of nothing it
 //! could not read, and the shared event it pinned is released.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -56,15 +57,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::digest::{Dialect, Digest, Limits, MAX_MINIONS};
-use super::error::render_body;
-use super::events::{
-    Authorized, Feed, FeedItem, TagFilter, authorize, data_part, json_part, notice, salt_json,
-    sse_record,
-};
-use super::extract::session_token;
-use super::metrics::StreamKind;
-use super::negotiate::{Format, response_format};
-use super::state::AppState;
+use super::pyjson::salt_json;
+use super::record::{data_part, json_part, sse_record};
+use super::{Feed, FeedItem, TagFilter, notice};
+use crate::api::auth::{Authorized, Caller, Unauthenticated, authorize_stream};
+use crate::api::error::ApiError;
+use crate::api::metrics::StreamKind;
+use crate::api::netapi::Client;
+use crate::api::state::App;
 use crate::salt::Event;
 use crate::salt::bus::Published;
 use crate::salt::channel::{Auth, PublishRequest};
@@ -155,45 +155,48 @@ impl Framing {
 
 /// `GET /ws`: token from `X-Auth-Token` or the `session_id` cookie.
 pub async fn ws_root(
-    state: State<AppState>,
+    State(app): State<Arc<App>>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Unauthenticated>,
     request: Request,
-) -> Response {
-    let token = session_token(request.headers());
+) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(state, token, query, request, framing).await
+    open(app, caller, query, request, framing).await
 }
 
-/// `GET /ws/<token>`.
+/// `GET /ws/<token>`: the token in the path is the caller's ([`Caller`] reads it there).
 pub async fn ws_token(
-    state: State<AppState>,
-    Path(token): Path<String>,
+    State(app): State<Arc<App>>,
+    Path(_token): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Unauthenticated>,
     request: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(state, Some(token), query, request, framing).await
+    open(app, caller, query, request, framing).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
 pub async fn all_events(
-    state: State<AppState>,
-    Path(token): Path<String>,
+    State(app): State<Arc<App>>,
+    Path(_token): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Unauthenticated>,
     request: Request,
-) -> Response {
-    open(state, Some(token), query, request, Framing::Tornado).await
+) -> Result<Response, ApiError> {
+    open(app, caller, query, request, Framing::Tornado).await
 }
 
 /// `GET /formatted_events/<token>` (rest_tornado).
 pub async fn formatted_events(
-    state: State<AppState>,
-    Path(token): Path<String>,
+    State(app): State<Arc<App>>,
+    Path(_token): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Unauthenticated>,
     request: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     let framing = Framing::Digest(Dialect::Tornado);
-    open(state, Some(token), query, request, framing).await
+    open(app, caller, query, request, framing).await
 }
 
 /// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
@@ -220,41 +223,19 @@ fn cherrypy_framing(query: Option<&str>) -> (Framing, Option<String>) {
 }
 
 async fn open(
-    State(app): State<AppState>,
-    token: Option<String>,
+    app: Arc<App>,
+    caller: Result<Caller, Unauthenticated>,
     query: Option<String>,
     mut request: Request,
     framing: Framing,
-) -> Response {
-    let headers = request.headers();
-    let format = response_format(headers).unwrap_or(Format::Json);
-    let filter = match TagFilter::from_query(query.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return e.render(format),
-    };
-    if !same_origin(headers) {
-        return render_body(
-            StatusCode::FORBIDDEN,
-            format,
-            &serde_json::json!({"status": 403, "code": "origin_not_allowed",
-                "message": "Cross-origin WebSocket connections are not allowed"}),
-        );
+) -> Result<Response, ApiError> {
+    let filter = TagFilter::from_query(query.as_deref())?;
+    if !same_origin(request.headers()) {
+        return Err(ApiError::OriginNotAllowed);
     }
-    let auth = match authorize(&app, token.as_deref()).await {
-        Ok(a) => a,
-        Err(e) => return e.render(format),
-    };
-    let accept = match handshake(&mut request) {
-        Ok(accept) => accept,
-        Err((status, message)) => {
-            return render_body(
-                status,
-                format,
-                &serde_json::json!({"status": status.as_u16(), "code": "bad_upgrade",
-                    "message": message}),
-            );
-        }
-    };
+    let auth = authorize_stream(&app, caller).await?;
+    let accept = handshake(&mut request)
+        .map_err(|(status, message)| ApiError::BadUpgrade(status, message))?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -281,7 +262,7 @@ async fn open(
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response
+    Ok(response)
 }
 
 /// Checks an HTTP/1.1 WebSocket handshake (RFC 6455 §4.2.1); the `Sec-WebSocket-Accept` value,
@@ -345,10 +326,10 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
 }
 
 /// A browser's `Origin` must name the host it connected to; clients without one pass. The same
-/// check as for cookie-authenticated POSTs ([`super::csrf::same_origin`]); a WebSocket
+/// check as for cookie-authenticated POSTs ([`crate::api::csrf::same_origin`]); a WebSocket
 /// handshake is an HTTP/1.1 GET, so `Host` names the server.
 fn same_origin(headers: &HeaderMap) -> bool {
-    super::csrf::same_origin(headers, &http::Uri::default())
+    crate::api::csrf::same_origin(headers, &http::Uri::default())
 }
 
 /// The socket loop: answers client messages, and once the client is ready, sends the stream.
@@ -358,7 +339,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// kept with the event it pins.
 pub async fn run_socket<S, E>(
     socket: S,
-    app: AppState,
+    app: Arc<App>,
     filter: TagFilter,
     auth: Authorized,
     framing: Framing,
@@ -452,8 +433,8 @@ struct Views {
 
 impl Streaming {
     /// Subscribes now; a rest_tornado formatted view also asks every minion for its grains.
-    fn start(app: AppState, filter: TagFilter, auth: Authorized, framing: Framing) -> Self {
-        let feed = Feed::new(app.clone(), filter, auth.clone(), StreamKind::Ws);
+    fn start(app: Arc<App>, filter: TagFilter, auth: Authorized, framing: Framing) -> Self {
+        let feed = Feed::new(Arc::clone(&app), filter, auth.clone(), StreamKind::Ws);
         let views = match framing {
             Framing::Digest(dialect) => {
                 let mut grains = GrainsRuns::new(app, auth);
@@ -579,14 +560,14 @@ impl Target {
 /// The `grains.items` runs of one socket: one at a time, later requests merged into one.
 /// Dropped with the socket, which aborts a run in flight.
 struct GrainsRuns {
-    app: AppState,
+    app: Arc<App>,
     auth: Authorized,
     pending: Option<Target>,
     running: JoinSet<Option<Event>>,
 }
 
 impl GrainsRuns {
-    fn new(app: AppState, auth: Authorized) -> Self {
+    fn new(app: Arc<App>, auth: Authorized) -> Self {
         Self {
             app,
             auth,
@@ -606,7 +587,7 @@ impl GrainsRuns {
     fn start(&mut self) {
         if self.running.is_empty() {
             if let Some(target) = self.pending.take() {
-                let run = run_grains(self.app.clone(), self.auth.clone(), target);
+                let run = run_grains(Arc::clone(&self.app), self.auth.clone(), target);
                 self.running.spawn(run);
             }
         }
@@ -626,7 +607,7 @@ impl GrainsRuns {
 
 /// Publishes `grains.items` with the caller's token without waiting for returns; a notice when
 /// that cannot be done.
-async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<Event> {
+async fn run_grains(app: Arc<App>, auth: Authorized, target: Target) -> Option<Event> {
     let failed = |reason: &str| {
         tracing::info!(reason, "Formatted events: grains.items was not run");
         Some(notice(
@@ -641,7 +622,7 @@ async fn run_grains(app: AppState, auth: Authorized, target: Target) -> Option<E
         return failed("no_master");
     };
     let enabled = &app.config.master.netapi_enable_clients;
-    if !enabled.iter().any(|c| c == "local" || c == "local_async") {
+    if !Client::Local.enabled_in(enabled) && !Client::LocalAsync.enabled_in(enabled) {
         return failed("client_disabled");
     }
     let mut req = PublishRequest::new(target.tgt(), "grains.items");

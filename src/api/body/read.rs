@@ -1,12 +1,12 @@
-//! Request pieces every route needs: the capped body, the session token.
+//! Reading a request body within its cap and the listener's byte budget.
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 
-use super::error::ApiError;
-use super::limits::{BodyReservation, Limit, is_body_timeout};
+use crate::api::error::ApiError;
+use crate::api::limits::{BodyReservation, Limit, is_body_timeout};
 
 /// Reads a body of at most `limit` bytes. `Content-Length` over the limit is refused before a
 /// byte is read; a body without one is counted while streaming and refused as soon as it
@@ -56,25 +56,6 @@ pub async fn read_capped(headers: &HeaderMap, body: Body, limit: u64) -> Result<
 /// The most a declared `Content-Length` preallocates before its bytes arrive.
 const PREALLOCATE: usize = 16 * 1024;
 
-/// The session token: the `X-Auth-Token` header, else the `session_id` cookie (as salt-api).
-pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        if !v.is_empty() {
-            return Some(v.to_owned());
-        }
-    }
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == "session_id")
-        .map(|(_, v)| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,15 +79,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&ok[..], b"0123456789");
-    }
-
-    #[test]
-    fn token_from_header_or_cookie() {
-        let mut h = HeaderMap::new();
-        assert_eq!(session_token(&h), None);
-        h.insert(http::header::COOKIE, "a=b; session_id=abc".parse().unwrap());
-        assert_eq!(session_token(&h).as_deref(), Some("abc"));
-        h.insert("x-auth-token", "tok".parse().unwrap());
-        assert_eq!(session_token(&h).as_deref(), Some("tok"));
     }
 }

@@ -1,0 +1,138 @@
+//! Webhooks: `POST <webhook_url>/<path>` becomes the Salt event `salt/netapi/hook/<path>`
+//! ([`pipeline`], the checks of DESIGN.md in their order), with the answers senders expect from
+//! the endpoint itself ([`answers`], SNS subscription confirmations in [`sns`]) and the event in
+//! salt-api's shape ([`event`]).
+
+pub mod answers;
+pub mod event;
+pub mod pipeline;
+pub mod sns;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+
+use crate::api::auth::{Caller, Unauthenticated};
+use crate::api::error::ApiError;
+use crate::api::negotiate::{Negotiated, NotAcceptable, render_body};
+use crate::api::state::App;
+use crate::security::client_ip;
+
+pub use pipeline::{Hooks, Outcome, check_path, run};
+
+/// `POST <webhook_url>` with no further path.
+pub async fn hook_root(
+    State(app): State<Arc<App>>,
+    State(hooks): State<Arc<Hooks>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    format: Result<Negotiated, NotAcceptable>,
+    caller: Result<Caller, Unauthenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let delivery = Delivery {
+        peer,
+        path: String::new(),
+        format,
+        caller,
+    };
+    handle(&app, &hooks, delivery, headers, body).await
+}
+
+/// `POST <webhook_url>/<path>`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "an axum handler: each argument is one extractor"
+)]
+pub async fn hook_path(
+    State(app): State<Arc<App>>,
+    State(hooks): State<Arc<Hooks>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(path): Path<String>,
+    format: Result<Negotiated, NotAcceptable>,
+    caller: Result<Caller, Unauthenticated>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let delivery = Delivery {
+        peer,
+        path,
+        format,
+        caller,
+    };
+    handle(&app, &hooks, delivery, headers, body).await
+}
+
+/// What the routes extracted for one delivery.
+struct Delivery {
+    peer: SocketAddr,
+    path: String,
+    format: Result<Negotiated, NotAcceptable>,
+    caller: Result<Caller, Unauthenticated>,
+}
+
+/// Runs the pipeline and records the delivery's outcome (the counter, the events page's ring
+/// and one log line per delivery, whatever the outcome).
+async fn handle(
+    app: &App,
+    hooks: &Hooks,
+    delivery: Delivery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let path = delivery.path.trim_matches('/').to_owned();
+    let client =
+        client_ip::resolve_from_headers(delivery.peer.ip(), &headers, &hooks.trusted_proxies);
+    let Ok(Negotiated(format)) = delivery.format else {
+        tracing::info!(client_ip = %client, hook = %path, status = 406, "Hook refused: no acceptable format");
+        app.metrics
+            .record_hook(&path, client, StatusCode::NOT_ACCEPTABLE, "not_acceptable");
+        return Err(ApiError::NotAcceptable);
+    };
+    let outcome = run(app, hooks, delivery.caller, client, &path, &headers, body).await;
+    match outcome {
+        Ok(Outcome::Fired { queued: false }) => {
+            app.metrics
+                .record_hook(&path, client, StatusCode::OK, "accepted");
+            Ok(render_body(
+                StatusCode::OK,
+                format,
+                &serde_json::json!({"success": true}),
+            ))
+        }
+        Ok(Outcome::Fired { queued: true }) => {
+            app.metrics
+                .record_hook(&path, client, StatusCode::ACCEPTED, "queued");
+            Ok(render_body(
+                StatusCode::ACCEPTED,
+                format,
+                &serde_json::json!({"success": true, "queued": true}),
+            ))
+        }
+        Ok(Outcome::Duplicate) => {
+            app.metrics
+                .record_hook(&path, client, StatusCode::OK, "duplicate");
+            tracing::info!(client_ip = %client, hook = %path, "Duplicate delivery answered, nothing fired");
+            Ok(render_body(
+                StatusCode::OK,
+                format,
+                &serde_json::json!({"success": true, "duplicate": true}),
+            ))
+        }
+        Ok(Outcome::Answered(body)) => {
+            app.metrics
+                .record_hook(&path, client, StatusCode::OK, "answered");
+            Ok(render_body(StatusCode::OK, format, &body))
+        }
+        Err(e) => {
+            let (status, code) = e.status_code();
+            app.metrics.record_hook(&path, client, status, code);
+            tracing::info!(client_ip = %client, hook = %path, status = status.as_u16(), code, "Hook refused");
+            Err(e)
+        }
+    }
+}
