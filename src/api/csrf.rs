@@ -25,14 +25,14 @@
 //! has no such check (it even echoes any `Origin` with credentials, API.md §14.2).
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method};
 
 use super::error::ApiError;
 
-/// The middleware: refuses cross-origin unsafe requests that a browser authenticated by itself.
-pub async fn guard(request: Request, next: Next) -> Response {
+/// The refusal of a cross-origin unsafe request that a browser authenticated by itself, or
+/// `None` for a request that may go on. [`super::frame`] checks every request with it.
+pub fn refusal(request: &Request) -> Option<Response> {
     let login = request.uri().path().trim_end_matches('/') == "/login";
     if needs_check(request.method(), request.headers(), login)
         && !same_origin(request.headers(), request.uri())
@@ -48,9 +48,9 @@ pub async fn guard(request: Request, next: Next) -> Response {
             code = "cross_origin",
             "Cross-origin request refused"
         );
-        return ApiError::CrossOrigin.into_response();
+        return Some(ApiError::CrossOrigin.into_response());
     }
-    next.run(request).await
+    None
 }
 
 /// Whether a browser could have sent this request with ambient credentials that the route would

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
@@ -45,8 +45,9 @@ pub enum StreamKind {
 /// The process's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Per matched route: answers by method and status, and the latency histogram. One lock,
+    /// and the route's name is allocated once, when the route is first seen.
+    routes: Mutex<BTreeMap<String, RouteStats>>,
     hooks: Mutex<BTreeMap<&'static str, u64>>,
     sse_subscribers: AtomicI64,
     ws_subscribers: AtomicI64,
@@ -55,6 +56,12 @@ pub struct Metrics {
     stream_lag_notices: AtomicU64,
     deliveries: Mutex<VecDeque<Delivery>>,
     limits: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RouteStats {
+    answers: BTreeMap<(&'static str, u16), u64>,
+    latency: Histogram,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -132,20 +139,23 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    fn observe_request(&self, route: String, method: &'static str, status: u16, secs: f64) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((route.clone(), method, status)).or_default() += 1;
-        }
-        if let Ok(mut m) = self.latency.lock() {
-            let h = m.entry(route).or_default();
-            for (slot, bound) in h.counts.iter_mut().zip(BUCKETS) {
-                if secs <= bound {
-                    *slot += 1;
-                }
+    fn observe_request(&self, route: &str, method: &'static str, status: u16, secs: f64) {
+        let Ok(mut m) = self.routes.lock() else {
+            return;
+        };
+        let r = match m.get_mut(route) {
+            Some(r) => r,
+            None => m.entry(route.to_owned()).or_default(),
+        };
+        *r.answers.entry((method, status)).or_default() += 1;
+        let h = &mut r.latency;
+        for (slot, bound) in h.counts.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *slot += 1;
             }
-            h.count += 1;
-            h.sum += secs;
         }
+        h.count += 1;
+        h.sum += secs;
     }
 
     /// The exposition text.
@@ -157,12 +167,13 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by matched route, method and status.",
         );
-        if let Ok(m) = self.requests.lock() {
-            for ((route, method, status), n) in m.iter() {
+        let routes = self.routes.lock().map(|m| m.clone()).unwrap_or_default();
+        for (route, r) in &routes {
+            let route = escape(route);
+            for ((method, status), n) in &r.answers {
                 let _ = writeln!(
                     out,
-                    "saltgate_http_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}",
-                    escape(route)
+                    "saltgate_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
                 );
             }
         }
@@ -172,8 +183,9 @@ impl Metrics {
             "histogram",
             "Time to the response head, by matched route (streams: time to the stream's start).",
         );
-        if let Ok(m) = self.latency.lock() {
-            for (route, h) in m.iter() {
+        {
+            for (route, r) in &routes {
+                let h = &r.latency;
                 let route = escape(route);
                 for (count, bound) in h.counts.iter().zip(BUCKETS) {
                     let _ = writeln!(
@@ -356,7 +368,7 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn method_label(method: &http::Method) -> &'static str {
+pub fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -380,22 +392,22 @@ pub async fn label_route(request: Request, next: Next) -> Response {
     response
 }
 
-/// Outer layer: counts every request by route, method and status, and times it.
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let method = method_label(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    metrics.observe_request(
-        route,
-        method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+impl Metrics {
+    /// Counts `response` (to a `method` request started at `started`) by its matched route
+    /// (see [`label_route`]), method and status, and times it. Called by [`super::frame`],
+    /// outside routing, so unmatched requests are counted too.
+    pub fn observe_response(&self, response: &Response, method: &'static str, started: Instant) {
+        let route = response
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str);
+        self.observe_request(
+            route,
+            method,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -416,8 +428,8 @@ mod tests {
     #[test]
     fn renders_counters_and_histogram() {
         let m = Metrics::default();
-        m.observe_request("/hook/{*path}".into(), "POST", 200, 0.003);
-        m.observe_request("/hook/{*path}".into(), "POST", 200, 2.0);
+        m.observe_request("/hook/{*path}", "POST", 200, 0.003);
+        m.observe_request("/hook/{*path}", "POST", 200, 2.0);
         m.lagged(7);
         let text = m.render(&status());
         assert!(text.contains(

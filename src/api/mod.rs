@@ -150,18 +150,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(resources::metrics::metrics))
         .route_layer(axum::middleware::from_fn(metrics::label_route))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(csrf::guard))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.metrics),
-            metrics::track,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            trusted_proxies,
-            tokens::client_scope,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state.stats),
-            resources::stats::count,
+            Arc::new(Frame {
+                metrics: Arc::clone(&state.metrics),
+                stats: Arc::clone(&state.stats),
+                trusted_proxies,
+            }),
+            frame,
         ))
         .with_state(state.clone());
     let routes = files::with_files(routes, &state.config.api);
@@ -183,6 +178,37 @@ pub fn router(state: AppState) -> Router {
     // Outermost: every error answered inside is logged here once and written in the request's
     // preferred format.
     routes.layer(axum::middleware::from_fn(error::respond))
+}
+
+/// What [`frame`] needs.
+struct Frame {
+    metrics: Arc<metrics::Metrics>,
+    stats: Arc<Stats>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+}
+
+/// The frame every request runs in, one middleware rather than a layer each (every layer is a
+/// boxed service and a future per request): `/stats` counting, the CSRF guard
+/// ([`csrf::refusal`]), the client's scope for credential checks ([`tokens::in_client_scope`])
+/// and the request metrics ([`metrics::Metrics::observe_response`]). A CSRF refusal is counted
+/// like any answer.
+async fn frame(
+    axum::extract::State(f): axum::extract::State<Arc<Frame>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let counted = f.stats.begin();
+    let method = metrics::method_label(request.method());
+    let started = std::time::Instant::now();
+    let response = match csrf::refusal(&request) {
+        Some(refused) => refused,
+        None => tokens::in_client_scope(&f.trusted_proxies, request, next).await,
+    };
+    f.metrics.observe_response(&response, method, started);
+    if counted {
+        f.stats.finish(response.status());
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

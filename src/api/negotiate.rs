@@ -115,10 +115,56 @@ impl<S: Send + Sync> FromRequestParts<S> for Preferred {
     }
 }
 
-/// Serialises `body` as JSON or YAML with the right content type.
+/// serde_json's compact output with Python's separators (`", "` between items, `": "` after a
+/// key): the bytes `json.dumps` writes, which salt-api sends and byte-exact clients compare.
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// `body` as JSON with Python's separators (see [`PythonSeparators`]).
+pub fn python_json(body: &serde_json::Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonSeparators);
+    serde::Serialize::serialize(body, &mut ser)?;
+    Ok(out)
+}
+
+/// Serialises `body` as JSON (as Python's `json.dumps` writes it) or YAML with the right content
+/// type.
 pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value) -> Response {
     let bytes = match format {
-        Format::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
+        Format::Json => python_json(body).map_err(|e| e.to_string()),
         Format::Yaml => serde_yaml::to_string(body)
             .map(String::into_bytes)
             .map_err(|e| e.to_string()),
@@ -135,7 +181,7 @@ pub fn render_body(status: StatusCode, format: Format, body: &serde_json::Value)
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 [(header::CONTENT_TYPE, "application/json")],
-                r#"{"status":500,"code":"internal","message":"Could not serialise the response"}"#,
+                r#"{"status": 500, "code": "internal", "message": "Could not serialise the response"}"#,
             )
                 .into_response()
         }
@@ -150,6 +196,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT, accept.parse().unwrap());
         response_format(&h)
+    }
+
+    /// The bytes Python 3's `json.dumps` writes for the same value (checked with Python).
+    #[test]
+    fn json_is_written_with_python_separators() {
+        let v = serde_json::json!({"return": [{}, {"a": [1, 2.5, "é\n"], "b": null}], "x": true});
+        assert_eq!(
+            String::from_utf8(python_json(&v).unwrap()).unwrap(),
+            r#"{"return": [{}, {"a": [1, 2.5, "é\n"], "b": null}], "x": true}"#
+        );
+        assert_eq!(python_json(&serde_json::json!({})).unwrap(), b"{}");
+        assert_eq!(python_json(&serde_json::json!([])).unwrap(), b"[]");
     }
 
     #[test]

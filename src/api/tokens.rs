@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
@@ -27,7 +27,7 @@ pub const NO_PERMISSION: &str = "No permission -- see authorization schemes";
 
 /// The address of the client whose request is being served, for credential checks.
 ///
-/// [`client_scope`] sets it once around every request the router serves, so each check made
+/// [`in_client_scope`] sets it once around every request the router serves, so each check made
 /// while handling the request, wherever a handler makes it, is counted against the right
 /// client without threading the address through every handler. Checks made outside a request
 /// (an open stream rechecking its token) use [`TokenCache::recheck`].
@@ -44,10 +44,11 @@ const UNSCOPED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 /// How long a credential check waits for one of the `auth_max_in_flight` slots to the master.
 pub const AUTH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
-/// Middleware: resolves the client address (the TCP peer, or behind one of the trusted proxies
-/// the `X-Forwarded-For` hop) and serves the request inside its scope.
-pub async fn client_scope(
-    State(trusted_proxies): State<Arc<[ipnet::IpNet]>>,
+/// Resolves the client address (the TCP peer, or behind one of the trusted proxies the
+/// `X-Forwarded-For` hop) and serves the request inside its scope ([`super::frame`] does it for
+/// every request).
+pub async fn in_client_scope(
+    trusted_proxies: &[ipnet::IpNet],
     req: Request,
     next: Next,
 ) -> Response {
@@ -58,7 +59,7 @@ pub async fn client_scope(
     else {
         return next.run(req).await;
     };
-    let client = client_ip::resolve_from_headers(peer.ip(), req.headers(), &trusted_proxies);
+    let client = client_ip::resolve_from_headers(peer.ip(), req.headers(), trusted_proxies);
     scope::CLIENT.scope(client, next.run(req)).await
 }
 

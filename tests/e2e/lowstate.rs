@@ -2,7 +2,6 @@
 //! shared sandbox's request server and event bus, eauth `file` with `saltdev` (everything) and
 //! `limited` (`test.ping` only).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -11,14 +10,12 @@ use serde_json::{Value, json};
 
 use crate::support::{SaltSandbox, shared};
 
-/// A saltgate serving on an ephemeral port, attached to a sandbox master.
+/// The e2e harness's saltgate ([`crate::gate::Gate`]) on a runtime of its own, for these
+/// blocking tests.
 struct Gate {
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    /// This saltgate's own spool: gates on one sandbox run side by side, and a spool is held
-    /// by one process at a time.
-    _spool: tempfile::TempDir,
+    _gate: crate::gate::Gate,
 }
 
 impl Gate {
@@ -28,38 +25,11 @@ impl Gate {
             .enable_all()
             .build()
             .unwrap();
-        let mut config =
-            saltgate::config::Config::load(&sandbox.master_config_file(), &HashMap::new())
-                .expect("the sandbox's master config loads");
-        config.use_master = true;
-        config.api.disable_ssl = true;
-        let spool = tempfile::tempdir().unwrap();
-        if let Some(s) = &mut config.spool {
-            s.storage = saltgate::spool::Storage::Dir(spool.path().to_path_buf());
-        }
-        tweak(&mut config);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let addr = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let limits = saltgate::server::Limits::from_config(&config);
-            let state = saltgate::server::build_state(config).unwrap();
-            tokio::spawn(saltgate::server::run(
-                state,
-                listener,
-                None,
-                limits,
-                async {
-                    let _ = stopped.await;
-                },
-            ));
-            addr
-        });
+        let gate = rt.block_on(crate::gate::Gate::start(sandbox, "", &[], tweak));
         Gate {
             rt,
-            addr,
-            _stop: stop,
-            _spool: spool,
+            addr: gate.addr,
+            _gate: gate,
         }
     }
 

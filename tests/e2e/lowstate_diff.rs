@@ -200,6 +200,16 @@ async fn status_codes_and_returns_match_rest_cherrypy() {
             ..case("login with a wrong password", "/login", 401)
         },
         Case {
+            body: Some(json!({"username": "saltdev", "eauth": "file"}).to_string()),
+            token: None,
+            ..case("login without a password", "/login", 401)
+        },
+        Case {
+            body: Some(json!({"username": "saltdev", "password": "saltdev"}).to_string()),
+            token: None,
+            ..case("login without eauth", "/login", 401)
+        },
+        Case {
             body: Some(json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}).to_string()),
             token: None,
             origin: Some("https://evil.example"),

@@ -347,6 +347,9 @@ async fn malformed_bodies_get_clear_400s() {
         r#"{"username": "u"}"#,
     )
     .await;
+    // Incomplete credentials are refused as rest_cherrypy refuses them; no body at all is 400.
+    assert_error(&got, StatusCode::UNAUTHORIZED, "unauthorized");
+    let got = post(&app, "/login", "application/json", None, "").await;
     assert_error(&got, StatusCode::BAD_REQUEST, "bad_lowstate");
     let got = post(
         &app,

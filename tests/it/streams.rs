@@ -344,6 +344,67 @@ async fn websocket_refuses_foreign_origins() {
     );
 }
 
+/// An origin listed in `cors_origin` (or `*`) may open a stream whose token is in the path;
+/// never one that would rest on the session cookie.
+#[tokio::test]
+async fn websocket_accepts_listed_origins_with_the_token_in_the_path() {
+    let upgrade = |app: &TestApp, path: &str, origin: &str| {
+        reqwest::Client::new()
+            .get(app.url(path))
+            .header("origin", origin.to_owned())
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+    };
+    let code = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        (status, body["code"].as_str().unwrap_or_default().to_owned())
+    };
+    // Streams open to anyone: a listed origin is as good as our own.
+    let open = open_streams()
+        .with_config(|c| {
+            c.api.cors_origin = Some(saltgate::config::CorsOrigin::One(
+                "https://ui.example".into(),
+            ))
+        })
+        .spawn()
+        .await;
+    let resp = upgrade(&open, "/ws", "https://ui.example").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let resp = upgrade(&open, "/ws", "https://other.example")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(resp).await,
+        (StatusCode::FORBIDDEN, "origin_not_allowed".into())
+    );
+    // Streams that need a token: the path's, never the cookie's, from a listed origin.
+    let authed = TestApp::builder()
+        .with_config(|c| c.api.cors_origin = Some(saltgate::config::CorsOrigin::One("*".into())))
+        .spawn()
+        .await;
+    let resp = upgrade(&authed, "/ws", "https://any.example")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(resp).await,
+        (StatusCode::FORBIDDEN, "origin_not_allowed".into())
+    );
+    for path in [
+        "/ws/0123abcd",
+        "/all_events/0123abcd",
+        "/formatted_events/0123abcd",
+    ] {
+        let resp = upgrade(&authed, path, "https://any.example").await.unwrap();
+        let (status, code) = code(resp).await;
+        assert_ne!(code, "origin_not_allowed", "{path}: {status}");
+        assert_ne!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_hooks_requests_and_bus_state() {
     let app = TestApp::builder()

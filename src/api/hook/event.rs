@@ -19,19 +19,23 @@ pub fn event_data(
 ) -> Value {
     let mut hdrs: Vec<(Value, Value)> = Vec::with_capacity(headers.len() + 1);
     hdrs.push((Value::from("Remote-Addr"), Value::from(client.to_string())));
+    // A HeaderMap yields every value of one name together, and distinct names title-case to
+    // distinct keys, so a repeat can only be of the entry just written.
+    let mut last: Option<&HeaderName> = None;
     for (name, value) in headers {
         if hidden.contains(name) || name.as_str() == "remote-addr" {
             continue;
         }
-        let name = name.as_str();
-        let key = Value::from(title_case(name));
         let value = Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned());
         // Repeated headers: the last one wins, as in CherryPy's dict.
-        if let Some(slot) = hdrs.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = value;
-        } else {
-            hdrs.push((key, value));
+        if last == Some(name) {
+            if let Some(slot) = hdrs.last_mut() {
+                slot.1 = value;
+            }
+            continue;
         }
+        last = Some(name);
+        hdrs.push((Value::from(title_case(name.as_str())), value));
     }
     let body = match std::str::from_utf8(raw) {
         Ok(text) => Value::from(text),
@@ -45,8 +49,32 @@ pub fn event_data(
     ])
 }
 
-/// CherryPy's header names: `x-hub-signature-256` → `X-Hub-Signature-256`.
+/// CherryPy's header names: `x-hub-signature-256` → `X-Hub-Signature-256` (a letter after a
+/// letter lower case, any other letter upper case, as Python's `str.title`).
 pub fn title_case(name: &str) -> String {
+    if !name.is_ascii() {
+        return title_case_unicode(name);
+    }
+    // Header names are ASCII: change the bytes in place, one allocation in all.
+    let mut out = name.to_owned().into_bytes();
+    let mut prev_letter = false;
+    for b in &mut out {
+        if b.is_ascii_alphabetic() {
+            if prev_letter {
+                b.make_ascii_lowercase();
+            } else {
+                b.make_ascii_uppercase();
+            }
+            prev_letter = true;
+        } else {
+            prev_letter = false;
+        }
+    }
+    // Changing the case of ASCII letters keeps the bytes ASCII.
+    String::from_utf8(out).unwrap_or_else(|_| title_case_unicode(name))
+}
+
+fn title_case_unicode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut prev_letter = false;
     for c in name.chars() {
@@ -119,6 +147,8 @@ mod tests {
         assert_eq!(title_case("x-hub-signature-256"), "X-Hub-Signature-256");
         assert_eq!(title_case("x-github-event"), "X-Github-Event");
         assert_eq!(title_case("content-md5"), "Content-Md5");
+        assert_eq!(title_case("x-2fa--CODE"), "X-2Fa--Code");
+        assert_eq!(title_case("été-x"), "Été-X");
     }
 
     #[test]
@@ -176,5 +206,36 @@ mod tests {
         assert!(!json.to_string().contains("secret"));
         assert_eq!(json["body"], "{}");
         assert_eq!(json["_stamp"].as_str().unwrap().len(), 26);
+    }
+
+    /// Repeated headers keep their last value, once, in first-seen order among the others.
+    #[test]
+    fn repeated_headers_keep_the_last_value() {
+        let mut h = ct("application/json");
+        h.append("x-tag", "one".parse().unwrap());
+        h.append("x-other", "o".parse().unwrap());
+        h.append("x-tag", "two".parse().unwrap());
+        h.append("x-tag", "three".parse().unwrap());
+        let data = event_data(
+            "10.1.2.3".parse().unwrap(),
+            &h,
+            &[],
+            Value::Nil,
+            &Bytes::from_static(b"{}"),
+        );
+        let Value::Map(fields) = &data else {
+            panic!("not a map")
+        };
+        let headers = fields
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("headers"))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let Value::Map(headers) = headers else {
+            panic!("headers not a map")
+        };
+        let names: Vec<&str> = headers.iter().filter_map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Remote-Addr", "Content-Type", "X-Tag", "X-Other"]);
+        assert_eq!(to_json(&data)["headers"]["X-Tag"], "three");
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -54,20 +53,25 @@ impl Stats {
     }
 }
 
-/// Middleware counting every request when `collect_stats` is on.
-pub async fn count(State(stats): State<Arc<Stats>>, req: Request, next: Next) -> Response {
-    if !stats.enabled {
-        return next.run(req).await;
+impl Stats {
+    /// Counts a request coming in, when `collect_stats` is on; `true` when it was counted, and
+    /// then [`Stats::finish`] must follow with its status.
+    pub fn begin(&self) -> bool {
+        if self.enabled {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        self.enabled
     }
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let r = next.run(req).await;
-    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let class = usize::from(r.status().as_u16() / 100).saturating_sub(1);
-    if let Some(slot) = stats.by_class.get(class) {
-        slot.fetch_add(1, Ordering::Relaxed);
+
+    /// Counts a request [`Stats::begin`] counted as answered with `status`.
+    pub fn finish(&self, status: StatusCode) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let class = usize::from(status.as_u16() / 100).saturating_sub(1);
+        if let Some(slot) = self.by_class.get(class) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    r
 }
 
 /// `GET /stats`.

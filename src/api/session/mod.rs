@@ -105,7 +105,18 @@ async fn do_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Token, A
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,
     };
-    let (eauth, username, password) = credentials(&creds)?;
+    let (eauth, username, password) = match credentials(&creds) {
+        Ok(c) => c,
+        // A credentials map that lacks a field is refused as rest_cherrypy refuses it (401, the
+        // master's eauth finds nobody to authenticate); an empty or non-map body stays 400.
+        Err(_) if !raw.is_empty() && creds.is_object() => {
+            tracing::info!("Login refused: incomplete credentials");
+            return Err(ApiError::Unauthorized(
+                "Could not authenticate using provided credentials",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let salt = app.master()?;
     match app.tokens.login(salt, &eauth, &username, &password).await {
         Ok(t) => {

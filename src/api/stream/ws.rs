@@ -26,7 +26,9 @@
 //!
 //! Differences from salt-api, on purpose: a browser `Origin` that is not this server's own host
 //! is refused with 403, since the session cookie would otherwise let any web page read the bus
-//! (rest_tornado checks origins too; rest_cherrypy does not). A refused handshake gets an
+//! (rest_tornado checks origins too; rest_cherrypy does not), unless `cors_origin` lists it
+//! (or is `*`) and the token is in the path (`/ws/<token>`, `/all_events/<token>`, ...): a
+//! listed origin never rides on the cookie. A refused handshake gets an
 //! `ApiError`-shaped body (`bad_upgrade`). The socket loop is generic over `Sink`/`Stream`.
 //!
 //! Memory per subscriber: an event's frames are parts of its one shared rendering (see
@@ -161,7 +163,7 @@ pub async fn ws_root(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, caller, query, request, framing).await
+    open(app, caller, query, request, framing, false).await
 }
 
 /// `GET /ws/<token>`: the token in the path is the caller's ([`Caller`] reads it there).
@@ -173,7 +175,7 @@ pub async fn ws_token(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, caller, query, request, framing).await
+    open(app, caller, query, request, framing, true).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
@@ -184,7 +186,7 @@ pub async fn all_events(
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    open(app, caller, query, request, Framing::Tornado).await
+    open(app, caller, query, request, Framing::Tornado, true).await
 }
 
 /// `GET /formatted_events/<token>` (rest_tornado).
@@ -196,7 +198,7 @@ pub async fn formatted_events(
     request: Request,
 ) -> Result<Response, ApiError> {
     let framing = Framing::Digest(Dialect::Tornado);
-    open(app, caller, query, request, framing).await
+    open(app, caller, query, request, framing, true).await
 }
 
 /// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
@@ -228,9 +230,10 @@ async fn open(
     query: Option<String>,
     mut request: Request,
     framing: Framing,
+    token_in_path: bool,
 ) -> Result<Response, ApiError> {
     let filter = TagFilter::from_query(query.as_deref())?;
-    if !same_origin(request.headers()) {
+    if !origin_allowed(&app, request.headers(), token_in_path) {
         return Err(ApiError::OriginNotAllowed);
     }
     let auth = authorize_stream(&app, caller).await?;
@@ -323,6 +326,25 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
         ));
     }
     Ok(accept)
+}
+
+/// A browser's `Origin` may open a stream when it names this server (see [`same_origin`]), or
+/// when `rest_cherrypy: cors_origin` lists it (or is `*`) and the stream does not rest on the
+/// session cookie: the token is in the path, or streams need none. CORS here never grants
+/// credentials, so a listed origin is never authenticated by the cookie.
+fn origin_allowed(app: &App, headers: &HeaderMap, token_in_path: bool) -> bool {
+    if same_origin(headers) {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let listed = app.config.api.cors_origin.as_ref().is_some_and(|c| {
+        c.origins()
+            .iter()
+            .any(|o| *o == "*" || o.eq_ignore_ascii_case(origin))
+    });
+    listed && (token_in_path || app.config.saltgate.streams_disable_auth)
 }
 
 /// A browser's `Origin` must name the host it connected to; clients without one pass. The same
