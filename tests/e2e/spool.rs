@@ -558,16 +558,23 @@ async fn a_master_outage_queues_hooks_and_each_reaches_the_bus_and_the_reactor_o
     );
 }
 
-#[tokio::test]
-async fn a_github_redelivery_after_a_saltgate_restart_is_a_duplicate() {
+/// The real binary on the shared sandbox with its spool in a temp dir (kept alive by the first
+/// value), and a watcher of `spool/redelivery` hooks of run number `n`, connected.
+async fn redelivery_binary(n: u64) -> (tempfile::TempDir, Binary, Watcher, u64) {
     let sandbox = blocking(salt::shared).await;
     let dir = tempfile::tempdir().unwrap();
     let mut binary = Binary::configure(sandbox, dir.path());
     binary.start().await;
     let config = binary.load();
-    let run = (u64::from(std::process::id()) << 20) | 2;
+    let run = (u64::from(std::process::id()) << 20) | n;
     let watcher = Watcher::start(&config, "salt/netapi/hook/spool/redelivery", run);
     watcher.connected().await;
+    (dir, binary, watcher, run)
+}
+
+#[tokio::test]
+async fn a_github_redelivery_after_a_saltgate_restart_is_a_duplicate() {
+    let (_dir, mut binary, watcher, run) = redelivery_binary(2).await;
     let client = reqwest::Client::new();
     let url = format!("{}/hook/spool/redelivery", binary.base);
     let first = signed_hook(&client, &url, run, 7, 0).send().await.unwrap();
@@ -599,6 +606,78 @@ async fn a_github_redelivery_after_a_saltgate_restart_is_a_duplicate() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(watcher.seen().get(&7), Some(&1), "fired again");
+}
+
+/// The delivery log's Redeliver (`POST <ui>/log/<seq>/redeliver`, with a real Salt token from
+/// the sandbox's eauth) puts a delivered hook on the real master's bus again, with the same
+/// delivery id; the log shows the entry with its attempts.
+#[tokio::test]
+async fn redeliver_from_the_delivery_log_reaches_the_real_bus_again() {
+    let (_dir, binary, watcher, run) = redelivery_binary(3).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/hook/spool/redelivery", binary.base);
+    let first = signed_hook(&client, &url, run, 9, 0).send().await.unwrap();
+    assert!(first.status().is_success(), "{}", first.status());
+    let want = HashSet::from([9]);
+    watcher
+        .wait_all(&want, Duration::from_secs(30), "first delivery")
+        .await;
+    let login: serde_json::Value = client
+        .post(format!("{}/login", binary.base))
+        .json(&serde_json::json!({"username": "saltdev", "password": "saltdev", "eauth": "file"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["return"][0]["token"].as_str().unwrap().to_owned();
+    // The entry is delivered once its echo is seen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seq = loop {
+        let log: serde_json::Value = client
+            .get(format!(
+                "{}/ui/log?path=spool/redelivery&state=delivered",
+                binary.base
+            ))
+            .header("x-auth-token", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(seq) = log["deliveries"][0]["seq"].as_u64() {
+            break seq;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let unauthenticated = client
+        .post(format!("{}/ui/log/{seq}/redeliver", binary.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let resp = client
+        .post(format!("{}/ui/log/{seq}/redeliver", binary.base))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while watcher.seen().get(&9).copied().unwrap_or(0) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the redelivery never reached the bus"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        watcher.unmarked_repeats().is_empty(),
+        "the redelivered copy carries another delivery id"
+    );
 }
 
 /// `text` with every line indented by `n` spaces.

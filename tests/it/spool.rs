@@ -173,3 +173,149 @@ fn an_unwritable_spool_directory_stops_the_start_naming_the_key_and_path() {
     );
     assert!(!err.contains("listening"), "{err}");
 }
+
+/// The delivery log behind `/ui`: an accepted hook is listed (filtered by path and state),
+/// opens as the event that went onto the bus, and Redeliver fires it again with the same
+/// delivery id; unknown entries are 404, a bad filter 400, a foreign-origin cookie POST 403.
+#[tokio::test]
+async fn delivery_log_lists_opens_and_redelivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = on_disk(dir.path());
+    let app = TestApp::builder()
+        .with_config(|c| {
+            spool(c);
+            c.saltgate.streams_disable_auth = true;
+        })
+        .spawn()
+        .await;
+    let c = reqwest::Client::new();
+    let mut sub = app.subscribe();
+    for (path, id) in [("ci/deploy", "log-1"), ("other", "log-2")] {
+        let resp = c
+            .post(app.url(&format!("/hook/{path}")))
+            .json(&json!({"id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        recv_event(&mut sub, &format!("salt/netapi/hook/{path}")).await;
+    }
+    let get = |q: &str| {
+        let url = app.url(&format!("/ui/log{q}"));
+        let c = c.clone();
+        async move {
+            let resp = c.get(url).send().await.unwrap();
+            let status = resp.status();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Both listed, newest first; the path filter keeps one; entries become delivered.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ci = loop {
+        let (status, body) = get("?path=ci&state=delivered").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let rows = body["deliveries"].as_array().unwrap().clone();
+        if rows.len() == 1 {
+            break rows[0].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never delivered: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ci["path"], "ci/deploy");
+    assert_eq!(ci["state"], "delivered");
+    assert!(ci["confirmed_ms"].as_u64().is_some(), "{ci}");
+    let (_, all) = get("").await;
+    let paths: Vec<&str> = all["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["other", "ci/deploy"]);
+    // One entry: the event as it went onto the bus.
+    let seq = ci["seq"].as_u64().unwrap();
+    let (status, one) = get(&format!("/{seq}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["event"]["tag"], "salt/netapi/hook/ci/deploy");
+    assert_eq!(one["event"]["data"]["post"]["id"], "log-1");
+    let id = one["event"]["data"]["_saltgate"]["id"].clone();
+    assert!(id.is_string(), "{one}");
+    // Redeliver: the same event and delivery id again on the bus.
+    let resp = c
+        .post(app.url(&format!("/ui/log/{seq}/redeliver")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let again = recv_event(&mut sub, "salt/netapi/hook/ci/deploy").await;
+    let data = data_json(&again);
+    assert_eq!(data["post"]["id"], "log-1");
+    assert_eq!(data["_saltgate"]["id"], id);
+    assert!(metric(&app, "saltgate_spool_redelivered_total").await >= 1.0);
+    // Refusals, each in our error shape.
+    for (method, path, status, code) in [
+        (
+            "GET",
+            "/ui/log/999999".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/ui/log/x".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/ui/log?state=lost".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "GET",
+            "/ui/log?color=red".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "POST",
+            "/ui/log/999999/redeliver".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let method: reqwest::Method = method.parse().unwrap();
+        let resp = c.request(method, app.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], code, "{path}");
+    }
+    let resp = c
+        .post(app.url(&format!("/ui/log/{seq}/redeliver")))
+        .header("cookie", "session_id=0123abcd")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+/// Without a spool there is no delivery log: 503 with a reason, not an empty list.
+#[tokio::test]
+async fn without_a_spool_the_log_says_so() {
+    let app = TestApp::builder()
+        .with_config(|c| c.saltgate.streams_disable_auth = true)
+        .spawn()
+        .await;
+    let resp = reqwest::get(app.url("/ui/log")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("no spool"),
+        "{body}"
+    );
+}
