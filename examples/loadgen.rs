@@ -20,6 +20,10 @@
 //!   so a subscription that is still connecting to the master is not counted as lag. Bounded:
 //!   firing stops at `--max-fire-secs` (twice `--duration`) even if the master took fewer events.
 //!
+//! - `bare`: serves HTTP on `--port` with an axum handler that answers every request 200
+//!   `{"success": true}` after reading its body, and checks nothing: what HTTP alone costs on
+//!   this machine, the ceiling the bench's hook cells are set against.
+//!
 //! Latency in `http` is measured from when a request is sent, so when pacing the figure does not
 //! include time a request waited behind a slow predecessor (no coordinated-omission correction).
 
@@ -61,6 +65,15 @@ enum Mode {
     Push(PushArgs),
     /// SSE subscribers on /events while events are fired onto the master bus at a fixed rate.
     Fanout(FanoutArgs),
+    /// Serve a bare HTTP endpoint answering 200 to everything (the bench's HTTP ceiling).
+    Bare(BareArgs),
+}
+
+#[derive(Args, Debug)]
+struct BareArgs {
+    /// The loopback port to listen on.
+    #[arg(long)]
+    port: u16,
 }
 
 #[derive(Args, Debug)]
@@ -185,10 +198,30 @@ fn main() -> Result<()> {
             Mode::Count(a) => count(a).await,
             Mode::Push(a) => push(a).await,
             Mode::Fanout(a) => fanout(a).await,
+            Mode::Bare(a) => bare(a).await,
         }
     })?;
     println!("{line}");
     Ok(())
+}
+
+// ---- bare ------------------------------------------------------------------------------------
+
+/// Answers every request 200 `{"success": true}` once its body is read; runs until killed.
+async fn bare(a: BareArgs) -> Result<String> {
+    async fn answer(body: axum::body::Bytes) -> impl axum::response::IntoResponse {
+        let _ = body.len();
+        (
+            [(http::header::CONTENT_TYPE, "application/json")],
+            r#"{"success": true}"#,
+        )
+    }
+    let app = axum::Router::new().fallback(answer);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
+        .await
+        .with_context(|| format!("bind 127.0.0.1:{}", a.port))?;
+    axum::serve(listener, app).await?;
+    Ok(json!({"served": true}).to_string())
 }
 
 // ---- http ------------------------------------------------------------------------------------

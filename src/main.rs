@@ -172,7 +172,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let notifier = Notifier::from_socket_var(std::env::var_os("NOTIFY_SOCKET").as_deref());
     let limits = server::Limits::from_config(&config);
-    let listeners = server::bind_all(&config).await?;
+    let warnings = saltgate::config::warnings(&config);
+    // First: a spool that cannot be opened stops the start before anything listens.
+    let state = server::build_state(config)?;
+    let listeners = server::bind_all(&state.config).await?;
     let mut listening = Vec::with_capacity(listeners.len());
     for listener in &listeners {
         let address = listener.tcp.local_addr().context("listener address")?;
@@ -185,10 +188,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         listening.push(address.to_string());
     }
-    for warning in saltgate::config::warnings(&config) {
+    for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let state = server::build_state(config);
     let listening = listening.join(", ");
     tokio::spawn(notify::announce_ready(
         notifier.clone(),

@@ -60,6 +60,10 @@ pub enum ApiError {
     BodyTimeout,
     /// 503: a budget of saltgate's own (streams, buffered bodies) is full; retry shortly.
     Busy(&'static str),
+    /// 503: undelivered hooks fill the spool; retry after this many seconds.
+    SpoolFull(u64),
+    /// 503: the spool cannot store the hook (a disk error); nothing was accepted.
+    SpoolFailed,
     /// 500: a bug or an unexpected master answer.
     Internal,
     /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
@@ -110,6 +114,8 @@ impl ApiError {
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "salt_timeout"),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::SpoolFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
+            Self::SpoolFailed => (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
             Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
@@ -150,6 +156,10 @@ impl ApiError {
             Self::Timeout => "The Salt master did not answer in time".into(),
             Self::BodyTimeout => "The request body stalled or arrived too slowly".into(),
             Self::Busy(why) => (*why).to_owned(),
+            Self::SpoolFull(secs) => {
+                format!("Too many hooks wait for delivery; retry after {secs} s")
+            }
+            Self::SpoolFailed => "The hook cannot be stored right now; retry later".into(),
             Self::Internal => "An unexpected error occurred".into(),
             Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
                 why.clone()
@@ -169,7 +179,7 @@ impl ApiError {
             "message": self.message(),
         });
         let mut response = render_body(status, format, &body);
-        if let Self::RateLimited(secs) = self {
+        if let Self::RateLimited(secs) | Self::SpoolFull(secs) = self {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }

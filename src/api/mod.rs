@@ -143,6 +143,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route(&ui_base, get(ui::page))
         .route(&format!("{ui_base}/deliveries"), get(ui::deliveries))
+        .route(&format!("{ui_base}/log"), get(ui::log))
+        .route(&format!("{ui_base}/log/{{seq}}"), get(ui::log_entry))
+        .route(
+            &format!("{ui_base}/log/{{seq}}/redeliver"),
+            post(ui::redeliver),
+        )
         .route(&format!("{ui_base}/app.js"), get(ui::app_js))
         .route(&format!("{ui_base}/login.js"), get(ui::login_js))
         .route(&format!("{ui_base}/style.css"), get(ui::style))

@@ -26,6 +26,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down: event streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The durable spool hooks are committed to; `None` when `saltgate.spool.enabled: false`
+    /// (or the built-in bus without `saltgate.spool.dir`).
+    pub spool: Option<crate::spool::Spool>,
 }
 
 impl App {

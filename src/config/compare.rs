@@ -53,8 +53,9 @@ const DIFFERENCES: &[Difference] = &[
         applies: always,
     },
     Difference {
-        text: "A hook that cannot be fired is a 503 with an error body (rest_cherrypy answers \
-               200 `{\"success\": false}`).",
+        text: "A hook that arrives while the master is down is spooled and answered 202 \
+               `queued`, then delivered (rest_cherrypy answers 200 `{\"success\": false}` and \
+               the hook is gone); with the spool off it is a 503 with an error body.",
         applies: always,
     },
     Difference {

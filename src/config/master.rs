@@ -21,6 +21,8 @@ pub struct MasterSettings {
     pub sock_dir: PathBuf,
     /// The master's cache directory.
     pub cachedir: PathBuf,
+    /// The user the master runs as (its key file is `<cachedir>/.<user>_key`).
+    pub user: String,
     /// `ipc` (unix sockets) or `tcp` (loopback ports) for the event bus.
     pub ipc_mode: IpcMode,
     /// The event publisher's port with `ipc_mode: tcp`.
@@ -91,6 +93,7 @@ impl Default for MasterSettings {
             root_dir: PathBuf::from("/"),
             sock_dir: PathBuf::from("/var/run/salt/master"),
             cachedir: PathBuf::from("/var/cache/salt/master"),
+            user: "root".into(),
             ipc_mode: IpcMode::Ipc,
             tcp_master_pub_port: 4512,
             tcp_master_pull_port: 4513,

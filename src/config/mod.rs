@@ -15,6 +15,7 @@ pub mod error;
 pub mod hooks;
 pub mod master;
 pub mod raw;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,8 @@ pub struct Config {
     pub wsgi: Option<RestWsgi>,
     /// Keys of the `rest_wsgi:` block saltgate does not read (for [`warnings`]).
     pub unread_wsgi: Vec<String>,
+    /// The spool, when on.
+    pub spool: Option<crate::spool::SpoolConfig>,
     /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
     /// for the review in [`compare`].
     pub secret_files: Vec<(String, PathBuf)>,
@@ -137,6 +140,8 @@ impl Config {
             serve_cherrypy: true,
             wsgi: None,
             unread_wsgi: Vec::new(),
+            // The built-in bus without a spool directory: see `spool::build`.
+            spool: None,
             secret_files: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
@@ -218,6 +223,12 @@ impl Config {
             BusChoice::Builtin => false,
             BusChoice::Auto => master.ipc_mode == IpcMode::Tcp || master.sock_dir.exists(),
         };
+        let spool = spool::build(
+            &saltgate.spool,
+            &master,
+            use_master,
+            rest_cherrypy.max_request_body_size,
+        )?;
         let mut config = Self {
             source: Some(merged.file.clone()),
             master,
@@ -229,6 +240,7 @@ impl Config {
             serve_cherrypy: has_rest_cherrypy || rest_wsgi.is_none(),
             wsgi: rest_wsgi,
             unread_wsgi,
+            spool,
             secret_files: Vec::new(),
         };
         config.validate()?;
@@ -619,6 +631,7 @@ pub fn render_effective(config: &Config) -> String {
             "auth_failure_burst": config.saltgate.auth_failure_burst,
             "auth_failures_per_minute": config.saltgate.auth_failures_per_minute,
             "auth_max_in_flight": config.saltgate.auth_max_in_flight,
+            "spool": spool::render(config.spool.as_ref()),
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -688,6 +701,45 @@ mod tests {
         );
         let e = load_text("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn the_spool_block_is_strict_and_defaults_under_the_masters_cachedir() {
+        use crate::spool::Storage;
+        let master =
+            "cachedir: /srv/cache\nuser: salt\nreactor:\n  - 'salt/netapi/hook/*': [/r.sls]\n";
+        let c = load_text(&format!("{master}saltgate:\n  bus: master\n")).unwrap();
+        let spool = c.spool.expect("on by default on a master");
+        assert_eq!(
+            spool.storage,
+            Storage::Dir(PathBuf::from("/srv/cache/saltgate"))
+        );
+        assert_eq!(spool.max_bytes, crate::spool::DEFAULT_MAX_BYTES);
+        assert_eq!(
+            spool.reactor.map(|r| r.key_file),
+            Some(PathBuf::from("/srv/cache/.salt_key")),
+            "the Reactor check reads the master user's key"
+        );
+        // The built-in bus: no spool unless a directory is given.
+        let builtin = "saltgate:\n  bus: builtin\n";
+        assert!(load_text(builtin).unwrap().spool.is_none());
+        let c = load_text(&format!("{builtin}  spool:\n    dir: /var/lib/sg\n")).unwrap();
+        assert_eq!(
+            c.spool.unwrap().storage,
+            Storage::Dir(PathBuf::from("/var/lib/sg"))
+        );
+        let off = format!("{master}saltgate:\n  bus: master\n  spool:\n    enabled: false\n");
+        assert!(load_text(&off).unwrap().spool.is_none());
+        for (block, key) in [
+            ("    colour: red\n", "saltgate.spool.colour"),
+            ("    dir: relative/spool\n", "saltgate.spool.dir"),
+            ("    max_bytes: 1000\n", "saltgate.spool.max_bytes"),
+            ("    max_bytes: lots\n", "saltgate.spool.max_bytes"),
+            ("    queue_bytes: 10\n", "saltgate.spool.queue_bytes"),
+        ] {
+            let text = format!("saltgate:\n  bus: master\n  spool:\n{block}");
+            assert_eq!(refused_key(&text), key, "{block}");
+        }
     }
 
     #[test]

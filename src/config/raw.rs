@@ -425,6 +425,8 @@ pub struct SaltgateSettings {
     pub auth_failures_per_minute: u32,
     /// Login and token checks sent to the master at once.
     pub auth_max_in_flight: usize,
+    /// The durable spool ([`super::spool::RawSpool`]).
+    pub spool: super::spool::RawSpool,
 }
 
 /// What happens to hook paths no rule covers.
@@ -470,6 +472,7 @@ impl Default for SaltgateSettings {
             auth_failure_burst: crate::security::throttle::DEFAULT_FAILURE_BURST,
             auth_failures_per_minute: crate::security::throttle::DEFAULT_FAILURES_PER_MINUTE,
             auth_max_in_flight: 2,
+            spool: super::spool::RawSpool::default(),
         }
     }
 }

@@ -60,9 +60,13 @@ impl Event {
     /// authentication or authorization the master fires `salt/job/<jid>/error` (or
     /// `salt/job/error`) with the whole request load, which holds the caller's password or
     /// token, or the master's root key. Those values are replaced before any in-process
-    /// subscriber (and so any `/events` client) sees the event. Returns whether it changed.
+    /// subscriber (and so any `/events` client) sees the event. The Reactor's management
+    /// events (`salt/reactors/manage/*`, sent by Salt's `reactor.*` runners and by saltgate's
+    /// Reactor readiness probe) carry the master's key in `key` and are cleaned the same way.
+    /// Returns whether it changed.
     pub fn redact_credentials(&mut self) -> bool {
-        if !self.tag.ends_with("/error") && !self.tag.contains("/error/") {
+        let error = self.tag.ends_with("/error") || self.tag.contains("/error/");
+        if !error && !self.tag.starts_with(REACTOR_MANAGE) {
             return false;
         }
         redact_value(&mut self.data, 0)
@@ -123,6 +127,9 @@ fn json_text_len(bytes: &[u8], utf8: bool) -> usize {
     let text = if utf8 { bytes.len() } else { 3 * bytes.len() };
     2 + text + escaped
 }
+
+/// The tag prefix of the Reactor's management events, which carry the master's key.
+pub const REACTOR_MANAGE: &str = "salt/reactors/manage/";
 
 /// Keys whose values are credentials in a Salt request load.
 const CREDENTIAL_KEYS: &[&str] = &["password", "passwd", "token", "key", "eauth_password"];
@@ -248,6 +255,9 @@ mod tests {
             );
             assert!(text.contains("alice"));
         }
+        let mut ev = load("salt/reactors/manage/is_leader");
+        assert!(ev.redact_credentials());
+        assert!(!format!("{:?}", ev.data).contains("ROOTKEY"));
         let mut ev = load("salt/job/1/ret/m");
         assert!(!ev.redact_credentials());
     }

@@ -188,6 +188,30 @@ impl ReplayGuard {
         })
     }
 
+    /// Remembers a key committed at `committed` (its [`Reservation::key_hash`]), as kept by a
+    /// store across restarts, so that a sender's retry after a restart is still a duplicate.
+    /// Keys already held, or expired at `now`, are left alone.
+    pub fn restore(&self, key: u128, committed: SystemTime, now: SystemTime) {
+        let at = epoch_ms(committed);
+        if !self.fresh(at, now) {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        if !inner.entries.contains_key(&key) {
+            inner.insert(key, at, self.capacity);
+        }
+    }
+
+    /// The most ids held at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How long a committed id stays a duplicate.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Number of ids held (in flight or committed, expired ones included until evicted).
     pub fn len(&self) -> usize {
         lock(&self.inner).entries.len()
@@ -222,6 +246,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// The key as the guard stores it (a 128-bit hash), for a store that keeps it across
+    /// restarts ([`ReplayGuard::restore`]).
+    pub fn key_hash(&self) -> u128 {
+        self.key
+    }
+
     /// Marks the id as processed at `now`; it is a duplicate until `now + ttl`.
     pub fn commit(mut self, now: SystemTime) {
         self.done = true;
@@ -272,6 +302,22 @@ mod tests {
         let r = g.begin("a", at(101)).unwrap();
         r.commit(at(101));
         assert!(matches!(g.begin("a", at(102)), Err(Duplicate::Committed)));
+    }
+
+    #[test]
+    fn restored_keys_are_duplicates_until_their_ttl() {
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        let r = g.begin("a", at(100)).unwrap();
+        let hash = r.key_hash();
+        r.commit(at(100));
+        // A new process: the key comes back from the store.
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        g.restore(hash, at(100), at(120));
+        assert!(matches!(g.begin("a", at(130)), Err(Duplicate::Committed)));
+        assert!(g.begin("a", at(160)).is_ok());
+        let g = ReplayGuard::new(10, Duration::from_secs(60));
+        g.restore(hash, at(100), at(200));
+        assert!(g.is_empty(), "expired keys are not restored");
     }
 
     #[test]

@@ -31,9 +31,10 @@ use crate::salt::bus::memory::MemoryBus;
 use crate::salt::channel::{MasterChannel, Timeouts};
 use crate::salt::{SaltClients, SharedBus};
 
-/// Builds the application state: the master's bus and channel, or the built-in bus.
-/// Must run inside a tokio runtime.
-pub fn build_state(config: Config) -> AppState {
+/// Builds the application state: the master's bus and channel, or the built-in bus, and the
+/// spool (opened and recovered). Must run inside a tokio runtime. Fails when the spool cannot
+/// be opened (an unwritable directory, another saltgate using it).
+pub fn build_state(config: Config) -> Result<AppState, crate::spool::SpoolError> {
     build_state_with(config, None)
 }
 
@@ -42,7 +43,7 @@ pub fn build_state(config: Config) -> AppState {
 pub fn build_state_with(
     config: Config,
     sns_http: Option<Arc<dyn crate::api::hook::sns::SnsHttp>>,
-) -> AppState {
+) -> Result<AppState, crate::spool::SpoolError> {
     let (bus, salt): (SharedBus, Option<SaltClients>) = if config.use_master {
         let (publisher, puller) = config.master.bus_endpoints();
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
@@ -88,6 +89,16 @@ pub fn build_state_with(
         config.client_keys(),
         sns_http,
     );
+    let spool = match config.spool.clone() {
+        None => None,
+        Some(mut spool_config) => {
+            (spool_config.dedup_ttl, spool_config.dedup_capacity) = hooks.replay_limits();
+            let spool = crate::spool::Spool::open(spool_config, Arc::clone(&bus))?;
+            let (ttl, capacity) = hooks.replay_limits();
+            hooks.restore_replay_keys(&spool.dedup_keys(ttl, capacity));
+            Some(spool)
+        }
+    };
     let app = App {
         config,
         bus,
@@ -95,6 +106,7 @@ pub fn build_state_with(
         tokens,
         metrics: Arc::new(api::metrics::Metrics::default()),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        spool,
     };
     let state = AppState::new(app, hooks);
     let weak = Arc::downgrade(&state.hooks);
@@ -108,7 +120,7 @@ pub fn build_state_with(
             }
         }
     });
-    state
+    Ok(state)
 }
 
 /// Serving limits for the listener.
@@ -294,6 +306,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let streams_stop = state.shutdown.clone();
+    let spool = state.spool.clone();
     let core = Arc::new(Core {
         budgets: Arc::new(Budgets::new(
             limits.max_connections,
@@ -331,6 +344,10 @@ pub async fn serve(
     match tokio::time::timeout(core.limits.drain_timeout, core.tracker.wait()).await {
         Ok(()) => tracing::info!("All connections closed"),
         Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
+    }
+    if let Some(spool) = spool {
+        // Accepted hooks still waiting get a last chance to go out; the rest stay spooled.
+        spool.drain(SPOOL_DRAIN).await;
     }
     match failed {
         Some(Ok(Err(e))) => Err(e),
@@ -463,6 +480,9 @@ async fn connection(
         }
     }
 }
+
+/// How long a shutdown waits for spooled hooks to be delivered.
+const SPOOL_DRAIN: Duration = Duration::from_secs(10);
 
 /// The HTTP/1.1 side. hyper's own header timeout stays as a backstop behind the watchdog's.
 fn http1(limits: &Limits) -> hyper::server::conn::http1::Builder {

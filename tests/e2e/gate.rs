@@ -41,6 +41,8 @@ pub struct Gate {
     pub addr: SocketAddr,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
+    /// This gate's own spool directory (gates share sandboxes, never spools).
+    _spool: tempfile::TempDir,
 }
 
 impl Drop for Gate {
@@ -85,12 +87,16 @@ impl Gate {
         } else {
             serde_yaml::from_str(hooks_yaml).unwrap()
         };
+        let spool_dir = tempfile::tempdir().unwrap();
+        if let Some(spool) = &mut config.spool {
+            spool.storage = saltgate::spool::Storage::Dir(spool_dir.path().to_path_buf());
+        }
         tweak(&mut config);
         config.set_hooks(&hooks, &env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = Limits::from_config(&config);
-        let state = server::build_state_with(config, Some(Arc::new(FixtureSnsCerts)));
+        let state = server::build_state_with(config, Some(Arc::new(FixtureSnsCerts))).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let listener = server::Listener::new(dialect, listener, None);
         tokio::spawn(server::serve(
@@ -105,6 +111,7 @@ impl Gate {
             addr,
             state,
             stop: Some(stop),
+            _spool: spool_dir,
         };
         gate.wait_bus().await;
         gate
@@ -114,10 +121,13 @@ impl Gate {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Waits until the master's event bus is connected.
+    /// Waits until the master's event bus is connected and the spool delivers (the master's
+    /// Reactor answered), so that hooks are answered 200, not 202 `queued`.
     pub async fn wait_bus(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !self.state.bus.status().connected {
+        let delivering =
+            |state: &AppState| state.spool.as_ref().is_none_or(|s| s.status().delivering);
+        while !self.state.bus.status().connected || !delivering(&self.state) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "saltgate never reached the master bus"

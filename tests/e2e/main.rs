@@ -9,6 +9,7 @@
 )]
 
 mod acl;
+mod chaos;
 mod gate;
 mod hooks;
 mod hostile_auth;
@@ -18,6 +19,7 @@ mod notify;
 mod reactor_examples;
 mod sandbox_selftest;
 mod shutdown;
+mod spool;
 mod streams;
 mod support;
 mod wire;

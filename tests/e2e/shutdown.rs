@@ -24,7 +24,8 @@ async fn sigterm_during_a_hook_flood_loses_no_accepted_hook() {
     // The sandbox's master config plus a rest_cherrypy block for this saltgate.
     let mut master = std::fs::read_to_string(sandbox.master_config_file()).unwrap();
     master.push_str(&format!(
-        "\nrest_cherrypy:\n  host: 127.0.0.1\n  port: {port}\n  disable_ssl: true\n  webhook_disable_auth: true\nsaltgate:\n  bus: master\n"
+        "\nrest_cherrypy:\n  host: 127.0.0.1\n  port: {port}\n  disable_ssl: true\n  webhook_disable_auth: true\nsaltgate:\n  bus: master\n  spool:\n    dir: {}\n",
+        dir.path().join("spool").display()
     ));
     std::fs::write(dir.path().join("master"), master).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_saltgate"))
@@ -96,7 +97,7 @@ async fn sigterm_during_a_hook_flood_loses_no_accepted_hook() {
                     .send()
                     .await;
                 match resp {
-                    Ok(r) if r.status() == 200 => accepted.lock().unwrap().push(i),
+                    Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(i),
                     Ok(_) => {}
                     Err(_) => return, // the server is gone
                 }

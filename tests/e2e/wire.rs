@@ -243,7 +243,9 @@ async fn a_thousand_hooks_on_32_connections_all_reach_the_master_bus() {
 #[tokio::test]
 async fn master_outage_fails_fast_and_recovers_without_restart() {
     let sandbox = Arc::new(blocking(|| SaltSandbox::builder().start()).await);
-    let gate = Gate::start(&sandbox, "", &[], |_| {}).await;
+    // With the spool off (`saltgate.spool.enabled: false`): a hook the bus cannot take is
+    // refused. With it on, it is accepted and delivered later (tests/e2e/spool.rs).
+    let gate = Gate::start(&sandbox, "", &[], |c| c.spool = None).await;
     let salt = gate.salt().clone();
     let auth = Auth::Token(token(&salt.channel, "saltdev").await);
     let s = Arc::clone(&sandbox);
@@ -269,7 +271,8 @@ async fn master_outage_fails_fast_and_recovers_without_restart() {
         "{:?}",
         started.elapsed()
     );
-    // A hook while the master is down is refused with 503 and a body, not accepted and lost.
+    // Spool off: a hook while the master is down is refused with 503 and a body, not accepted
+    // and lost.
     let deadline = Instant::now() + Duration::from_secs(10);
     while gate.state.bus.status().connected {
         assert!(

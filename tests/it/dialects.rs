@@ -33,7 +33,7 @@ async fn serve_config(
         .iter()
         .map(|l| (l.dialect.block(), l.tcp.local_addr().unwrap()))
         .collect();
-    let state = server::build_state(config);
+    let state = server::build_state(config).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server::serve(state, listeners, limits, async {
         let _ = stopped.await;

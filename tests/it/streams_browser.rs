@@ -155,6 +155,11 @@ impl Browser {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, png).unwrap();
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 1000,
+            "an empty screenshot: {}",
+            path.display()
+        );
         path
     }
 }
@@ -227,10 +232,75 @@ async fn events_page_shows_a_hook_live_in_chromium() {
             "markup in a tag is rendered as text",
         )
         .await;
-    let shot = browser.screenshot("ui-events.png").await;
-    assert!(
-        std::fs::metadata(&shot).unwrap().len() > 1000,
-        "{}",
-        shot.display()
-    );
+    browser.screenshot("ui-events.png").await;
+}
+
+/// The delivery log in Chromium: a spooled hook is listed, opening it shows the event as it
+/// went onto the bus, and Redeliver puts it on the bus again (same delivery id); the chart
+/// counts it. Screenshot: `target/test-artifacts/ui-delivery-log.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_log_opens_an_entry_and_redelivers_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().to_path_buf();
+    let app = TestApp::builder()
+        .with_config(move |c| {
+            c.saltgate.streams_disable_auth = true;
+            c.spool = Some(saltgate::spool::SpoolConfig::new(
+                saltgate::spool::Storage::Dir(spool_dir),
+            ));
+        })
+        .spawn()
+        .await;
+    let mut sub = app.subscribe();
+    let resp = reqwest::Client::new()
+        .post(app.url("/hook/browser/log"))
+        .header("content-type", "application/json")
+        .body(r#"{"from": "delivery-log-test"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let first = crate::support::recv_event(&mut sub, "salt/netapi/hook/browser/log").await;
+    let id = crate::support::data_json(&first)["_saltgate"]["id"].clone();
+
+    let mut browser = Browser::launch().await;
+    browser
+        .call("Page.navigate", json!({"url": app.url("/ui")}))
+        .await;
+    browser
+        .wait_true(
+            r#"[...document.querySelectorAll('#log tr')].some(r =>
+                 r.children[2].textContent === 'browser/log' && r.children[3].textContent === 'delivered')"#,
+            "the hook is in the delivery log, delivered",
+        )
+        .await;
+    browser
+        .eval("document.querySelector('#log tr').click(); true")
+        .await;
+    browser
+        .wait_true(
+            r#"!document.getElementById('entry').hidden
+               && document.getElementById('entry-event').textContent.includes('delivery-log-test')
+               && document.getElementById('entry-event').textContent.includes('salt/netapi/hook/browser/log')"#,
+            "the entry opens with its event",
+        )
+        .await;
+    browser
+        .eval("document.getElementById('redeliver').click(); true")
+        .await;
+    browser
+        .wait_true(
+            "document.getElementById('entry-status').textContent === 'redelivered'",
+            "the page reports the redelivery",
+        )
+        .await;
+    let again = crate::support::recv_event(&mut sub, "salt/netapi/hook/browser/log").await;
+    assert_eq!(crate::support::data_json(&again)["_saltgate"]["id"], id);
+    browser
+        .wait_true(
+            "Number(document.getElementById('chart').dataset.total) >= 1",
+            "the chart counts the hook",
+        )
+        .await;
+    browser.screenshot("ui-delivery-log.png").await;
 }

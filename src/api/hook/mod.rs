@@ -95,13 +95,22 @@ async fn handle(
     };
     let outcome = run(app, hooks, delivery.caller, client, &path, &headers, body).await;
     match outcome {
-        Ok(Outcome::Fired) => {
+        Ok(Outcome::Fired { queued: false }) => {
             app.metrics
                 .record_hook(&path, client, StatusCode::OK, "accepted");
             Ok(render_body(
                 StatusCode::OK,
                 format,
                 &serde_json::json!({"success": true}),
+            ))
+        }
+        Ok(Outcome::Fired { queued: true }) => {
+            app.metrics
+                .record_hook(&path, client, StatusCode::ACCEPTED, "queued");
+            Ok(render_body(
+                StatusCode::ACCEPTED,
+                format,
+                &serde_json::json!({"success": true, "queued": true}),
             ))
         }
         Ok(Outcome::Duplicate) => {

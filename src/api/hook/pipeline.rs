@@ -106,6 +106,20 @@ impl Hooks {
         }
     }
 
+    /// Puts replay keys a store kept back into the guard (see [`crate::spool::Spool::dedup_keys`]).
+    pub fn restore_replay_keys(&self, keys: &[(u128, SystemTime)]) {
+        let now = SystemTime::now();
+        // Oldest first, so that the newest are the last the guard would evict.
+        for (key, at) in keys.iter().rev() {
+            self.replay.restore(*key, *at, now);
+        }
+    }
+
+    /// The replay guard's TTL and capacity.
+    pub fn replay_limits(&self) -> (std::time::Duration, usize) {
+        (self.replay.ttl(), self.replay.capacity())
+    }
+
     /// Frees rate-limiter memory for addresses that went quiet; called on a timer.
     pub fn housekeep(&self) {
         self.limiter.housekeep();
@@ -115,8 +129,11 @@ impl Hooks {
 /// How a delivery that passed every check was answered.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Fired on the bus.
-    Fired,
+    /// Spooled (or, with the spool off, fired); `queued`: it waits for the bus.
+    Fired {
+        /// It waits for the bus (answered 202 `queued`).
+        queued: bool,
+    },
     /// Already fired once: answered, not fired again.
     Duplicate,
     /// Answered without firing (GitHub `ping`, Slack `url_verification`, a confirmed SNS
@@ -219,15 +236,46 @@ pub async fn run(
         hook_tag(path),
         event_data(client, headers, &hidden, post, &raw),
     );
-    app.bus.fire(event).await.map_err(|e| {
-        tracing::warn!(hook = %path, error = %e, "Hook could not be fired");
-        ApiError::Unavailable("The event bus cannot take the event")
-    })?;
+    let key = reservation.as_ref().map(Reservation::key_hash);
+    let queued = deliver(app, event, path, client, key).await?;
     if let Some(r) = reservation {
         r.commit(SystemTime::now());
     }
-    tracing::debug!(client_ip = %client, hook = %path, "Hook fired");
-    Ok(Outcome::Fired)
+    tracing::debug!(client_ip = %client, hook = %path, queued, "Hook accepted");
+    Ok(Outcome::Fired { queued })
+}
+
+/// Commits the event to the spool, answered once it is on disk (`true`: it waits for the
+/// bus), with its replay key in the same commit; with the spool off, fires it.
+async fn deliver(
+    app: &App,
+    event: Event,
+    path: &str,
+    client: std::net::IpAddr,
+    key: Option<u128>,
+) -> Result<bool, ApiError> {
+    use crate::spool::{Hook, SpoolError};
+    let Some(spool) = &app.spool else {
+        app.bus.fire(event).await.map_err(|e| {
+            tracing::warn!(hook = %path, error = %e, "Hook could not be fired");
+            ApiError::Unavailable("The event bus cannot take the event")
+        })?;
+        return Ok(false);
+    };
+    let hook = Hook {
+        path: path.to_owned(),
+        client,
+        dedup: key,
+    };
+    match spool.accept(event, hook).await {
+        Ok(accepted) => Ok(accepted.queued),
+        Err(SpoolError::Full(secs)) => Err(ApiError::SpoolFull(secs)),
+        Err(SpoolError::Busy) => Err(ApiError::Busy("The spool's queue is full; retry shortly")),
+        Err(e) => {
+            tracing::warn!(hook = %path, error = %e, "Hook could not be spooled");
+            Err(ApiError::SpoolFailed)
+        }
+    }
 }
 
 /// Runs the rule's verifier; SNS needs its signing certificate, fetched (and cached) first.

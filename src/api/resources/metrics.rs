@@ -19,7 +19,10 @@ pub async fn metrics(
     if !app.config.api.stats_disable_auth {
         authorize_stream(&app, caller).await?;
     }
-    let body = app.metrics.render(&app.bus.status());
+    let mut body = app.metrics.render(&app.bus.status());
+    if let Some(spool) = &app.spool {
+        crate::spool::metrics::render(&mut body, &spool.status());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -18,8 +18,8 @@
 //! inject any. saltgate must run as the master's user (or group, to read only).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, ring};
+use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, Tap, Tapped, ring};
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;
 use crate::salt::wire::framing::{Decoded, Framing, decode_frame, encode_frame, frame_body};
@@ -125,6 +125,15 @@ struct Shared {
     pull_framing: AtomicU8,
     events_in: AtomicU64,
     events_out: AtomicU64,
+    tap: OnceLock<Tap>,
+}
+
+impl Shared {
+    fn tap(&self, item: Tapped<'_>) {
+        if let Some(tap) = self.tap.get() {
+            (tap.call)(item);
+        }
+    }
 }
 
 fn framing_code(f: Option<Framing>) -> u8 {
@@ -143,8 +152,23 @@ fn framing_from(code: u8) -> Option<Framing> {
     }
 }
 
+/// One event, or several in order (the spool's batches), with one answer.
+enum Packed {
+    One(Vec<u8>),
+    Many(Vec<bytes::Bytes>),
+}
+
+impl Packed {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Many(v) => v.len(),
+        }
+    }
+}
+
 struct FireRequest {
-    packed: Vec<u8>,
+    packed: Packed,
     ack: oneshot::Sender<Result<(), SaltError>>,
 }
 
@@ -225,27 +249,15 @@ impl EventBus for IpcBus {
     }
 
     fn fire(&self, event: Event) -> BoxFuture<'_, Result<(), SaltError>> {
-        Box::pin(async move {
-            let packed = event.pack()?;
-            let (ack, done) = oneshot::channel();
-            self.fire_tx
-                .try_send(FireRequest { packed, ack })
-                .map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        SaltError::BusBusy("the event queue to the master is full".into())
-                    }
-                    mpsc::error::TrySendError::Closed(_) => {
-                        SaltError::Unavailable("the event pusher has stopped".into())
-                    }
-                })?;
-            match tokio::time::timeout(self.fire_timeout, done).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(SaltError::Unavailable(
-                    "the event pusher has stopped".into(),
-                )),
-                Err(_) => Err(SaltError::Timeout(self.fire_timeout)),
-            }
-        })
+        Box::pin(async move { self.send(Packed::One(event.pack()?)).await })
+    }
+
+    fn fire_packed(&self, packed: Vec<bytes::Bytes>) -> BoxFuture<'_, Result<(), SaltError>> {
+        Box::pin(self.send(Packed::Many(packed)))
+    }
+
+    fn set_tap(&self, tap: Tap) -> bool {
+        self.shared.tap.set(tap).is_ok()
     }
 
     fn status(&self) -> BusStatus {
@@ -257,6 +269,30 @@ impl EventBus for IpcBus {
             events_in: self.shared.events_in.load(Ordering::Relaxed),
             events_out: self.shared.events_out.load(Ordering::Relaxed),
             subscribers: self.tx.receiver_count(),
+        }
+    }
+}
+
+impl IpcBus {
+    /// Queues `packed` for the pusher and waits for it to be written.
+    async fn send(&self, packed: Packed) -> Result<(), SaltError> {
+        let (ack, done) = oneshot::channel();
+        self.fire_tx
+            .try_send(FireRequest { packed, ack })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    SaltError::BusBusy("the event queue to the master is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    SaltError::Unavailable("the event pusher has stopped".into())
+                }
+            })?;
+        match tokio::time::timeout(self.fire_timeout, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SaltError::Unavailable(
+                "the event pusher has stopped".into(),
+            )),
+            Err(_) => Err(SaltError::Timeout(self.fire_timeout)),
         }
     }
 }
@@ -279,10 +315,12 @@ impl Reader {
                     self.shared.generation.fetch_add(1, Ordering::AcqRel);
                     self.shared.connected.store(true, Ordering::Release);
                     tracing::info!(endpoint = %self.config.publisher, "Connected to the master event bus");
+                    self.shared.tap(Tapped::Connected);
                     self.tx.send(BusItem::Connected);
                     let why = self.read_frames(conn).await;
                     self.shared.connected.store(false, Ordering::Release);
                     self.shared.pub_framing.store(0, Ordering::Release);
+                    self.shared.tap(Tapped::Disconnected);
                     self.tx.send(BusItem::Disconnected);
                     tracing::warn!(endpoint = %self.config.publisher, reason = %why, "Lost the master event bus; reconnecting");
                 }
@@ -339,15 +377,33 @@ impl Reader {
     }
 
     fn publish(&self, frame: &[u8]) {
-        if self.tx.receiver_count() == 0 {
-            // Nobody listens (no stream, no waiting job, no probe): most of these are the
-            // master's echo of our own hooks, and decoding them would only cost CPU.
+        let tap = self.shared.tap.get();
+        let listened = self.tx.receiver_count() > 0;
+        if !listened && tap.is_none() {
+            // Nobody listens (no stream, no waiting job, no probe, no spool): most of these
+            // are the master's echo of our own hooks, and decoding them would only cost CPU.
             self.shared.events_in.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let event = frame_body(frame).and_then(|body| Event::unpack(&body));
+        let event = frame_body(frame).and_then(|body| {
+            let tapped = tap.is_some_and(|t| t.wants(&body));
+            if !listened && !tapped {
+                return Ok((None, false));
+            }
+            Event::unpack(&body).map(|e| (Some(e), tapped))
+        });
         match event {
-            Ok(mut event) => {
+            Ok((None, _)) => {
+                self.shared.events_in.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((Some(mut event), tapped)) => {
+                if tapped {
+                    self.shared.tap(Tapped::Event(&event));
+                }
+                if !listened {
+                    self.shared.events_in.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 if event.redact_credentials() {
                     tracing::debug!(tag = %event.tag, "Removed credentials from a master error event");
                 }
@@ -384,9 +440,10 @@ impl Pusher {
             }
             match &result {
                 Ok(()) => {
-                    self.shared
-                        .events_out
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.shared.events_out.fetch_add(
+                        batch.iter().map(|r| r.packed.len() as u64).sum(),
+                        Ordering::Relaxed,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, events = batch.len(), "Could not fire events on the master bus")
@@ -406,7 +463,14 @@ impl Pusher {
         let framing = self.ready().await?;
         out.clear();
         for req in batch {
-            encode_frame(&req.packed, framing, out);
+            match &req.packed {
+                Packed::One(p) => encode_frame(p, framing, out),
+                Packed::Many(ps) => {
+                    for p in ps {
+                        encode_frame(p, framing, out);
+                    }
+                }
+            }
         }
         let Some(conn) = self.conn.as_mut() else {
             return Err(SaltError::Unavailable(

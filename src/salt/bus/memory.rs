@@ -1,11 +1,11 @@
 //! The built-in in-process bus: used when no master is configured, and by fast tests.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures::future::BoxFuture;
 
-use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, ring};
+use super::{BusItem, BusStatus, DEFAULT_QUEUE_BYTES, EventBus, Subscription, Tap, Tapped, ring};
 use crate::salt::error::SaltError;
 use crate::salt::event::Event;
 
@@ -14,6 +14,7 @@ use crate::salt::event::Event;
 pub struct MemoryBus {
     tx: ring::Sender,
     fired: AtomicU64,
+    tap: OnceLock<Tap>,
 }
 
 impl MemoryBus {
@@ -28,7 +29,21 @@ impl MemoryBus {
         Self {
             tx: ring::Sender::new(capacity, max_bytes),
             fired: AtomicU64::new(0),
+            tap: OnceLock::new(),
         }
+    }
+
+    /// Broadcasts one checked event.
+    fn broadcast(&self, mut event: Event) {
+        if let Some(tap) = self.tap.get() {
+            if tap.prefixes.iter().any(|p| event.tag.starts_with(p)) {
+                (tap.call)(Tapped::Event(&event));
+            }
+        }
+        event.redact_credentials();
+        self.fired.fetch_add(1, Ordering::Relaxed);
+        // No subscriber is not an error: the built-in bus has no Reactor behind it.
+        self.tx.send(BusItem::Event(Arc::new(event)));
     }
 }
 
@@ -37,16 +52,35 @@ impl EventBus for MemoryBus {
         Subscription::new(self.tx.subscribe())
     }
 
-    fn fire(&self, mut event: Event) -> BoxFuture<'_, Result<(), SaltError>> {
+    fn fire(&self, event: Event) -> BoxFuture<'_, Result<(), SaltError>> {
         Box::pin(async move {
-            event.redact_credentials();
             // Checked so that the built-in bus refuses what the master would refuse.
             event.pack()?;
-            self.fired.fetch_add(1, Ordering::Relaxed);
-            // No subscriber is not an error: the built-in bus has no Reactor behind it.
-            self.tx.send(BusItem::Event(Arc::new(event)));
+            self.broadcast(event);
             Ok(())
         })
+    }
+
+    fn fire_packed(&self, packed: Vec<bytes::Bytes>) -> BoxFuture<'_, Result<(), SaltError>> {
+        Box::pin(async move {
+            if self.tx.receiver_count() == 0 && self.tap.get().is_none() {
+                // Nobody would see them: counted, not decoded.
+                self.fired.fetch_add(packed.len() as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            for raw in packed {
+                self.broadcast(Event::unpack(&raw)?);
+            }
+            Ok(())
+        })
+    }
+
+    fn set_tap(&self, tap: Tap) -> bool {
+        self.tap.set(tap).is_ok()
+    }
+
+    fn fire_is_delivery(&self) -> bool {
+        true
     }
 
     fn status(&self) -> BusStatus {

@@ -4,6 +4,12 @@
 //! and in bytes: one subscription to the master, many in-process subscribers. A subscriber that
 //! falls behind is told how many events it missed ([`BusItem::Lagged`]); nothing is dropped
 //! without the subscriber knowing.
+//!
+//! Beside the subscribers, a bus has at most one [`Tap`]: a callback the reader calls for every
+//! event whose tag starts with one of the tap's prefixes, and on every (dis)connection, before
+//! the queue sees them. The spool confirms its deliveries through it. A tap must never block
+//! (it runs on the reader, and a reader that stops draining the master's publisher is cut off
+//! by the master), so it only hands what it needs to a bounded queue of its own.
 
 pub mod ipc;
 pub mod memory;
@@ -31,6 +37,43 @@ pub enum BusItem {
     Connected,
 }
 
+/// What a [`Tap`] is shown.
+#[derive(Debug, Clone, Copy)]
+pub enum Tapped<'a> {
+    /// An event read from the bus whose tag starts with one of the tap's prefixes.
+    Event(&'a Event),
+    /// The connection to the master's bus is (again) up.
+    Connected,
+    /// The connection to the master's bus was lost.
+    Disconnected,
+}
+
+/// A bus tap: called on the reader for what [`Tapped`] lists. Must return at once.
+#[derive(Clone)]
+pub struct Tap {
+    /// Tag prefixes of the events shown.
+    pub prefixes: &'static [&'static str],
+    /// The callback.
+    pub call: Arc<dyn Fn(Tapped<'_>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("prefixes", &self.prefixes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tap {
+    /// Whether a packed event (`tag + "\n\n" + msgpack`) is one the tap wants.
+    pub fn wants(&self, packed: &[u8]) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| packed.starts_with(p.as_bytes()))
+    }
+}
+
 /// A snapshot of a bus's state, for logs, `/stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusStatus {
@@ -55,8 +98,18 @@ pub trait EventBus: Send + Sync + std::fmt::Debug + 'static {
     /// Hands an event to the bus. `Ok` means the bytes were written to the master's socket (or
     /// broadcast, on the built-in bus); an error means the event was not fired.
     fn fire(&self, event: Event) -> BoxFuture<'_, Result<(), SaltError>>;
+    /// Hands events already packed (`tag + "\n\n" + msgpack`, as [`Event::pack`] makes them)
+    /// to the bus, in order. `Ok` as for [`EventBus::fire`], for all of them.
+    fn fire_packed(&self, packed: Vec<bytes::Bytes>) -> BoxFuture<'_, Result<(), SaltError>>;
     /// Current state.
     fn status(&self) -> BusStatus;
+    /// Installs the bus's tap (one per bus; a second call is refused with `false`).
+    fn set_tap(&self, tap: Tap) -> bool;
+    /// Whether a fire that returned `Ok` has already reached every subscriber (the built-in
+    /// bus), so that there is no echo to wait for.
+    fn fire_is_delivery(&self) -> bool {
+        false
+    }
 }
 
 /// A shared handle to any bus.

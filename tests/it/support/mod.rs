@@ -122,7 +122,19 @@ impl Builder {
         self.config.set_hooks(&self.hooks, &self.env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = server::build_state(self.config);
+        // A spool a previous app (the same test, restarted) still holds is let go of once
+        // its tasks have seen that app dropped.
+        let mut tries = 0;
+        let state = loop {
+            match server::build_state(self.config.clone()) {
+                Ok(state) => break state,
+                Err(e) if tries < 100 && e.to_string().contains("in use") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let listener = server::Listener::new(self.dialect, listener, self.tls);
         let task = tokio::spawn(server::serve(

@@ -1,0 +1,263 @@
+//! The spool end to end inside the process: the built-in bus, and the fake master bus of
+//! [`crate::salt::bus::ipc::fake`] (which republishes what it reads, as the master does), so
+//! echoes, outages and restarts run for real, only faster. The real master: tests/e2e/spool.rs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmpv::Value;
+
+use super::*;
+use crate::salt::bus::ipc::{Endpoint, IpcBus, IpcBusConfig, fake};
+use crate::salt::bus::memory::MemoryBus;
+use crate::salt::wire::framing::Framing;
+use crate::salt::{BusItem, Subscription};
+
+fn hook(i: u64) -> Event {
+    Event::new(
+        "salt/netapi/hook/t",
+        Value::Map(vec![
+            (
+                Value::from("_stamp"),
+                Value::from("2026-12-02T10:00:00.000000"),
+            ),
+            (
+                Value::from("post"),
+                Value::Map(vec![(Value::from("i"), Value::from(i))]),
+            ),
+        ]),
+    )
+}
+
+fn who(dedup: Option<u128>) -> Hook {
+    Hook {
+        path: "t".into(),
+        client: "10.0.0.1".parse().unwrap(),
+        dedup,
+    }
+}
+
+fn ipc_bus(dir: &std::path::Path) -> SharedBus {
+    let mut c = IpcBusConfig::new(
+        Endpoint::Unix(dir.join("master_event_pub.ipc")),
+        Endpoint::Unix(dir.join("master_event_pull.ipc")),
+    );
+    c.probe_timeout = Duration::from_millis(300);
+    Arc::new(IpcBus::start(c))
+}
+
+/// `post.i` of every hook event seen until `n` distinct ones came, with how often each came.
+async fn collect(sub: &mut Subscription, n: usize) -> HashMap<u64, usize> {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    while seen.len() < n {
+        let item = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} hooks on the bus", seen.len()));
+        if let Some(BusItem::Event(ev)) = item {
+            if ev.tag != "salt/netapi/hook/t" {
+                continue;
+            }
+            assert!(id::event_id(&ev).is_some(), "no delivery id");
+            let i = ev
+                .get("post")
+                .and_then(|p| crate::salt::event::map_get(p, "i"))
+                .and_then(Value::as_u64)
+                .unwrap();
+            *seen.entry(i).or_default() += 1;
+        }
+    }
+    seen
+}
+
+async fn settle(spool: &Spool, what: impl Fn(&SpoolStatus) -> bool) -> SpoolStatus {
+    for _ in 0..500 {
+        let s = spool.status();
+        if what(&s) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("spool never settled: {:?}", spool.status());
+}
+
+#[tokio::test]
+async fn the_built_in_bus_gets_every_hook_once_in_order_with_its_id() {
+    let bus: SharedBus = Arc::new(MemoryBus::new(4096));
+    let spool = Spool::open(SpoolConfig::new(Storage::Memory), Arc::clone(&bus)).unwrap();
+    let mut sub = bus.subscribe();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let a = spool.accept(hook(i), who(None)).await.unwrap();
+        assert!(!a.queued);
+        ids.push(a.id);
+    }
+    let mut order = Vec::new();
+    while order.len() < 200 {
+        if let Some(BusItem::Event(ev)) = sub.recv().await {
+            order.push(id::event_id(&ev).unwrap().1);
+        }
+    }
+    assert_eq!(order, (0..200).collect::<Vec<u64>>(), "arrival order");
+    assert_eq!(
+        ids[7],
+        id::format_id(id::parse_id(ids[0].as_bytes()).unwrap().0, 7)
+    );
+    let s = settle(&spool, |s| s.pending == 0).await;
+    assert_eq!((s.accepted, s.confirmed, s.repushed), (200, 200, 0));
+    assert!(s.commits >= 1 && s.commits <= 200, "{}", s.commits);
+    let (log, _) = spool
+        .list(Query {
+            limit: 5,
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 5);
+    assert_eq!(log[0].state, State::Delivered);
+    let (info, event) = spool.get(log[0].seq).await.unwrap().unwrap();
+    assert_eq!(info.id, ids[199]);
+    assert_eq!(id::event_id(&event), id::parse_id(ids[199].as_bytes()));
+}
+
+#[tokio::test]
+async fn concurrent_hooks_share_commits() {
+    let bus: SharedBus = Arc::new(MemoryBus::new(16));
+    let spool = Spool::open(SpoolConfig::new(Storage::Memory), bus).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..512 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            spool.accept(hook(i), who(None)).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let s = settle(&spool, |s| s.pending == 0).await;
+    assert_eq!(s.accepted, 512);
+    assert!(
+        s.commits < 512,
+        "512 hooks took {} durable commits",
+        s.commits
+    );
+}
+
+#[tokio::test]
+async fn the_master_bus_confirms_by_echo_and_an_outage_only_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = fake::spawn(dir.path(), Framing::Bare, Framing::Prefixed);
+    let bus = ipc_bus(dir.path());
+    let spool = Spool::open(SpoolConfig::new(Storage::Memory), Arc::clone(&bus)).unwrap();
+    let mut sub = bus.subscribe();
+    settle(&spool, |s| s.link == "up").await;
+    for i in 0..50 {
+        spool.accept(hook(i), who(None)).await.unwrap();
+    }
+    let seen = collect(&mut sub, 50).await;
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    let s = settle(&spool, |s| s.pending == 0 && s.confirmed == 50).await;
+    assert!(s.repush_after_secs >= pusher::MIN_RTO.as_secs_f64());
+
+    // The master goes away: hooks are accepted, answered queued, and wait.
+    master.abort();
+    let _ = master.await;
+    std::fs::remove_file(dir.path().join("master_event_pub.ipc")).unwrap();
+    std::fs::remove_file(dir.path().join("master_event_pull.ipc")).unwrap();
+    settle(&spool, |s| s.link == "down").await;
+    for i in 50..80 {
+        let a = spool.accept(hook(i), who(None)).await.unwrap();
+        assert!(a.queued, "hook {i} not answered queued");
+    }
+    assert_eq!(spool.status().pending, 30);
+    assert!(spool.status().oldest_pending_secs.is_some());
+    let _master = fake::spawn(dir.path(), Framing::Bare, Framing::Prefixed);
+    let seen = collect(&mut sub, 30).await;
+    assert_eq!(seen.keys().min(), Some(&50));
+    let s = settle(&spool, |s| s.pending == 0).await;
+    assert_eq!(s.confirmed, 80);
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_with_retry_after_and_keeps_what_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    // No master at all: nothing is delivered, everything waits.
+    let bus = ipc_bus(dir.path());
+    let mut config = SpoolConfig::new(Storage::Memory);
+    config.max_bytes = 64 << 10;
+    let spool = Spool::open(config, bus).unwrap();
+    let mut accepted = 0;
+    let refusal = loop {
+        match spool.accept(hook(accepted), who(None)).await {
+            Ok(a) => {
+                assert!(a.queued);
+                accepted += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(accepted < 10_000, "never full");
+    };
+    assert_eq!(refusal, SpoolError::Full(30));
+    let s = spool.status();
+    assert_eq!(s.pending, accepted);
+    assert_eq!(s.refused_full, 1);
+    assert!(s.pending_bytes <= 64 << 10);
+}
+
+#[tokio::test]
+async fn a_reopened_spool_delivers_what_was_pending_and_keeps_its_replay_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::Dir(dir.path().join("spool"));
+    let sockets = tempfile::tempdir().unwrap();
+    {
+        let spool =
+            Spool::open(SpoolConfig::new(storage.clone()), ipc_bus(sockets.path())).unwrap();
+        for i in 0..5 {
+            spool
+                .accept(hook(i), who(Some(u128::from(i) + 1)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(spool.status().pending, 5);
+    }
+    // The writer lets go of the file once the handle and the pusher are gone.
+    let bus: SharedBus = Arc::new(MemoryBus::new(64));
+    let mut sub = bus.subscribe();
+    let mut reopened = None;
+    for _ in 0..100 {
+        match Spool::open(SpoolConfig::new(storage.clone()), Arc::clone(&bus)) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let spool = reopened.expect("the spool file was never released");
+    let seen = collect(&mut sub, 5).await;
+    assert_eq!(seen.len(), 5);
+    let s = settle(&spool, |s| s.pending == 0).await;
+    assert_eq!(s.recovered, 5);
+    let keys = spool.dedup_keys(Duration::from_secs(60), 10);
+    let mut hashes: Vec<u128> = keys.iter().map(|k| k.0).collect();
+    hashes.sort_unstable();
+    assert_eq!(hashes, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn redelivery_fires_the_stored_event_again() {
+    let bus: SharedBus = Arc::new(MemoryBus::new(64));
+    let spool = Spool::open(SpoolConfig::new(Storage::Memory), Arc::clone(&bus)).unwrap();
+    let a = spool.accept(hook(9), who(None)).await.unwrap();
+    let seq = id::parse_id(a.id.as_bytes()).unwrap().1;
+    settle(&spool, |s| s.pending == 0).await;
+    let mut sub = bus.subscribe();
+    assert!(spool.redeliver(seq).await.unwrap());
+    let seen = collect(&mut sub, 1).await;
+    assert_eq!(seen.get(&9), Some(&1));
+    let s = settle(&spool, |s| s.pending == 0 && s.redelivered == 1).await;
+    assert_eq!(s.confirmed, 2);
+    assert!(!spool.redeliver(seq + 100).await.unwrap());
+    let (info, _) = spool.get(seq).await.unwrap().unwrap();
+    assert_eq!(info.attempts, 2);
+}
