@@ -86,6 +86,8 @@ async fn the_built_in_bus_gets_every_hook_once_in_order_with_its_id() {
     let bus: SharedBus = Arc::new(MemoryBus::new(4096));
     let spool = Spool::open(SpoolConfig::new(Storage::Memory), Arc::clone(&bus)).unwrap();
     let mut sub = bus.subscribe();
+    // Until the pusher has started, a hook is answered `queued` (it is, for that moment).
+    settle(&spool, |s| s.delivering).await;
     let mut ids = Vec::new();
     for i in 0..200 {
         let a = spool.accept(hook(i), who(None)).await.unwrap();
