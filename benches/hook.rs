@@ -1,7 +1,8 @@
 //! The hook path's CPU steps after verification: body parsing (`api::hook::event::parse_body`), event
 //! packing (`Event::pack`) and bus framing (`encode_frame` / `decode_frame`), at 1 KiB and 64 KiB;
 //! and the per-request rate check (`RateLimiter::check`, `AuthThrottle::check`).
-
+// criterion_main! defines the bench's `main` without a doc comment.
+#![allow(missing_docs)]
 #![expect(
     clippy::expect_used,
     reason = "bench setup: a failure there is a bug in the bench"

@@ -1,6 +1,7 @@
 //! Per-scheme signature verification over 1 KiB and 64 KiB bodies (valid signatures: the full
 //! cost of an accepted delivery). Verifiers are built through the config path, as `serve` does.
-
+// criterion_main! defines the bench's `main` without a doc comment.
+#![allow(missing_docs)]
 #![expect(
     clippy::expect_used,
     reason = "bench setup: a failure there is a bug in the bench"

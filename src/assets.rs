@@ -8,7 +8,7 @@ use clap_complete::Shell;
 
 /// Writes `DIR/man/saltgate*.1` (one page per subcommand) and `DIR/completions/` (bash, zsh,
 /// fish).
-pub fn write(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn write(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
     let man = dir.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
     clap_mangen::generate_to(cmd.clone(), &man)

@@ -368,6 +368,8 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The `method` label of a request: the standard methods by name, anything else `other` (so a
+/// client cannot grow the label set).
 pub fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
@@ -381,7 +383,7 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
-/// Route layer: copies the matched route template onto the response, where [`track`] (outside
+/// Route layer: copies the matched route template onto the response, where [`Metrics::observe_response`] (outside
 /// routing, so that unmatched requests are counted too) reads it.
 pub async fn label_route(request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<MatchedPath>().cloned();

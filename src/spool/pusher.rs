@@ -34,15 +34,15 @@ use super::{Ctl, Shared};
 use crate::salt::SharedBus;
 
 /// Entries pushed and not confirmed, at most.
-pub const WINDOW: usize = 8192;
+pub(super) const WINDOW: usize = 8192;
 /// Bytes of entries pushed and not confirmed, at most.
-pub const WINDOW_BYTES: usize = 8 << 20;
+pub(super) const WINDOW_BYTES: usize = 8 << 20;
 /// Entries per write to the bus at most.
 const PUSH_BATCH: usize = 512;
 /// Re-push deadlines stay within these.
-pub const MIN_RTO: Duration = Duration::from_millis(200);
+pub(super) const MIN_RTO: Duration = Duration::from_millis(200);
 /// See [`MIN_RTO`].
-pub const MAX_RTO: Duration = Duration::from_secs(30);
+pub(super) const MAX_RTO: Duration = Duration::from_secs(30);
 /// The deadline before any push-to-echo time was measured (RFC 2988's 3 s rather than RFC
 /// 6298's 1 s: a master that has just started answers its first events slowly).
 const INITIAL_RTO: Duration = Duration::from_secs(3);
@@ -60,7 +60,7 @@ const EARLY_MAX: usize = 65_536;
 
 /// The bus connection as the tap reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Link {
+pub(super) struct Link {
     /// Bumped at every (re)connection.
     pub generation: u64,
     /// Whether it is up.
@@ -68,7 +68,7 @@ pub struct Link {
 }
 
 /// What the pusher is made of.
-pub struct Parts {
+pub(super) struct Parts {
     pub bus: SharedBus,
     pub store: Arc<Store>,
     pub ops: std::sync::mpsc::Sender<Op>,
@@ -83,7 +83,7 @@ pub struct Parts {
 }
 
 /// What the pusher listens to.
-pub struct Inputs {
+pub(super) struct Inputs {
     pub echo: mpsc::Receiver<u64>,
     pub link: watch::Receiver<Link>,
     pub reactor: watch::Receiver<u64>,
@@ -153,7 +153,7 @@ impl Rto {
     }
 }
 
-pub struct Pusher {
+pub(super) struct Pusher {
     bus: SharedBus,
     store: Arc<Store>,
     ops: std::sync::mpsc::Sender<Op>,
@@ -186,7 +186,7 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(parts: Parts) -> Self {
+    pub(super) fn new(parts: Parts) -> Self {
         Self {
             bus: parts.bus,
             store: parts.store,
@@ -216,7 +216,7 @@ impl Pusher {
         }
     }
 
-    pub async fn run(mut self, mut inputs: Inputs, stop: CancellationToken) {
+    pub(super) async fn run(mut self, mut inputs: Inputs, stop: CancellationToken) {
         let shared = Arc::clone(&self.shared);
         if self.instant {
             self.phase = Phase::Up;

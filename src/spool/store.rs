@@ -27,12 +27,13 @@ use redb::{
 
 use super::SpoolError;
 
-const EVENTS: TableDefinition<u64, (u64, &str, &str, &[u8])> = TableDefinition::new("events");
-const PENDING: TableDefinition<u64, (u32, u64)> = TableDefinition::new("pending");
-const DONE: TableDefinition<u64, (u64, u32, u64)> = TableDefinition::new("done");
-const DEDUP: TableDefinition<u128, (u64, u64)> = TableDefinition::new("dedup");
-const DEDUP_AGE: TableDefinition<(u64, u128), ()> = TableDefinition::new("dedup_age");
-const INFO: TableDefinition<&str, u64> = TableDefinition::new("info");
+const EVENTS: TableDefinition<'static, u64, (u64, &str, &str, &[u8])> =
+    TableDefinition::new("events");
+const PENDING: TableDefinition<'static, u64, (u32, u64)> = TableDefinition::new("pending");
+const DONE: TableDefinition<'static, u64, (u64, u32, u64)> = TableDefinition::new("done");
+const DEDUP: TableDefinition<'static, u128, (u64, u64)> = TableDefinition::new("dedup");
+const DEDUP_AGE: TableDefinition<'static, (u64, u128), ()> = TableDefinition::new("dedup_age");
+const INFO: TableDefinition<'static, &str, u64> = TableDefinition::new("info");
 
 /// Bytes an entry costs beyond its event, path and address (keys and row headers of its rows).
 pub const ROW_OVERHEAD: u64 = 96;

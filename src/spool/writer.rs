@@ -20,7 +20,7 @@ use super::store::{Prune, Row, Store, Work};
 use super::{Shared, SpoolConfig, SpoolError, now_ms};
 
 /// Longest time a non-durable commit waits for a durable one.
-pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+pub(super) const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// How often delivered entries and replay keys are checked against their retention.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -33,11 +33,11 @@ const PRUNE_ROWS: usize = 2048;
 
 /// Bytes of committed entries handed to the pusher and not yet taken, at most; past it the
 /// pusher reads them back from the store.
-pub const FRESH_BYTES: usize = 8 << 20;
+pub(super) const FRESH_BYTES: usize = 8 << 20;
 
 /// A hook to commit.
 #[derive(Debug)]
-pub struct Ingest {
+pub(super) struct Ingest {
     pub slotted: Slotted,
     pub path: String,
     pub client: String,
@@ -50,7 +50,7 @@ pub struct Ingest {
 
 /// What the writer is asked to do.
 #[derive(Debug)]
-pub enum Op {
+pub(super) enum Op {
     Ingest(Ingest),
     /// Echoes seen: sequence number, attempts.
     Confirm(Vec<(u64, u32)>),
@@ -66,9 +66,9 @@ pub enum Op {
 }
 
 /// Committed entries for the pusher, in sequence order.
-pub type Fresh = Vec<(u64, Bytes)>;
+pub(super) type Fresh = Vec<(u64, Bytes)>;
 
-pub struct Writer {
+pub(super) struct Writer {
     store: Arc<Store>,
     rx: std::sync::mpsc::Receiver<Op>,
     shared: Arc<Shared>,
@@ -87,7 +87,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(
+    pub(super) fn new(
         store: Arc<Store>,
         rx: std::sync::mpsc::Receiver<Op>,
         shared: Arc<Shared>,
@@ -113,7 +113,7 @@ impl Writer {
         }
     }
 
-    pub fn run(mut self) {
+    pub(super) fn run(mut self) {
         let mut ops = Vec::with_capacity(MAX_OPS);
         loop {
             match self.rx.recv_timeout(SYNC_EVERY / 4) {

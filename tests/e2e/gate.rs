@@ -20,7 +20,7 @@ use crate::support::salt::SaltSandbox;
 /// certificate URL: the test machines cannot reach `sns.<region>.amazonaws.com`. The URL has
 /// already passed saltgate's strict check when this is called.
 #[derive(Debug)]
-pub struct FixtureSnsCerts;
+pub(crate) struct FixtureSnsCerts;
 
 impl SnsHttp for FixtureSnsCerts {
     fn get<'a>(
@@ -37,7 +37,7 @@ impl SnsHttp for FixtureSnsCerts {
 }
 
 /// A running saltgate attached to a sandbox master.
-pub struct Gate {
+pub(crate) struct Gate {
     pub addr: SocketAddr,
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
@@ -56,7 +56,7 @@ impl Drop for Gate {
 impl Gate {
     /// Starts saltgate on the sandbox's master config; `tweak` adjusts the loaded config (hook
     /// rules as YAML go through `hooks_yaml`).
-    pub async fn start(
+    pub(crate) async fn start(
         sandbox: &SaltSandbox,
         hooks_yaml: &str,
         env: &[(&str, &str)],
@@ -66,7 +66,7 @@ impl Gate {
     }
 
     /// [`Gate::start`], serving `dialect` on its listener.
-    pub async fn start_dialect(
+    pub(crate) async fn start_dialect(
         sandbox: &SaltSandbox,
         dialect: Dialect,
         hooks_yaml: &str,
@@ -117,13 +117,13 @@ impl Gate {
         gate
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// Waits until the master's event bus is connected and the spool delivers (the master's
     /// Reactor answered), so that hooks are answered 200, not 202 `queued`.
-    pub async fn wait_bus(&self) {
+    pub(crate) async fn wait_bus(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let delivering =
             |state: &AppState| state.spool.as_ref().is_none_or(|s| s.status().delivering);
@@ -136,12 +136,12 @@ impl Gate {
         }
     }
 
-    pub fn salt(&self) -> &saltgate::salt::SaltClients {
+    pub(crate) fn salt(&self) -> &saltgate::salt::SaltClients {
         self.state.salt.as_ref().expect("attached to a master")
     }
 }
 
 /// Runs blocking sandbox work (starts, stops, file waits) off the async runtime.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }

@@ -25,14 +25,14 @@ use crate::gate::{Gate, blocking};
 use crate::support::salt::{self, SaltSandbox};
 
 /// The GitHub secret of the spool tests' hook rule.
-pub const SECRET: &str = "spool-e2e-secret";
+pub(crate) const SECRET: &str = "spool-e2e-secret";
 
 /// The hook rule every spool test uses: GitHub-signed hooks under `spool/`.
-pub const RULE: &str =
+pub(crate) const RULE: &str =
     "- path: spool\n  auth: none\n  verify: {github: {secret_env: SPOOL_SECRET}}\n";
 
 /// The environment [`RULE`] reads its secret from.
-pub const ENV: [(&str, &str); 1] = [("SPOOL_SECRET", SECRET)];
+pub(crate) const ENV: [(&str, &str); 1] = [("SPOOL_SECRET", SECRET)];
 
 /// A Reactor SLS acting on the master itself (a wheel function, no minion in the way): one
 /// file per hook under `file_roots`, `spool-out/<i>.txt`.
@@ -44,7 +44,7 @@ const OUTAGE_SLS: &str = r#"spool_outage:
 "#;
 
 /// GitHub's headers for `body`.
-pub fn github_headers(body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn github_headers(body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(body);
     vec![
@@ -59,7 +59,7 @@ pub fn github_headers(body: &[u8], delivery: &str) -> Vec<(&'static str, String)
 }
 
 /// A signed hook `i` of run `run`, with `pad` bytes of padding.
-pub fn signed_hook(
+pub(crate) fn signed_hook(
     client: &reqwest::Client,
     url: &str,
     run: u64,
@@ -82,7 +82,7 @@ pub fn signed_hook(
 /// (`salt/reactors/manage/is_leader`). It reconnects every 10 ms while the master is down, so
 /// that after a restart it is subscribed long before saltgate (whose backoff starts at 100 ms)
 /// and the Reactor (an engine started after the publisher) are.
-pub struct Watcher {
+pub(crate) struct Watcher {
     seen: Arc<Mutex<HashMap<u64, u32>>>,
     /// Each hook's delivery ids (`_saltgate.id`) over all its copies, and the first copies in
     /// the order the bus carried them, as `(i, seq)`.
@@ -112,7 +112,7 @@ async fn connect(endpoint: &Endpoint) -> std::io::Result<Box<dyn Io>> {
 }
 
 impl Watcher {
-    pub fn start(config: &saltgate::config::Config, tag: &str, run: u64) -> Watcher {
+    pub(crate) fn start(config: &saltgate::config::Config, tag: &str, run: u64) -> Watcher {
         let endpoint = config.master.bus_endpoints().0;
         let tag = tag.to_owned();
         let seen = Arc::new(Mutex::new(HashMap::new()));
@@ -182,7 +182,7 @@ impl Watcher {
     }
 
     /// Waits for the first connection.
-    pub async fn connected(&self) {
+    pub(crate) async fn connected(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.connects.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "the watcher never connected");
@@ -191,13 +191,13 @@ impl Watcher {
     }
 
     /// How often each `i` was seen.
-    pub fn seen(&self) -> HashMap<u64, u32> {
+    pub(crate) fn seen(&self) -> HashMap<u64, u32> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Hooks whose copies on the bus did not all carry one and the same delivery id (a copy
     /// without one counts as another id): a repeat must be recognisable by its id.
-    pub fn unmarked_repeats(&self) -> Vec<u64> {
+    pub(crate) fn unmarked_repeats(&self) -> Vec<u64> {
         let d = self.ids.lock().unwrap();
         let mut bad: Vec<u64> =
             d.0.iter()
@@ -209,12 +209,12 @@ impl Watcher {
     }
 
     /// The hooks' first copies in the order the bus carried them, as `(i, spool sequence)`.
-    pub fn bus_order(&self) -> Vec<(u64, u64)> {
+    pub(crate) fn bus_order(&self) -> Vec<(u64, u64)> {
         self.ids.lock().unwrap().1.clone()
     }
 
     /// Reactor requests seen, and connections made.
-    pub fn asks_and_connects(&self) -> (u64, u64) {
+    pub(crate) fn asks_and_connects(&self) -> (u64, u64) {
         (
             self.asks.load(Ordering::SeqCst),
             self.connects.load(Ordering::SeqCst),
@@ -222,7 +222,7 @@ impl Watcher {
     }
 
     /// Waits until every one of `want` was seen; panics with the missing ones after `timeout`.
-    pub async fn wait_all(&self, want: &HashSet<u64>, timeout: Duration, what: &str) {
+    pub(crate) async fn wait_all(&self, want: &HashSet<u64>, timeout: Duration, what: &str) {
         let deadline = Instant::now() + timeout;
         loop {
             let seen = self.seen();
@@ -247,7 +247,7 @@ impl Watcher {
 }
 
 /// Repeats among `seen` for the ids in `want`: (ids seen more than once, extra copies).
-pub fn repeats(seen: &HashMap<u64, u32>, want: &HashSet<u64>) -> (usize, u64) {
+pub(crate) fn repeats(seen: &HashMap<u64, u32>, want: &HashSet<u64>) -> (usize, u64) {
     let extra: Vec<u32> = want
         .iter()
         .filter_map(|i| seen.get(i).copied())
@@ -257,7 +257,7 @@ pub fn repeats(seen: &HashMap<u64, u32>, want: &HashSet<u64>) -> (usize, u64) {
 }
 
 /// Polls `gate`'s spool until `what` holds (30 s at most).
-pub async fn until_spool(
+pub(crate) async fn until_spool(
     gate: &Gate,
     why: &str,
     what: impl Fn(&saltgate::spool::SpoolStatus) -> bool,
@@ -275,7 +275,7 @@ pub async fn until_spool(
 
 /// The real `saltgate` binary on the sandbox's master config, with [`RULE`], serving on its
 /// own port.
-pub struct Binary {
+pub(crate) struct Binary {
     child: Option<std::process::Child>,
     pub base: String,
     pub config: PathBuf,
@@ -289,7 +289,7 @@ impl Drop for Binary {
 
 impl Binary {
     /// Writes the config into `dir` (port, spool under `dir/spool`); does not start anything.
-    pub fn configure(sandbox: &SaltSandbox, dir: &Path) -> Binary {
+    pub(crate) fn configure(sandbox: &SaltSandbox, dir: &Path) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -313,7 +313,7 @@ impl Binary {
     }
 
     /// Starts it (output appended to `<dir>/saltgate.log`) and waits until it answers.
-    pub async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         let log = self.config.with_file_name("saltgate.log");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -351,7 +351,7 @@ impl Binary {
     }
 
     /// Its config, as saltgate loads it.
-    pub fn load(&self) -> saltgate::config::Config {
+    pub(crate) fn load(&self) -> saltgate::config::Config {
         let env = ENV
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -360,7 +360,7 @@ impl Binary {
     }
 
     /// SIGKILL, and wait for it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -681,7 +681,7 @@ async fn redeliver_from_the_delivery_log_reaches_the_real_bus_again() {
 }
 
 /// `text` with every line indented by `n` spaces.
-pub fn indent(text: &str, n: usize) -> String {
+pub(crate) fn indent(text: &str, n: usize) -> String {
     text.lines()
         .map(|l| format!("{}{l}\n", " ".repeat(n)))
         .collect()

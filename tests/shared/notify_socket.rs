@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// A bound notification socket in a temporary directory.
-pub struct NotifySocket {
+pub(super) struct NotifySocket {
     rx: UnixDatagram,
     path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl NotifySocket {
-    pub fn bind() -> Self {
+    pub(super) fn bind() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let rx = UnixDatagram::bind(&path).unwrap();
@@ -26,12 +26,12 @@ impl NotifySocket {
     }
 
     /// The value for `$NOTIFY_SOCKET`.
-    pub fn path(&self) -> &std::path::Path {
+    pub(super) fn path(&self) -> &std::path::Path {
         &self.path
     }
 
     /// The next datagram, or `None` when none comes within `timeout`.
-    pub fn recv(&self, timeout: Duration) -> Option<String> {
+    pub(super) fn recv(&self, timeout: Duration) -> Option<String> {
         self.rx.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
         match self.rx.recv(&mut buf) {
@@ -50,7 +50,7 @@ impl NotifySocket {
 }
 
 /// A loopback port nothing listens on right now, for a child process to bind.
-pub fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -98,6 +98,8 @@ pub fn parse_body(headers: &HeaderMap, raw: &[u8]) -> Result<Value, ApiError> {
     parse_media(&body::media_type(headers).unwrap_or_default(), raw)
 }
 
+/// Parses a body of media type `media` (as [`body::media_type`] gives it) into the event's
+/// `post`.
 pub fn parse_media(media: &str, raw: &[u8]) -> Result<Value, ApiError> {
     if raw.is_empty() {
         return Ok(Value::Map(Vec::new()));
@@ -116,6 +118,7 @@ pub fn parse_media(media: &str, raw: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// Whether the request's Content-Type is one of the YAML media types.
 pub fn is_yaml(headers: &HeaderMap) -> bool {
     matches!(
         body::media_type(headers).as_deref(),

@@ -636,7 +636,7 @@ pub(crate) mod fake {
     use crate::salt::wire::framing::{Framing, encode_frame, frame_body, value_len};
 
     /// Runs until the returned handle is aborted.
-    pub fn spawn(
+    pub(crate) fn spawn(
         dir: &Path,
         pub_framing: Framing,
         pull_framing: Framing,

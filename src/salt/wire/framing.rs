@@ -68,8 +68,11 @@ pub enum Decoded {
     Incomplete,
     /// A whole frame: its framing, how many bytes it used, and the frame's msgpack bytes.
     Frame {
+        /// The framing the frame was written in.
         framing: Framing,
+        /// Bytes of the input the frame took, header included.
         consumed: usize,
+        /// Where the frame's msgpack bytes start in the input.
         start: usize,
     },
 }

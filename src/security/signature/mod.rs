@@ -393,15 +393,15 @@ pub(crate) mod test_support {
 
     use crate::security::secret::{Secret, SecretSet};
 
-    pub fn secret(s: &str) -> Secret {
+    pub(crate) fn secret(s: &str) -> Secret {
         Secret::new(s.as_bytes().to_vec()).unwrap()
     }
 
-    pub fn secrets(list: &[&str]) -> SecretSet {
+    pub(crate) fn secrets(list: &[&str]) -> SecretSet {
         SecretSet::new(list.iter().map(|s| secret(s)).collect()).unwrap()
     }
 
-    pub fn headers(pairs: &[(HeaderName, String)]) -> HeaderMap {
+    pub(crate) fn headers(pairs: &[(HeaderName, String)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
             map.append(name.clone(), HeaderValue::from_str(value).unwrap());
@@ -409,12 +409,12 @@ pub(crate) mod test_support {
         map
     }
 
-    pub fn with(mut map: HeaderMap, name: &HeaderName, value: &str) -> HeaderMap {
+    pub(crate) fn with(mut map: HeaderMap, name: &HeaderName, value: &str) -> HeaderMap {
         map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
         map
     }
 
-    pub fn without(mut map: HeaderMap, name: &HeaderName) -> HeaderMap {
+    pub(crate) fn without(mut map: HeaderMap, name: &HeaderName) -> HeaderMap {
         map.remove(name);
         map
     }

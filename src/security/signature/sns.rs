@@ -636,22 +636,22 @@ pub(crate) mod test_support {
     use rsa::signature::{SignatureEncoding, Signer};
     use serde_json::{Map, Value, json};
 
-    pub const LEAF_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/leaf.pem");
-    pub const LEAF_DER: &[u8] = include_bytes!("../../../tests/fixtures/sns/leaf.der");
-    pub const CA_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/ca.pem");
-    pub const ROGUE_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/rogue.pem");
+    pub(crate) const LEAF_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/leaf.pem");
+    pub(crate) const LEAF_DER: &[u8] = include_bytes!("../../../tests/fixtures/sns/leaf.der");
+    pub(crate) const CA_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/ca.pem");
+    pub(crate) const ROGUE_PEM: &[u8] = include_bytes!("../../../tests/fixtures/sns/rogue.pem");
     const LEAF_KEY: &str = include_str!("../../../tests/fixtures/sns/leaf.key");
 
-    pub const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:alerts";
-    pub const CERT_URL: &str =
+    pub(crate) const TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:alerts";
+    pub(crate) const CERT_URL: &str =
         "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem";
-    pub const SUBSCRIBE_URL: &str = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:eu-west-1:123456789012:alerts&Token=2336412f37fb687f5d51e6e2425c464d";
+    pub(crate) const SUBSCRIBE_URL: &str = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:eu-west-1:123456789012:alerts&Token=2336412f37fb687f5d51e6e2425c464d";
     /// 2027-01-01T00:00:00Z: inside the fixture leaf's validity.
-    pub const NOW: i64 = 1_798_761_600;
-    pub const NOW_ISO: &str = "2027-01-01T00:00:00.000Z";
+    pub(crate) const NOW: i64 = 1_798_761_600;
+    pub(crate) const NOW_ISO: &str = "2027-01-01T00:00:00.000Z";
 
     /// A message of type `kind` with every field SNS sends, unsigned.
-    pub fn message(kind: &str, version: &str) -> Map<String, Value> {
+    pub(crate) fn message(kind: &str, version: &str) -> Map<String, Value> {
         let mut m = json!({
             "Type": kind,
             "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
@@ -713,7 +713,7 @@ pub(crate) mod test_support {
     }
 
     /// Signs `m` with the fixture key per its `SignatureVersion` (1: SHA-1, else SHA-256).
-    pub fn sign(mut m: Map<String, Value>) -> Map<String, Value> {
+    pub(crate) fn sign(mut m: Map<String, Value>) -> Map<String, Value> {
         let key = RsaPrivateKey::from_pkcs8_pem(LEAF_KEY).unwrap();
         let text = canonical(&m);
         let sig = if m["SignatureVersion"] == "1" {
@@ -729,7 +729,7 @@ pub(crate) mod test_support {
         m
     }
 
-    pub fn body(m: &Map<String, Value>) -> Vec<u8> {
+    pub(crate) fn body(m: &Map<String, Value>) -> Vec<u8> {
         serde_json::to_vec(m).unwrap()
     }
 }

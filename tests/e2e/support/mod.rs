@@ -7,8 +7,8 @@
     dead_code,
     reason = "a toolbox: each test binary module uses a different part"
 )]
-pub mod salt;
-pub mod watch;
+pub(crate) mod salt;
+pub(crate) mod watch;
 
 #[allow(unused_imports, reason = "not every test module uses every item")]
-pub use salt::{SaltApi, SaltSandbox, SaltSandboxBuilder, shared};
+pub(crate) use salt::{SaltApi, SaltSandbox, SaltSandboxBuilder, shared};

@@ -25,9 +25,9 @@ use serde_json::Value as Json;
 use serde_yaml::{Mapping, Value as Yaml};
 
 /// The minion's id in every sandbox.
-pub const MINION_ID: &str = "e2e-minion";
+pub(crate) const MINION_ID: &str = "e2e-minion";
 /// The Reactor tag pattern built into every sandbox.
-pub const HOOK_TAG: &str = "salt/netapi/hook/e2e/*";
+pub(crate) const HOOK_TAG: &str = "salt/netapi/hook/e2e/*";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +70,7 @@ exit 0
 /// Which real salt-api to run next to the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names, reason = "salt-api's own module names")]
-pub enum SaltApi {
+pub(crate) enum SaltApi {
     RestCherrypy,
     RestTornado,
     /// salt-api with `rest_wsgi:`, which it serves with wsgiref's simple server on
@@ -89,14 +89,14 @@ impl SaltApi {
 }
 
 /// The sandbox shared by tests that do not disturb it (no restarts, no config changes).
-pub fn shared() -> &'static SaltSandbox {
+pub(crate) fn shared() -> &'static SaltSandbox {
     static SHARED: OnceLock<SaltSandbox> = OnceLock::new();
     SHARED.get_or_init(|| SaltSandbox::builder().start())
 }
 
 /// Options for a sandbox; see [`SaltSandbox::builder`].
 #[derive(Debug, Default, Clone)]
-pub struct SaltSandboxBuilder {
+pub(crate) struct SaltSandboxBuilder {
     reactors: Vec<(String, Vec<String>)>,
     files: Vec<(String, String)>,
     master_yaml: Vec<String>,
@@ -108,7 +108,7 @@ pub struct SaltSandboxBuilder {
 impl SaltSandboxBuilder {
     /// Adds a Reactor mapping, `tag` pattern → SLS paths (`salt://...` or absolute), after the
     /// built-in `salt/netapi/hook/e2e/*` one.
-    pub fn with_reactor(mut self, tag: &str, sls: &[&str]) -> Self {
+    pub(crate) fn with_reactor(mut self, tag: &str, sls: &[&str]) -> Self {
         self.reactors.push((
             tag.to_owned(),
             sls.iter().map(|s| (*s).to_owned()).collect(),
@@ -118,7 +118,7 @@ impl SaltSandboxBuilder {
 
     /// Places a file under the sandbox's `file_roots` (`name` is relative, e.g.
     /// `reactor/deploy.sls`, then reachable as `salt://reactor/deploy.sls`).
-    pub fn with_file(mut self, name: &str, content: &str) -> Self {
+    pub(crate) fn with_file(mut self, name: &str, content: &str) -> Self {
         assert!(
             !name.starts_with('/') && !name.split('/').any(|c| c == ".."),
             "with_file: {name:?} must be a relative path inside file_roots"
@@ -129,20 +129,20 @@ impl SaltSandboxBuilder {
 
     /// Deep-merges a YAML mapping into the master config (later calls win), e.g.
     /// `"ipc_mode: tcp"` or a `rest_cherrypy:` block. `@ROOT@` is replaced by the sandbox root.
-    pub fn with_master_config(mut self, yaml: &str) -> Self {
+    pub(crate) fn with_master_config(mut self, yaml: &str) -> Self {
         self.master_yaml.push(yaml.to_owned());
         self
     }
 
     /// Deep-merges a YAML mapping into the minion config. `@ROOT@` is replaced by the root.
-    pub fn with_minion_config(mut self, yaml: &str) -> Self {
+    pub(crate) fn with_minion_config(mut self, yaml: &str) -> Self {
         self.minion_yaml.push(yaml.to_owned());
         self
     }
 
     /// Also runs the real salt-api of this kind on a free port (`disable_ssl`,
     /// `webhook_disable_auth`, host 127.0.0.1); see [`SaltSandbox::salt_api_port`].
-    pub fn with_salt_api(mut self, kind: SaltApi) -> Self {
+    pub(crate) fn with_salt_api(mut self, kind: SaltApi) -> Self {
         self.salt_api = Some(kind);
         self
     }
@@ -151,14 +151,14 @@ impl SaltSandboxBuilder {
     /// wsgiref's simple server as salt-api runs it, with one change: its `str` answer is encoded
     /// to UTF-8 bytes, which wsgiref requires (without it every answer is a 500). See
     /// [`SaltSandbox::wsgi_app_port`].
-    pub fn with_rest_wsgi_app(mut self) -> Self {
+    pub(crate) fn with_rest_wsgi_app(mut self) -> Self {
         self.wsgi_app = true;
         self
     }
 
     /// Writes the configs, starts master, minion (and salt-api), and waits until the minion
     /// answers `test.ping`. Panics with the log tails when that does not happen within 90 s.
-    pub fn start(self) -> SaltSandbox {
+    pub(crate) fn start(self) -> SaltSandbox {
         SaltSandbox::start(self)
     }
 }
@@ -207,7 +207,7 @@ make_server("127.0.0.1", int(sys.argv[2]), application).serve_forever()
 
 /// A running real Salt master + minion (+ salt-api). See the module docs.
 #[derive(Debug)]
-pub struct SaltSandbox {
+pub(crate) struct SaltSandbox {
     root: PathBuf,
     venv: PathBuf,
     publish_port: u16,
@@ -226,7 +226,7 @@ pub struct SaltSandbox {
 }
 
 impl SaltSandbox {
-    pub fn builder() -> SaltSandboxBuilder {
+    pub(crate) fn builder() -> SaltSandboxBuilder {
         SaltSandboxBuilder::default()
     }
 
@@ -316,95 +316,95 @@ impl SaltSandbox {
     // ---- accessors -------------------------------------------------------------------------
 
     /// The minion's id (`e2e-minion`).
-    pub fn minion_id(&self) -> &'static str {
+    pub(crate) fn minion_id(&self) -> &'static str {
         MINION_ID
     }
 
     /// The sandbox root (a short dir under `/tmp`).
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// The Salt venv in use.
-    pub fn venv(&self) -> &Path {
+    pub(crate) fn venv(&self) -> &Path {
         &self.venv
     }
 
     /// `<root>/etc/salt`: holds `master` and `minion`; pass as `-c` to the Salt CLIs.
-    pub fn config_dir(&self) -> PathBuf {
+    pub(crate) fn config_dir(&self) -> PathBuf {
         self.root.join("etc/salt")
     }
 
     /// `<root>/etc/salt/master`, the file a program like saltgate reads (no `master.d`).
-    pub fn master_config_file(&self) -> PathBuf {
+    pub(crate) fn master_config_file(&self) -> PathBuf {
         self.config_dir().join("master")
     }
 
     /// The master's `sock_dir` (holds `master_event_pub.ipc` / `master_event_pull.ipc`).
-    pub fn sock_dir(&self) -> PathBuf {
+    pub(crate) fn sock_dir(&self) -> PathBuf {
         self.root.join("s")
     }
 
     /// The master's request port (ZeroMQ ROUTER, clear and aes channels).
-    pub fn ret_port(&self) -> u16 {
+    pub(crate) fn ret_port(&self) -> u16 {
         self.ret_port
     }
 
     /// The master config as written to [`Self::master_config_file`] (after the merges), e.g.
     /// to read `tcp_master_pull_port` in `ipc_mode: tcp`.
-    pub fn master_config(&self) -> &Mapping {
+    pub(crate) fn master_config(&self) -> &Mapping {
         self.master_config
             .get()
             .expect("the master config is written in start()")
     }
 
     /// The master's publish port.
-    pub fn publish_port(&self) -> u16 {
+    pub(crate) fn publish_port(&self) -> u16 {
         self.publish_port
     }
 
     /// The port of rest_wsgi's application started by `with_rest_wsgi_app`. Panics without it.
-    pub fn wsgi_app_port(&self) -> u16 {
+    pub(crate) fn wsgi_app_port(&self) -> u16 {
         self.wsgi_app_port
             .expect("wsgi_app_port: this sandbox was built without with_rest_wsgi_app()")
     }
 
     /// The port of the real salt-api started by `with_salt_api`. Panics without it.
-    pub fn salt_api_port(&self) -> u16 {
+    pub(crate) fn salt_api_port(&self) -> u16 {
         self.api
             .map(|(_, port)| port)
             .expect("salt_api_port: this sandbox was built without with_salt_api(..)")
     }
 
     /// Where the built-in Reactor writes its files.
-    pub fn reactor_out_dir(&self) -> PathBuf {
+    pub(crate) fn reactor_out_dir(&self) -> PathBuf {
         self.root.join("reactor-out")
     }
 
     /// The master's log file.
-    pub fn master_log_file(&self) -> PathBuf {
+    pub(crate) fn master_log_file(&self) -> PathBuf {
         self.root.join("log/master")
     }
 
     /// The Salt version of the venv, e.g. `3007.17`.
-    pub fn salt_version(&self) -> String {
+    pub(crate) fn salt_version(&self) -> String {
         salt_version_of(&self.venv)
     }
 
     // ---- CLIs ------------------------------------------------------------------------------
 
     /// Runs `<venv>/bin/salt -c <config_dir> ARGS...`.
-    pub fn salt(&self, args: &[&str]) -> Output {
+    pub(crate) fn salt(&self, args: &[&str]) -> Output {
         self.cli("salt", args)
     }
 
     /// Runs `<venv>/bin/salt-run -c <config_dir> ARGS...`.
-    pub fn salt_run(&self, args: &[&str]) -> Output {
+    pub(crate) fn salt_run(&self, args: &[&str]) -> Output {
         self.cli("salt-run", args)
     }
 
     /// Runs `<venv>/bin/salt-key -c <config_dir> ARGS...`.
-    pub fn salt_key(&self, args: &[&str]) -> Output {
+    pub(crate) fn salt_key(&self, args: &[&str]) -> Output {
         self.cli("salt-key", args)
     }
 
@@ -420,7 +420,7 @@ impl SaltSandbox {
 
     /// Fires `tag` with JSON `data` on the master bus via `salt-run event.send`. Panics when
     /// the runner does not report success.
-    pub fn send_event(&self, tag: &str, data: &Json) {
+    pub(crate) fn send_event(&self, tag: &str, data: &Json) {
         let data = data.to_string();
         let out = self.salt_run(&["--out=json", "event.send", tag, &data]);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -435,17 +435,17 @@ impl SaltSandbox {
     // ---- logs ------------------------------------------------------------------------------
 
     /// The last `n` lines of the master log (log file + captured stdout/stderr).
-    pub fn master_log_tail(&self, n: usize) -> String {
+    pub(crate) fn master_log_tail(&self, n: usize) -> String {
         self.log_tail("master", n)
     }
 
     /// The last `n` lines of the minion log (log file + captured stdout/stderr).
-    pub fn minion_log_tail(&self, n: usize) -> String {
+    pub(crate) fn minion_log_tail(&self, n: usize) -> String {
         self.log_tail("minion", n)
     }
 
     /// The last `n` lines of the salt-api log (log file + captured stdout/stderr).
-    pub fn api_log_tail(&self, n: usize) -> String {
+    pub(crate) fn api_log_tail(&self, n: usize) -> String {
         self.log_tail("api", n)
     }
 
@@ -468,7 +468,7 @@ impl SaltSandbox {
     // ---- Reactor ---------------------------------------------------------------------------
 
     /// The files the built-in Reactor has written so far, sorted.
-    pub fn reactor_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn reactor_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = fs::read_dir(self.reactor_out_dir())
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
@@ -482,7 +482,7 @@ impl SaltSandbox {
 
     /// Waits until the Reactor has written `reactor-out/<id>.json` and returns its parsed
     /// content (the event data). Panics with the log tails after `timeout`.
-    pub fn wait_reactor_file(&self, id: &str, timeout: Duration) -> Json {
+    pub(crate) fn wait_reactor_file(&self, id: &str, timeout: Duration) -> Json {
         let path = self.reactor_out_dir().join(format!("{id}.json"));
         let deadline = Instant::now() + timeout;
         let mut last_err;
@@ -510,7 +510,7 @@ impl SaltSandbox {
 
     /// Waits until at least `n` Reactor files exist, or `timeout` passes; returns the count
     /// (which may be below `n`: the caller asserts).
-    pub fn wait_reactor_count(&self, n: usize, timeout: Duration) -> usize {
+    pub(crate) fn wait_reactor_count(&self, n: usize, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let count = self.reactor_files().len();
@@ -525,7 +525,7 @@ impl SaltSandbox {
 
     /// Stops the master (SIGTERM to its process group, SIGKILL after 10 s). The minion keeps
     /// running and reconnects when the master is back.
-    pub fn stop_master(&self) {
+    pub(crate) fn stop_master(&self) {
         let mut procs = self.lock_procs();
         if let Some(master) = procs.master.take() {
             terminate(vec![master]);
@@ -535,7 +535,7 @@ impl SaltSandbox {
 
     /// Starts the master again with the same config (ports, pki, sock_dir) and waits until
     /// the minion answers `test.ping`.
-    pub fn start_master(&self) {
+    pub(crate) fn start_master(&self) {
         {
             let mut procs = self.lock_procs();
             assert!(
@@ -549,7 +549,7 @@ impl SaltSandbox {
     }
 
     /// Whether the master process is running (started and not exited).
-    pub fn master_running(&self) -> bool {
+    pub(crate) fn master_running(&self) -> bool {
         let mut procs = self.lock_procs();
         procs
             .master
@@ -1047,7 +1047,7 @@ fn merge(base: &mut Mapping, extra: &Mapping) {
 /// The Salt venv: `$SALTGATE_SALT_VENV`, or what `scripts/salt-venv` prints for
 /// `$SALTGATE_SALT_VERSION` (default 3007.17), installing it if needed. Panics when Salt
 /// cannot be had: these tests fail rather than skip.
-pub fn venv() -> &'static Path {
+pub(crate) fn venv() -> &'static Path {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(resolve_venv)
 }
@@ -1093,7 +1093,7 @@ fn resolve_venv() -> PathBuf {
 }
 
 /// The Salt version installed in `venv`, from its `salt-*.dist-info` dir, else from Python.
-pub fn salt_version_of(venv: &Path) -> String {
+pub(crate) fn salt_version_of(venv: &Path) -> String {
     let from_dist_info = fs::read_dir(venv.join("lib")).ok().and_then(|libs| {
         libs.filter_map(Result::ok).find_map(|py| {
             fs::read_dir(py.path().join("site-packages"))

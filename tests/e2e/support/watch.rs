@@ -7,7 +7,7 @@ use saltgate::config::Config;
 use saltgate::salt::bus::ipc::{IpcBus, IpcBusConfig};
 
 /// A bus connected to the publisher of the master `config` names (waits up to 10 s).
-pub async fn master_bus(config: &Config) -> IpcBus {
+pub(crate) async fn master_bus(config: &Config) -> IpcBus {
     let (publisher, puller) = config.master.bus_endpoints();
     let watcher = IpcBus::start(IpcBusConfig::new(publisher, puller));
     watcher

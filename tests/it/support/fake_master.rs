@@ -15,7 +15,7 @@ use rmpv::Value;
 
 /// What reached the fake master.
 #[derive(Debug, Default)]
-pub struct Calls {
+pub(crate) struct Calls {
     pub mk_token: AtomicUsize,
     pub get_token: AtomicUsize,
     pub other: AtomicUsize,
@@ -27,19 +27,19 @@ pub struct Calls {
 }
 
 impl Calls {
-    pub fn mk_token(&self) -> usize {
+    pub(crate) fn mk_token(&self) -> usize {
         self.mk_token.load(Ordering::SeqCst)
     }
-    pub fn get_token(&self) -> usize {
+    pub(crate) fn get_token(&self) -> usize {
         self.get_token.load(Ordering::SeqCst)
     }
-    pub fn max_outstanding(&self) -> usize {
+    pub(crate) fn max_outstanding(&self) -> usize {
         self.max_outstanding.load(Ordering::SeqCst)
     }
-    pub fn other(&self) -> usize {
+    pub(crate) fn other(&self) -> usize {
         self.other.load(Ordering::SeqCst)
     }
-    pub fn other_auth(&self) -> Vec<&'static str> {
+    pub(crate) fn other_auth(&self) -> Vec<&'static str> {
         self.other_auth.lock().unwrap().clone()
     }
 }
@@ -53,7 +53,7 @@ struct Store {
 }
 
 /// A running fake master; stopped on drop.
-pub struct FakeMaster {
+pub(crate) struct FakeMaster {
     pub port: u16,
     pub calls: Arc<Calls>,
     store: Arc<Mutex<Store>>,
@@ -63,12 +63,12 @@ pub struct FakeMaster {
 
 impl FakeMaster {
     /// A master knowing `users` (`(name, password)`, eauth `file`), answering at once.
-    pub fn start(users: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(users: &[(&str, &str)]) -> Self {
         Self::with_delay(users, Duration::ZERO)
     }
 
     /// As [`FakeMaster::start`], every reply held back by `delay`.
-    pub fn with_delay(users: &[(&str, &str)], delay: Duration) -> Self {
+    pub(crate) fn with_delay(users: &[(&str, &str)], delay: Duration) -> Self {
         let ctx = zmq::Context::new();
         let socket = ctx.socket(zmq::ROUTER).unwrap();
         socket.set_linger(0).unwrap();
@@ -99,7 +99,7 @@ impl FakeMaster {
     }
 
     /// Makes `mk_token` report `groups` for `user` in the tokens it makes.
-    pub fn set_groups(&self, user: &str, groups: &[&str]) {
+    pub(crate) fn set_groups(&self, user: &str, groups: &[&str]) {
         self.store.lock().unwrap().groups.insert(
             user.to_owned(),
             groups.iter().map(|g| g.to_string()).collect(),
@@ -107,7 +107,7 @@ impl FakeMaster {
     }
 
     /// Makes `token` valid, as if issued by another client of the master.
-    pub fn issue(&self, token: &str) {
+    pub(crate) fn issue(&self, token: &str) {
         self.store.lock().unwrap().tokens.insert(token.to_owned());
     }
 }

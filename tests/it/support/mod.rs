@@ -1,6 +1,6 @@
 //! An in-process saltgate on an ephemeral port with the built-in bus.
 
-pub mod fake_master;
+pub(crate) mod fake_master;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use saltgate::server::{self, Limits};
 use tokio::sync::oneshot;
 
 /// A running saltgate.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub addr: SocketAddr,
     pub state: saltgate::api::AppState,
     stop: Option<oneshot::Sender<()>>,
@@ -19,7 +19,7 @@ pub struct TestApp {
 }
 
 /// Builds a [`TestApp`].
-pub struct Builder {
+pub(crate) struct Builder {
     config: Config,
     limits: Limits,
     env: std::collections::HashMap<String, String>,
@@ -29,7 +29,7 @@ pub struct Builder {
 }
 
 impl TestApp {
-    pub fn builder() -> Builder {
+    pub(crate) fn builder() -> Builder {
         let mut config = Config::builtin();
         config.api.webhook_disable_auth = true;
         config.api.disable_ssl = true;
@@ -44,17 +44,17 @@ impl TestApp {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// A bus subscription taken now.
-    pub fn subscribe(&self) -> Subscription {
+    pub(crate) fn subscribe(&self) -> Subscription {
         self.state.bus.subscribe()
     }
 
     /// Stops accepting and waits for the server to drain.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -73,18 +73,18 @@ impl Drop for TestApp {
 }
 
 impl Builder {
-    pub fn with_config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) fn with_config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
         self
     }
 
-    pub fn with_limits(mut self, f: impl FnOnce(&mut Limits)) -> Self {
+    pub(crate) fn with_limits(mut self, f: impl FnOnce(&mut Limits)) -> Self {
         f(&mut self.limits);
         self
     }
 
     /// Hook rules as YAML (the `saltgate.hooks` list); secrets via `secret_env` from `env`.
-    pub fn with_hooks(mut self, yaml: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn with_hooks(mut self, yaml: &str, env: &[(&str, &str)]) -> Self {
         self.hooks = serde_yaml::from_str(yaml).unwrap();
         self.env
             .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -93,7 +93,7 @@ impl Builder {
 
     /// Attach to `master`'s request server for credential checks (`mk_token`, `get_token`).
     /// The event bus is the master's, whose sockets do not exist: hooks cannot fire.
-    pub fn with_master(mut self, master: &fake_master::FakeMaster) -> Self {
+    pub(crate) fn with_master(mut self, master: &fake_master::FakeMaster) -> Self {
         self.config.use_master = true;
         self.config.master.interface = [127, 0, 0, 1].into();
         self.config.master.ret_port = master.port;
@@ -102,13 +102,13 @@ impl Builder {
     }
 
     /// Serve `dialect` (default rest_cherrypy).
-    pub fn with_dialect(mut self, dialect: saltgate::config::Dialect) -> Self {
+    pub(crate) fn with_dialect(mut self, dialect: saltgate::config::Dialect) -> Self {
         self.dialect = dialect;
         self
     }
 
     /// Serve TLS with the certificate in `tests/fixtures/tls`.
-    pub fn with_tls(mut self) -> Self {
+    pub(crate) fn with_tls(mut self) -> Self {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
         self.config.api.ssl_crt = Some(dir.join("server.crt"));
         self.config.api.ssl_key = Some(dir.join("server.key"));
@@ -118,7 +118,7 @@ impl Builder {
         self
     }
 
-    pub async fn spawn(mut self) -> TestApp {
+    pub(crate) async fn spawn(mut self) -> TestApp {
         self.config.set_hooks(&self.hooks, &self.env).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -163,14 +163,14 @@ impl Builder {
 }
 
 /// The next event whose tag starts with `prefix`.
-pub async fn recv_event(sub: &mut Subscription, prefix: &str) -> std::sync::Arc<Event> {
+pub(crate) async fn recv_event(sub: &mut Subscription, prefix: &str) -> std::sync::Arc<Event> {
     sub.wait_for(Duration::from_secs(5), |e| e.tag.starts_with(prefix))
         .await
         .unwrap_or_else(|e| panic!("no event {prefix}: {e}"))
 }
 
 /// Asserts that nothing is fired within a short while.
-pub async fn assert_no_event(sub: &mut Subscription) {
+pub(crate) async fn assert_no_event(sub: &mut Subscription) {
     match tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
         Err(_) => {}
         Ok(Some(BusItem::Event(e))) => panic!("unexpected event {}", e.tag),
@@ -179,6 +179,6 @@ pub async fn assert_no_event(sub: &mut Subscription) {
 }
 
 /// The JSON form of an event's data.
-pub fn data_json(event: &Event) -> serde_json::Value {
+pub(crate) fn data_json(event: &Event) -> serde_json::Value {
     saltgate::salt::wire::payload::to_json(&event.data)
 }
