@@ -48,14 +48,21 @@ pub struct Metrics {
     /// Per matched route: answers by method and status, and the latency histogram. One lock,
     /// and the route's name is allocated once, when the route is first seen.
     routes: Mutex<BTreeMap<String, RouteStats>>,
-    hooks: Mutex<BTreeMap<&'static str, u64>>,
+    /// Hooks by outcome and the recent deliveries, under one lock: every hook takes it once.
+    hooks: Mutex<HookLog>,
     sse_subscribers: AtomicI64,
     ws_subscribers: AtomicI64,
     stream_events_sent: AtomicU64,
     stream_events_missed: AtomicU64,
     stream_lag_notices: AtomicU64,
-    deliveries: Mutex<VecDeque<Delivery>>,
     limits: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What [`Metrics::record_hook`] keeps.
+#[derive(Debug, Default)]
+struct HookLog {
+    by_outcome: BTreeMap<&'static str, u64>,
+    recent: VecDeque<Delivery>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -133,9 +140,9 @@ impl Metrics {
 
     /// The recent deliveries, newest first.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        self.deliveries
+        self.hooks
             .lock()
-            .map(|d| d.iter().rev().cloned().collect())
+            .map(|h| h.recent.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -208,8 +215,8 @@ impl Metrics {
             "counter",
             "Hook deliveries by outcome: accepted, or the error code answered (salt_unavailable: the bus or master could not take it).",
         );
-        if let Ok(m) = self.hooks.lock() {
-            for (outcome, n) in m.iter() {
+        if let Ok(h) = self.hooks.lock() {
+            for (outcome, n) in h.by_outcome.iter() {
                 let _ = writeln!(out, "saltgate_hooks_total{{outcome=\"{outcome}\"}} {n}");
             }
         }
@@ -321,9 +328,6 @@ impl Metrics {
         status: StatusCode,
         outcome: &'static str,
     ) {
-        if let Ok(mut m) = self.hooks.lock() {
-            *m.entry(outcome).or_default() += 1;
-        }
         let mut tag = hook_tag(path);
         if tag.len() > MAX_TAG {
             let mut cut = MAX_TAG;
@@ -339,11 +343,12 @@ impl Metrics {
             status: status.as_u16(),
             outcome,
         };
-        if let Ok(mut ring) = self.deliveries.lock() {
-            if ring.len() >= DELIVERIES {
-                ring.pop_front();
+        if let Ok(mut h) = self.hooks.lock() {
+            *h.by_outcome.entry(outcome).or_default() += 1;
+            if h.recent.len() >= DELIVERIES {
+                h.recent.pop_front();
             }
-            ring.push_back(delivery);
+            h.recent.push_back(delivery);
         }
     }
 

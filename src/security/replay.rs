@@ -140,10 +140,19 @@ impl Inner {
     }
 }
 
+/// Guards of at least this capacity are split into [`SHARDS`] tables by key hash, so that
+/// concurrent hooks on different worker threads rarely wait for each other's lock; smaller
+/// ones (tests, tiny configs) keep one table and an exact capacity.
+const SHARD_FROM: usize = 4096;
+/// Tables of a sharded guard.
+const SHARDS: usize = 8;
+
 /// The seen-id cache. Cheap to clone (shared state); thread-safe.
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
-    inner: Arc<Mutex<Inner>>,
+    shards: Arc<[Mutex<Inner>]>,
+    /// Ids each shard holds at most.
+    per_shard: usize,
     capacity: usize,
     ttl: Duration,
 }
@@ -155,11 +164,21 @@ impl ReplayGuard {
     /// `capacity` should comfortably exceed the number of deliveries processed concurrently
     /// plus the ids expected within `ttl`; an evicted id can be accepted once more.
     pub fn new(capacity: usize, ttl: Duration) -> ReplayGuard {
+        let capacity = capacity.max(1);
+        let n = if capacity >= SHARD_FROM { SHARDS } else { 1 };
         ReplayGuard {
-            inner: Arc::new(Mutex::new(Inner::default())),
-            capacity: capacity.max(1),
+            shards: (0..n).map(|_| Mutex::new(Inner::default())).collect(),
+            per_shard: capacity.div_ceil(n),
+            capacity,
             ttl,
         }
+    }
+
+    /// The table holding `key`.
+    fn shard(&self, key: KeyHash) -> MutexGuard<'_, Inner> {
+        // The remainder is below the number of shards: the conversion is exact.
+        let i = (key % self.shards.len() as u128) as usize;
+        lock(&self.shards[i])
     }
 
     /// Reserves `key`; refuses it when committed within the TTL or in flight.
@@ -169,7 +188,7 @@ impl ReplayGuard {
     /// [`crate::security::Verified`], i.e. after the signature passed.
     pub fn begin(&self, key: &str, now: SystemTime) -> Result<Reservation, Duplicate> {
         let hash = key_hash(key);
-        let mut inner = lock(&self.inner);
+        let mut inner = self.shard(hash);
         if let Some(entry) = inner.entries.get(&hash).copied() {
             if entry.committed_ms == IN_FLIGHT {
                 return Err(Duplicate::InProgress);
@@ -179,7 +198,8 @@ impl ReplayGuard {
             }
             inner.entries.remove(&hash);
         }
-        let seq = inner.insert(hash, IN_FLIGHT, self.capacity);
+        let seq = inner.insert(hash, IN_FLIGHT, self.per_shard);
+        drop(inner);
         Ok(Reservation {
             guard: self.clone(),
             key: hash,
@@ -196,9 +216,9 @@ impl ReplayGuard {
         if !self.fresh(at, now) {
             return;
         }
-        let mut inner = lock(&self.inner);
+        let mut inner = self.shard(key);
         if !inner.entries.contains_key(&key) {
-            inner.insert(key, at, self.capacity);
+            inner.insert(key, at, self.per_shard);
         }
     }
 
@@ -214,7 +234,7 @@ impl ReplayGuard {
 
     /// Number of ids held (in flight or committed, expired ones included until evicted).
     pub fn len(&self) -> usize {
-        lock(&self.inner).entries.len()
+        self.shards.iter().map(|s| lock(s).entries.len()).sum()
     }
 
     /// True when no id is held.
@@ -255,13 +275,14 @@ impl Reservation {
     /// Marks the id as processed at `now`; it is a duplicate until `now + ttl`.
     pub fn commit(mut self, now: SystemTime) {
         self.done = true;
-        let mut inner = lock(&self.guard.inner);
+        let per_shard = self.guard.per_shard;
+        let mut inner = self.guard.shard(self.key);
         let at = epoch_ms(now);
         match inner.entries.get_mut(&self.key) {
             Some(slot) if slot.seq == self.seq => slot.committed_ms = at,
             // Evicted meanwhile (or replaced after eviction): remembered anew as committed.
             _ => {
-                inner.insert(self.key, at, self.guard.capacity);
+                inner.insert(self.key, at, per_shard);
             }
         }
     }
@@ -270,7 +291,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.done {
-            lock(&self.guard.inner).remove_if(&self.key, self.seq);
+            self.guard.shard(self.key).remove_if(&self.key, self.seq);
         }
     }
 }
@@ -281,6 +302,32 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// A large guard is sharded: every key is still found, and it never holds more than its
+    /// capacity (rounded up to whole shards).
+    #[test]
+    fn sharded_guard_keeps_its_keys_and_its_bound() {
+        let g = ReplayGuard::new(SHARD_FROM, Duration::from_secs(60));
+        assert_eq!(g.shards.len(), SHARDS);
+        for i in 0..1000 {
+            g.begin(&format!("k{i}"), at(100)).unwrap().commit(at(100));
+        }
+        for i in 0..1000 {
+            assert!(matches!(
+                g.begin(&format!("k{i}"), at(101)),
+                Err(Duplicate::Committed)
+            ));
+        }
+        for i in 0..(4 * SHARD_FROM) {
+            g.begin(&format!("m{i}"), at(100)).unwrap().commit(at(100));
+        }
+        assert!(
+            g.len() <= SHARD_FROM.div_ceil(SHARDS) * SHARDS,
+            "{}",
+            g.len()
+        );
+        assert!(g.len() >= SHARD_FROM / 2, "{}", g.len());
     }
 
     #[test]
