@@ -15,6 +15,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::CorsOrigin;
 
+/// Whether `cors_origin` lists `origin` (or is `*`): what the layer below allows, for the
+/// WebSocket handshake, which no CORS layer sees.
+pub fn lists(origins: Option<&CorsOrigin>, origin: &str) -> bool {
+    origins.is_some_and(|c| c.origins().iter().any(|o| *o == "*" || *o == origin))
+}
+
 /// The CORS layer for `cors_origin`, or `None` when it is unset.
 pub fn layer(origins: Option<&CorsOrigin>) -> Option<CorsLayer> {
     let origins = origins?.origins();

@@ -120,9 +120,9 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/", get(resources::keys))
         .route("/keys/{mid}", get(resources::key))
         .route("/stats", get(resources::stats::stats))
-        .route(&hook_base, post(hook::hook_root))
-        .route(&format!("{hook_base}/"), post(hook::hook_root))
-        .route(&format!("{hook_base}/{{*path}}"), post(hook::hook_path))
+        .route(&hook_base, post(hook::hook))
+        .route(&format!("{hook_base}/"), post(hook::hook))
+        .route(&format!("{hook_base}/{{*path}}"), post(hook::hook))
         // streams: their own budget (limits::stream_budget), apart from the general one
         .route(
             "/events",

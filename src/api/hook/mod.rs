@@ -24,35 +24,16 @@ use crate::security::client_ip;
 
 pub use pipeline::{Hooks, Outcome, check_path, run};
 
-/// `POST <webhook_url>` with no further path.
-pub async fn hook_root(
-    State(app): State<Arc<App>>,
-    State(hooks): State<Arc<Hooks>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    format: Result<Negotiated, NotAcceptable>,
-    caller: Result<Caller, Unauthenticated>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let delivery = Delivery {
-        peer,
-        path: String::new(),
-        format,
-        caller,
-    };
-    handle(&app, &hooks, delivery, headers, body).await
-}
-
-/// `POST <webhook_url>/<path>`.
+/// `POST <webhook_url>` and `POST <webhook_url>/<path>` (no path: the default rule's tag).
 #[expect(
     clippy::too_many_arguments,
     reason = "an axum handler: each argument is one extractor"
 )]
-pub async fn hook_path(
+pub async fn hook(
     State(app): State<Arc<App>>,
     State(hooks): State<Arc<Hooks>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(path): Path<String>,
+    path: Option<Path<String>>,
     format: Result<Negotiated, NotAcceptable>,
     caller: Result<Caller, Unauthenticated>,
     headers: HeaderMap,
@@ -60,7 +41,7 @@ pub async fn hook_path(
 ) -> Result<Response, ApiError> {
     let delivery = Delivery {
         peer,
-        path,
+        path: path.map(|Path(p)| p).unwrap_or_default(),
         format,
         caller,
     };

@@ -339,12 +339,8 @@ fn origin_allowed(app: &App, headers: &HeaderMap, token_in_path: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let listed = app.config.api.cors_origin.as_ref().is_some_and(|c| {
-        c.origins()
-            .iter()
-            .any(|o| *o == "*" || o.eq_ignore_ascii_case(origin))
-    });
-    listed && (token_in_path || app.config.saltgate.streams_disable_auth)
+    crate::api::cors::lists(app.config.api.cors_origin.as_ref(), origin)
+        && (token_in_path || app.config.saltgate.streams_disable_auth)
 }
 
 /// A browser's `Origin` must name the host it connected to; clients without one pass. The same
