@@ -1,5 +1,6 @@
-//! Logging setup. Field names used across the code: `client_ip`, `hook`, `tag`, `status`,
-//! `code`, `error`. Secrets never appear in any field.
+//! Logging setup, and ([`exposition`]) writing metric families. Log field names used across
+//! the code: `client_ip`, `hook`, `tag`, `status`, `code`, `error`. Secrets never appear in any
+//! field.
 //!
 //! Log injection: many fields hold client-supplied text (a refused hook path, a login name, an
 //! `Origin`). In the text format every field value and the message go through [`Escaped`], so a
@@ -8,6 +9,8 @@
 //! one line that cannot repaint or forge the lines around it. This is done once, in the field
 //! formatter, so no logging site can forget it. JSON lines escape control characters by
 //! themselves.
+
+pub mod exposition;
 
 use std::fmt::{self, Write as _};
 

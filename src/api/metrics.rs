@@ -1,15 +1,17 @@
-//! saltgate's counters: what `/metrics` shows in the Prometheus text format (0.0.4), and the
-//! ring of recent hook deliveries the events page shows; the middleware that counts requests.
+//! saltgate's counters, in one `prometheus-client` registry that `/metrics` serves in the
+//! OpenMetrics text format; the ring of recent hook deliveries the events page shows; and what
+//! `/stats` reports (read from the same registry's request counters).
 //!
-//! Hand-written: a handful of counters behind one mutex per family. Every label value comes from
-//! a finite set (matched route templates, HTTP methods, status codes, `ApiError` codes), so the
-//! series count is bounded whatever clients send. The deliveries ring holds tag, client address,
-//! status and time only: never headers or bodies, which may carry secrets.
+//! Every label value comes from a finite set (matched route templates, HTTP methods, status
+//! codes, `ApiError` codes, listener limits), so the series count is bounded whatever clients
+//! send. The bus's and the spool's figures are read from their own status snapshots when
+//! scraped (a [`Collector`]). The deliveries ring holds tag, client address, status and time
+//! only: never headers or bodies, which may carry secrets.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,10 +19,25 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
-use crate::salt::bus::BusStatus;
+use crate::salt::SharedBus;
 use crate::salt::event::{hook_tag, stamp_now};
+use crate::spool::Spool;
+use crate::telemetry::exposition::{ConstCounter, ConstGauge, labelled, single};
+
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds of the request-latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -33,6 +50,9 @@ const DELIVERIES: usize = 200;
 /// Longest tag kept in the deliveries ring (the path is client-chosen).
 const MAX_TAG: usize = 256;
 
+/// The status classes `/stats` counts, in order.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Which event stream a subscriber uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -42,40 +62,97 @@ pub enum StreamKind {
     Ws,
 }
 
-/// The process's counters.
-#[derive(Debug, Default)]
+/// A request's route label: its matched template (shared with the router, so labelling a
+/// request allocates nothing), or `unmatched`.
+#[derive(Debug, Clone)]
+enum Route {
+    Matched(MatchedPath),
+    Unmatched,
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(m) => m.as_str(),
+            Self::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl Hash for Route {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    route: Route,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabel {
+    route: Route,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The process's counters and the registry that exposes them.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Per matched route: answers by method and status, and the latency histogram. One lock,
-    /// and the route's name is allocated once, when the route is first seen.
-    routes: Mutex<BTreeMap<String, RouteStats>>,
-    /// Hooks by outcome and the recent deliveries, under one lock: every hook takes it once.
-    hooks: Mutex<HookLog>,
-    sse_subscribers: AtomicI64,
-    ws_subscribers: AtomicI64,
-    stream_events_sent: AtomicU64,
-    stream_events_missed: AtomicU64,
-    stream_lag_notices: AtomicU64,
-    limits: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// What [`Metrics::record_hook`] keeps.
-#[derive(Debug, Default)]
-struct HookLog {
-    by_outcome: BTreeMap<&'static str, u64>,
-    recent: VecDeque<Delivery>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct RouteStats {
-    answers: BTreeMap<(&'static str, u16), u64>,
-    latency: Histogram,
-}
-
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+    registry: Registry,
+    started: Instant,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    /// `saltgate_http_responses_total` by class, in [`CLASSES`] order.
+    classes: [Counter; 5],
+    hooks: Family<OutcomeLabel, Counter>,
+    recent: Mutex<VecDeque<Delivery>>,
+    /// Open streams, SSE then WebSocket.
+    subscribers: [Gauge; 2],
+    stream_events_sent: Counter,
+    stream_events_missed: Counter,
+    stream_lag_notices: Counter,
+    limits: Family<LimitLabel, Counter>,
 }
 
 /// One hook delivery as the events page shows it.
@@ -102,224 +179,151 @@ pub struct SubscriberGuard {
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
-        self.metrics
-            .gauge(self.kind)
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.gauge(self.kind).dec();
     }
 }
 
 impl Metrics {
-    fn gauge(&self, kind: StreamKind) -> &AtomicI64 {
+    /// The counters of a process whose event bus is `bus` and whose spool (if any) is `spool`:
+    /// both are read when scraped.
+    pub fn new(bus: SharedBus, spool: Option<Spool>) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "saltgate_http_requests",
+            "HTTP requests answered, by matched route, method and status.",
+            requests.clone(),
+        );
+        let latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "saltgate_http_request_duration",
+            "Time to the response head, by matched route (streams: time to the stream's start).",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "saltgate_http_requests_in_flight",
+            "HTTP requests being answered.",
+            in_flight.clone(),
+        );
+        let by_class = Family::<ClassLabel, Counter>::default();
+        let classes = CLASSES.map(|class| by_class.get_or_create(&ClassLabel { class }).clone());
+        registry.register(
+            "saltgate_http_responses",
+            "HTTP requests answered, by status class (what /stats reports).",
+            by_class,
+        );
+        let hooks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "saltgate_hooks",
+            "Hook deliveries by outcome: accepted, or the error code answered (salt_unavailable: the bus or master could not take it).",
+            hooks.clone(),
+        );
+        let streams = Family::<KindLabel, Gauge>::default();
+        let subscribers =
+            ["sse", "ws"].map(|kind| streams.get_or_create(&KindLabel { kind }).clone());
+        registry.register(
+            "saltgate_stream_subscribers",
+            "Open event streams by kind.",
+            streams,
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let stream_events_sent = counter(
+            &mut registry,
+            "saltgate_stream_events_sent",
+            "Events written to stream subscribers.",
+        );
+        let stream_events_missed = counter(
+            &mut registry,
+            "saltgate_stream_events_missed",
+            "Events stream subscribers missed because they fell behind (each was told).",
+        );
+        let stream_lag_notices = counter(
+            &mut registry,
+            "saltgate_stream_lag_notices",
+            "Lag notices sent to stream subscribers.",
+        );
+        let limits = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "saltgate_connection_limits",
+            "Connections or requests refused or cut off by a listener budget or deadline.",
+            limits.clone(),
+        );
+        registry.register_collector(Box::new(Snapshots { bus, spool }));
+        Self {
+            registry,
+            started: Instant::now(),
+            requests,
+            latency,
+            in_flight,
+            classes,
+            hooks,
+            recent: Mutex::new(VecDeque::with_capacity(DELIVERIES)),
+            subscribers,
+            stream_events_sent,
+            stream_events_missed,
+            stream_lag_notices,
+            limits,
+        }
+    }
+
+    fn gauge(&self, kind: StreamKind) -> &Gauge {
         match kind {
-            StreamKind::Sse => &self.sse_subscribers,
-            StreamKind::Ws => &self.ws_subscribers,
+            StreamKind::Sse => &self.subscribers[0],
+            StreamKind::Ws => &self.subscribers[1],
         }
     }
 
     /// Counts an event written to a stream subscriber.
     pub fn event_sent(&self) {
-        self.stream_events_sent.fetch_add(1, Ordering::Relaxed);
+        self.stream_events_sent.inc();
     }
 
     /// Counts a lag notice and the events it reports missed.
     pub fn lagged(&self, missed: u64) {
-        self.stream_lag_notices.fetch_add(1, Ordering::Relaxed);
-        self.stream_events_missed
-            .fetch_add(missed, Ordering::Relaxed);
+        self.stream_lag_notices.inc();
+        self.stream_events_missed.inc_by(missed);
     }
 
     /// Counts a connection refused or closed by a listener limit (`per_client`, `streams`, …).
     pub fn limit_hit(&self, limit: &'static str) {
-        *self
-            .limits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(limit)
-            .or_default() += 1;
+        self.limits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// The recent deliveries, newest first.
     pub fn deliveries(&self) -> Vec<Delivery> {
-        self.hooks
+        self.recent
             .lock()
-            .map(|h| h.recent.iter().rev().cloned().collect())
+            .map(|r| r.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
 
-    fn observe_request(&self, route: &str, method: &'static str, status: u16, secs: f64) {
-        let Ok(mut m) = self.routes.lock() else {
-            return;
-        };
-        let r = match m.get_mut(route) {
-            Some(r) => r,
-            None => m.entry(route.to_owned()).or_default(),
-        };
-        *r.answers.entry((method, status)).or_default() += 1;
-        let h = &mut r.latency;
-        for (slot, bound) in h.counts.iter_mut().zip(BUCKETS) {
-            if secs <= bound {
-                *slot += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
-    }
-
-    /// The exposition text.
-    pub fn render(&self, bus: &BusStatus) -> String {
-        let mut out = String::with_capacity(4096);
-        family(
-            &mut out,
-            "saltgate_http_requests_total",
-            "counter",
-            "HTTP requests answered, by matched route, method and status.",
-        );
-        let routes = self.routes.lock().map(|m| m.clone()).unwrap_or_default();
-        for (route, r) in &routes {
-            let route = escape(route);
-            for ((method, status), n) in &r.answers {
-                let _ = writeln!(
-                    out,
-                    "saltgate_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-                );
-            }
-        }
-        family(
-            &mut out,
-            "saltgate_http_request_duration_seconds",
-            "histogram",
-            "Time to the response head, by matched route (streams: time to the stream's start).",
-        );
-        {
-            for (route, r) in &routes {
-                let h = &r.latency;
-                let route = escape(route);
-                for (count, bound) in h.counts.iter().zip(BUCKETS) {
-                    let _ = writeln!(
-                        out,
-                        "saltgate_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "saltgate_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}\n\
-                     saltgate_http_request_duration_seconds_sum{{route=\"{route}\"}} {}\n\
-                     saltgate_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                    h.count, h.sum, h.count
-                );
-            }
-        }
-        family(
-            &mut out,
-            "saltgate_hooks_total",
-            "counter",
-            "Hook deliveries by outcome: accepted, or the error code answered (salt_unavailable: the bus or master could not take it).",
-        );
-        if let Ok(h) = self.hooks.lock() {
-            for (outcome, n) in h.by_outcome.iter() {
-                let _ = writeln!(out, "saltgate_hooks_total{{outcome=\"{outcome}\"}} {n}");
-            }
-        }
-        family(
-            &mut out,
-            "saltgate_bus_connected",
-            "gauge",
-            "1 when the event bus can be read, else 0.",
-        );
-        let _ = writeln!(
-            out,
-            "saltgate_bus_connected{{kind=\"{}\"}} {}",
-            bus.kind,
-            u8::from(bus.connected)
-        );
-        family(
-            &mut out,
-            "saltgate_bus_events_received_total",
-            "counter",
-            "Events read from the bus.",
-        );
-        let _ = writeln!(out, "saltgate_bus_events_received_total {}", bus.events_in);
-        family(
-            &mut out,
-            "saltgate_bus_events_fired_total",
-            "counter",
-            "Events fired onto the bus by saltgate.",
-        );
-        let _ = writeln!(out, "saltgate_bus_events_fired_total {}", bus.events_out);
-        family(
-            &mut out,
-            "saltgate_bus_subscribers",
-            "gauge",
-            "In-process bus subscriptions (streams and waiting requests).",
-        );
-        let _ = writeln!(out, "saltgate_bus_subscribers {}", bus.subscribers);
-        family(
-            &mut out,
-            "saltgate_stream_subscribers",
-            "gauge",
-            "Open event streams by kind.",
-        );
-        let _ = writeln!(
-            out,
-            "saltgate_stream_subscribers{{kind=\"sse\"}} {}\nsaltgate_stream_subscribers{{kind=\"ws\"}} {}",
-            self.sse_subscribers.load(Ordering::Relaxed),
-            self.ws_subscribers.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "saltgate_stream_events_sent_total",
-            "counter",
-            "Events written to stream subscribers.",
-        );
-        let _ = writeln!(
-            out,
-            "saltgate_stream_events_sent_total {}",
-            self.stream_events_sent.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "saltgate_stream_events_missed_total",
-            "counter",
-            "Events stream subscribers missed because they fell behind (each was told).",
-        );
-        let _ = writeln!(
-            out,
-            "saltgate_stream_events_missed_total {}",
-            self.stream_events_missed.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "saltgate_stream_lag_notices_total",
-            "counter",
-            "Lag notices sent to stream subscribers.",
-        );
-        let _ = writeln!(
-            out,
-            "saltgate_stream_lag_notices_total {}",
-            self.stream_lag_notices.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "saltgate_connection_limits_total",
-            "counter",
-            "Connections or requests refused or cut off by a listener budget or deadline.",
-        );
-        for (limit, n) in self
-            .limits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "saltgate_connection_limits_total{{limit=\"{limit}\"}} {n}"
-            );
-        }
+    /// The exposition text (OpenMetrics, ending in `# EOF`).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail, nor can the collectors (they only format numbers).
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
 
-impl Metrics {
+    /// What `GET /stats` reports about requests: every listener's, since start.
+    pub fn request_summary(&self) -> RequestSummary {
+        let by_class = self.classes.each_ref().map(Counter::get);
+        let in_flight = u64::try_from(self.in_flight.get()).unwrap_or(0);
+        RequestSummary {
+            uptime_secs: self.started.elapsed().as_secs(),
+            total: by_class.iter().sum::<u64>() + in_flight,
+            in_flight,
+            by_class,
+        }
+    }
+
     /// Records a hook's outcome: the counter and the deliveries ring.
     pub fn record_hook(
         &self,
@@ -343,34 +347,119 @@ impl Metrics {
             status: status.as_u16(),
             outcome,
         };
-        if let Ok(mut h) = self.hooks.lock() {
-            *h.by_outcome.entry(outcome).or_default() += 1;
-            if h.recent.len() >= DELIVERIES {
-                h.recent.pop_front();
+        self.hooks.get_or_create(&OutcomeLabel { outcome }).inc();
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= DELIVERIES {
+                recent.pop_front();
             }
-            h.recent.push_back(delivery);
+            recent.push_back(delivery);
         }
     }
 
     /// Counts a new stream subscriber until the guard is dropped.
     pub fn stream_opened(self: &Arc<Self>, kind: StreamKind) -> SubscriberGuard {
-        self.gauge(kind).fetch_add(1, Ordering::Relaxed);
+        self.gauge(kind).inc();
         SubscriberGuard {
             metrics: Arc::clone(self),
             kind,
         }
     }
+
+    /// Counts a request coming in (until [`Metrics::observe_response`] counts its answer).
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// Counts `response` (to a `method` request started at `started`, counted by
+    /// [`Metrics::request_started`]) by its matched route (see [`label_route`]), method and
+    /// status, and times it. Called by [`super::frame`], outside routing, so unmatched requests
+    /// are counted too.
+    pub fn observe_response(&self, response: &Response, method: &'static str, started: Instant) {
+        let route = response
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(Route::Unmatched, |m| Route::Matched(m.clone()));
+        self.observe(
+            route,
+            method,
+            response.status(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+
+    fn observe(&self, route: Route, method: &'static str, status: StatusCode, secs: f64) {
+        self.in_flight.dec();
+        let status = status.as_u16();
+        if let Some(class) = self.classes.get(usize::from(status / 100).wrapping_sub(1)) {
+            class.inc();
+        }
+        let labels = RequestLabels {
+            route,
+            method,
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&RouteLabel {
+                route: labels.route,
+            })
+            .observe(secs);
+    }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// The request figures `/stats` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSummary {
+    /// Seconds since the process started counting.
+    pub uptime_secs: u64,
+    /// Requests received (answered and in flight).
+    pub total: u64,
+    /// Requests being answered.
+    pub in_flight: u64,
+    /// Requests answered, by status class (1xx to 5xx).
+    pub by_class: [u64; 5],
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The families read from the bus's and the spool's own status when scraped.
+#[derive(Debug)]
+struct Snapshots {
+    bus: SharedBus,
+    spool: Option<Spool>,
+}
+
+impl Collector for Snapshots {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let bus = self.bus.status();
+        labelled(
+            &mut encoder,
+            "saltgate_bus_connected",
+            "1 when the event bus can be read, else 0.",
+            MetricType::Gauge,
+            &[("kind", bus.kind, u64::from(bus.connected))],
+        )?;
+        single(
+            &mut encoder,
+            "saltgate_bus_events_received",
+            "Events read from the bus.",
+            ConstCounter::new(bus.events_in),
+        )?;
+        single(
+            &mut encoder,
+            "saltgate_bus_events_fired",
+            "Events fired onto the bus by saltgate.",
+            ConstCounter::new(bus.events_out),
+        )?;
+        single(
+            &mut encoder,
+            "saltgate_bus_subscribers",
+            "In-process bus subscriptions (streams and waiting requests).",
+            ConstGauge::new(bus.subscribers as f64),
+        )?;
+        if let Some(spool) = &self.spool {
+            crate::spool::metrics::encode(&mut encoder, &spool.status())?;
+        }
+        Ok(())
+    }
 }
 
 /// The `method` label of a request: the standard methods by name, anything else `other` (so a
@@ -388,8 +477,9 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
-/// Route layer: copies the matched route template onto the response, where [`Metrics::observe_response`] (outside
-/// routing, so that unmatched requests are counted too) reads it.
+/// Route layer: copies the matched route template onto the response, where
+/// [`Metrics::observe_response`] (outside routing, so that unmatched requests are counted too)
+/// reads it.
 pub async fn label_route(request: Request, next: Next) -> Response {
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
@@ -399,62 +489,63 @@ pub async fn label_route(request: Request, next: Next) -> Response {
     response
 }
 
-impl Metrics {
-    /// Counts `response` (to a `method` request started at `started`) by its matched route
-    /// (see [`label_route`]), method and status, and times it. Called by [`super::frame`],
-    /// outside routing, so unmatched requests are counted too.
-    pub fn observe_response(&self, response: &Response, method: &'static str, started: Instant) {
-        let route = response
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or("unmatched", MatchedPath::as_str);
-        self.observe_request(
-            route,
-            method,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::salt::bus::memory::MemoryBus;
 
-    fn status() -> BusStatus {
-        BusStatus {
-            kind: "builtin",
-            connected: true,
-            pull_framing: None,
-            events_in: 3,
-            events_out: 2,
-            subscribers: 1,
-        }
+    fn metrics() -> Metrics {
+        Metrics::new(Arc::new(MemoryBus::with_bytes(8, 1 << 20)), None)
     }
 
     #[test]
     fn renders_counters_and_histogram() {
-        let m = Metrics::default();
-        m.observe_request("/hook/{*path}", "POST", 200, 0.003);
-        m.observe_request("/hook/{*path}", "POST", 200, 2.0);
+        let m = metrics();
+        for secs in [0.003, 2.0] {
+            m.request_started();
+            m.observe(Route::Unmatched, "POST", StatusCode::OK, secs);
+        }
+        m.request_started();
         m.lagged(7);
-        let text = m.render(&status());
-        assert!(text.contains(
-            "saltgate_http_requests_total{route=\"/hook/{*path}\",method=\"POST\",status=\"200\"} 2"
-        ));
-        assert!(text.contains(
-            "saltgate_http_request_duration_seconds_bucket{route=\"/hook/{*path}\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "saltgate_http_request_duration_seconds_bucket{route=\"/hook/{*path}\",le=\"+Inf\"} 2"
-        ));
-        assert!(text.contains("saltgate_bus_connected{kind=\"builtin\"} 1"));
-        assert!(text.contains("saltgate_stream_events_missed_total 7"));
-        assert!(text.contains("saltgate_bus_events_received_total 3"));
+        m.limit_hit("per_client");
+        let text = m.render();
+        for line in [
+            "saltgate_http_requests_total{route=\"unmatched\",method=\"POST\",status=\"200\"} 2",
+            "saltgate_http_request_duration_seconds_bucket{le=\"0.005\",route=\"unmatched\"} 1",
+            "saltgate_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"unmatched\"} 2",
+            "saltgate_http_request_duration_seconds_count{route=\"unmatched\"} 2",
+            "# UNIT saltgate_http_request_duration_seconds seconds",
+            "saltgate_http_responses_total{class=\"2xx\"} 2",
+            "saltgate_http_requests_in_flight 1",
+            "saltgate_bus_connected{kind=\"builtin\"} 1",
+            "saltgate_stream_events_missed_total 7",
+            "saltgate_connection_limits_total{limit=\"per_client\"} 1",
+            "# TYPE saltgate_bus_events_received counter",
+            "saltgate_bus_events_received_total 0",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        let summary = m.request_summary();
+        assert_eq!(
+            (summary.total, summary.in_flight, summary.by_class),
+            (3, 1, [0, 2, 0, 0, 0])
+        );
     }
 
     #[test]
-    fn labels_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn label_values_are_escaped() {
+        let m = metrics();
+        m.record_hook(
+            "x",
+            IpAddr::from([127, 0, 0, 1]),
+            StatusCode::OK,
+            "a\"b\\c\nd",
+        );
+        let text = m.render();
+        assert!(
+            text.contains("saltgate_hooks_total{outcome=\"a\\\"b\\\\c\\nd\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -44,7 +44,6 @@ pub use state::App;
 
 use hook::Hooks;
 use netapi::Background;
-use resources::stats::Stats;
 
 /// The router's state: the shared services and each capability's own state. Handlers take the
 /// parts they use (`State<Arc<App>>`, `State<Arc<Hooks>>`, ...), never the whole.
@@ -54,8 +53,6 @@ pub struct AppState {
     pub app: Arc<App>,
     /// The hook pipeline's rules, limiter and replay guard.
     pub hooks: Arc<Hooks>,
-    /// The `/stats` counters.
-    pub stats: Arc<Stats>,
     /// The bound on `wheel_async` calls running in the background.
     pub background: Background,
 }
@@ -64,7 +61,6 @@ impl AppState {
     /// The state of a router serving `app` and the hook pipeline `hooks`.
     pub fn new(app: App, hooks: Hooks) -> Self {
         Self {
-            stats: Arc::new(Stats::new(app.config.api.collect_stats)),
             app: Arc::new(app),
             hooks: Arc::new(hooks),
             background: Background::new(),
@@ -183,11 +179,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// What [`frame`] needs: the parts every dialect shares (metrics, the client scope) and
-/// rest_cherrypy's own (`/stats` counting, the CSRF guard for its cookie sessions).
+/// rest_cherrypy's own (the CSRF guard for its cookie sessions).
 #[derive(Debug)]
 pub struct Frame {
     metrics: Arc<metrics::Metrics>,
-    stats: Option<Arc<Stats>>,
     csrf: bool,
     trusted_proxies: Arc<[ipnet::IpNet]>,
 }
@@ -196,14 +191,13 @@ impl Frame {
     /// rest_cherrypy's frame: everything.
     fn cherrypy(state: &AppState) -> Arc<Self> {
         Arc::new(Self {
-            stats: Some(Arc::clone(&state.stats)),
             csrf: true,
             ..Self::base(state)
         })
     }
 
-    /// The frame of a dialect without sessions or `/stats`: request metrics and the client
-    /// scope only.
+    /// The frame of a dialect without cookie sessions: request metrics and the client scope
+    /// only.
     pub fn plain(state: &AppState) -> Arc<Self> {
         Arc::new(Self::base(state))
     }
@@ -211,7 +205,6 @@ impl Frame {
     fn base(state: &AppState) -> Self {
         Self {
             metrics: Arc::clone(&state.metrics),
-            stats: None,
             csrf: false,
             trusted_proxies: state.config.saltgate.trusted_proxies.clone().into(),
         }
@@ -219,16 +212,16 @@ impl Frame {
 }
 
 /// The frame every request runs in, one middleware rather than a layer each (every layer is a
-/// boxed service and a future per request): `/stats` counting, the CSRF guard
-/// ([`csrf::refusal`]), the client's scope for credential checks ([`tokens::in_client_scope`])
-/// and the request metrics ([`metrics::Metrics::observe_response`]). A CSRF refusal is counted
-/// like any answer. A [`Frame::plain`] skips the first two.
+/// boxed service and a future per request): the CSRF guard ([`csrf::refusal`]), the client's
+/// scope for credential checks ([`tokens::in_client_scope`]) and the request metrics
+/// ([`metrics::Metrics::observe_response`], which `/stats` reads too). A CSRF refusal is
+/// counted like any answer. A [`Frame::plain`] skips the CSRF guard.
 pub async fn frame(
     axum::extract::State(f): axum::extract::State<Arc<Frame>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let counted = f.stats.as_ref().is_some_and(|s| s.begin());
+    f.metrics.request_started();
     let method = metrics::method_label(request.method());
     let started = std::time::Instant::now();
     let refused = if f.csrf {
@@ -241,9 +234,6 @@ pub async fn frame(
         None => tokens::in_client_scope(&f.trusted_proxies, request, next).await,
     };
     f.metrics.observe_response(&response, method, started);
-    if let (true, Some(stats)) = (counted, &f.stats) {
-        stats.finish(response.status());
-    }
     response
 }
 

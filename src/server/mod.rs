@@ -99,12 +99,13 @@ pub fn build_state_with(
             Some(spool)
         }
     };
+    let metrics = Arc::new(api::metrics::Metrics::new(Arc::clone(&bus), spool.clone()));
     let app = App {
         config,
         bus,
         salt,
         tokens,
-        metrics: Arc::new(api::metrics::Metrics::default()),
+        metrics,
         shutdown: tokio_util::sync::CancellationToken::new(),
         spool,
     };

@@ -1,12 +1,18 @@
-//! The spool's Prometheus families, appended to `/metrics` when the spool is on.
+//! The spool's families on `/metrics` when the spool is on, written from its status snapshot
+//! at each scrape.
 
-use std::fmt::Write as _;
+use std::fmt;
+
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
 
 use super::{COMMIT_BUCKETS, SpoolStatus};
+use crate::telemetry::exposition::{ConstCounter, ConstGauge, labelled, single};
 
-/// Appends the spool's families to `out`.
-pub fn render(out: &mut String, s: &SpoolStatus) {
-    let gauges: [(&str, &str, f64); 9] = [
+/// Writes the spool's families.
+pub fn encode(out: &mut DescriptorEncoder<'_>, s: &SpoolStatus) -> fmt::Result {
+    let gauges: [(&str, &str, f64); 8] = [
         (
             "saltgate_spool_pending",
             "Accepted hooks not yet confirmed on the bus (the spool's depth).",
@@ -47,140 +53,140 @@ pub fn render(out: &mut String, s: &SpoolStatus) {
             "Size of the spool file on disk.",
             s.file_bytes as f64,
         ),
-        (
-            "saltgate_spool_commits_lazy_total",
-            "Commits without an fsync (confirmations only), made durable by the next durable one.",
-            s.lazy_commits as f64,
-        ),
     ];
     for (name, help, value) in gauges {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        family(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+        single(out, name, help, ConstGauge::new(value))?;
     }
-    family(
+    single(
+        out,
+        "saltgate_spool_commits_lazy",
+        "Commits without an fsync (confirmations only), made durable by the next durable one.",
+        ConstCounter::new(s.lazy_commits),
+    )?;
+    labelled(
         out,
         "saltgate_spool_bytes",
-        "gauge",
         "Bytes of spooled hooks by state (the spool's cap counts both).",
-    );
-    let _ = writeln!(
-        out,
-        "saltgate_spool_bytes{{state=\"pending\"}} {}\nsaltgate_spool_bytes{{state=\"delivered\"}} {}",
-        s.pending_bytes, s.delivered_bytes
-    );
-    family(
+        MetricType::Gauge,
+        &[
+            ("state", "pending", s.pending_bytes),
+            ("state", "delivered", s.delivered_bytes),
+        ],
+    )?;
+    let link = ["up", "down", "waiting_for_reactor"]
+        .map(|state| ("state", state, u64::from(s.link == state)));
+    labelled(
         out,
         "saltgate_spool_link",
-        "gauge",
         "The spool's view of the bus: 1 for the current state.",
-    );
-    for state in ["up", "down", "waiting_for_reactor"] {
-        let _ = writeln!(
-            out,
-            "saltgate_spool_link{{state=\"{state}\"}} {}",
-            u8::from(s.link == state)
-        );
-    }
+        MetricType::Gauge,
+        &link,
+    )?;
     let counters: [(&str, &str, u64); 10] = [
         (
-            "saltgate_spool_reactor_asks_total",
+            "saltgate_spool_reactor_asks",
             "Requests sent to the master's Reactor (salt/reactors/manage/is_leader) before delivering after a (re)connection.",
             s.reactor_asks,
         ),
         (
-            "saltgate_spool_reactor_answers_total",
+            "saltgate_spool_reactor_answers",
             "Answers of the master's Reactor seen on the bus.",
             s.reactor_answers,
         ),
         (
-            "saltgate_spool_accepted_total",
+            "saltgate_spool_accepted",
             "Hooks committed to the spool.",
             s.accepted,
         ),
         (
-            "saltgate_spool_confirmed_total",
+            "saltgate_spool_confirmed",
             "Spooled hooks confirmed by their echo on the bus (on the built-in bus: by their push).",
             s.confirmed,
         ),
         (
-            "saltgate_spool_repushed_total",
+            "saltgate_spool_repushed",
             "Pushes of a hook after its first (no echo in time, or the bus went away first).",
             s.repushed,
         ),
         (
-            "saltgate_spool_redelivered_total",
+            "saltgate_spool_redelivered",
             "Delivered hooks fired again on request.",
             s.redelivered,
         ),
         (
-            "saltgate_spool_recovered_total",
+            "saltgate_spool_recovered",
             "Hooks found undelivered when the spool was opened, delivered again.",
             s.recovered,
         ),
         (
-            "saltgate_spool_repeats_total",
+            "saltgate_spool_repeats",
             "Echoes of hooks already confirmed: events the bus carried more than once.",
             s.repeats,
         ),
         (
-            "saltgate_spool_echoes_dropped_total",
+            "saltgate_spool_echoes_dropped",
             "Echoes the bus reader could not hand to the spool (each costs a re-push).",
             s.echoes_dropped,
         ),
         (
-            "saltgate_spool_commit_failures_total",
+            "saltgate_spool_commit_failures",
             "Spool commits that failed (hooks answered 503).",
             s.commit_failures,
         ),
     ];
     for (name, help, value) in counters {
-        family(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
+        single(out, name, help, ConstCounter::new(value))?;
     }
-    family(
+    labelled(
         out,
-        "saltgate_spool_refused_total",
-        "counter",
+        "saltgate_spool_refused",
         "Hooks refused by the spool: full (503 spool_full) or its queue busy (503 busy).",
-    );
-    let _ = writeln!(
-        out,
-        "saltgate_spool_refused_total{{reason=\"full\"}} {}\nsaltgate_spool_refused_total{{reason=\"busy\"}} {}",
-        s.refused_full, s.refused_busy
-    );
-    family(
-        out,
-        "saltgate_spool_commit_duration_seconds",
-        "histogram",
-        "Durable spool commits (one fsync each, however many hooks they hold).",
-    );
-    for (count, bound) in s.commit_buckets.iter().zip(COMMIT_BUCKETS) {
-        let _ = writeln!(
-            out,
-            "saltgate_spool_commit_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-        );
+        MetricType::Counter,
+        &[
+            ("reason", "full", s.refused_full),
+            ("reason", "busy", s.refused_busy),
+        ],
+    )?;
+    // The snapshot's buckets are cumulative; the encoder wants each bucket's own count, with
+    // the overflow bucket last.
+    let mut buckets = Vec::with_capacity(COMMIT_BUCKETS.len() + 1);
+    let mut below = 0;
+    for (&cumulative, bound) in s.commit_buckets.iter().zip(COMMIT_BUCKETS) {
+        buckets.push((bound, cumulative.saturating_sub(below)));
+        below = below.max(cumulative);
     }
-    let _ = writeln!(
-        out,
-        "saltgate_spool_commit_duration_seconds_bucket{{le=\"+Inf\"}} {}\n\
-         saltgate_spool_commit_duration_seconds_sum {}\n\
-         saltgate_spool_commit_duration_seconds_count {}",
-        s.commits, s.commit_seconds, s.commits
-    );
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    buckets.push((f64::INFINITY, s.commits.saturating_sub(below)));
+    let mut histogram = out.encode_descriptor(
+        "saltgate_spool_commit_duration",
+        "Durable spool commits (one fsync each, however many hooks they hold).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    histogram.encode_histogram::<NoLabelSet>(s.commit_seconds, s.commits, &buckets, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::collector::Collector;
+    use prometheus_client::registry::Registry;
+
+    #[derive(Debug)]
+    struct Fixed(SpoolStatus);
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+            super::encode(&mut encoder, &self.0)
+        }
+    }
+
+    fn render(s: SpoolStatus) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(s)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
 
     #[test]
     fn spool_families_render() {
@@ -192,14 +198,15 @@ mod tests {
             ..SpoolStatus::default()
         };
         s.commit_buckets[4] = 2;
-        let mut out = String::new();
-        render(&mut out, &s);
-        assert!(out.contains("saltgate_spool_pending 3\n"), "{out}");
+        let out = render(s);
+        assert!(out.contains("saltgate_spool_pending 3.0\n"), "{out}");
         assert!(out.contains("saltgate_spool_bytes{state=\"pending\"} 300"));
         assert!(out.contains("saltgate_spool_link{state=\"waiting_for_reactor\"} 1"));
         assert!(out.contains("saltgate_spool_link{state=\"up\"} 0"));
         assert!(out.contains("saltgate_spool_commit_duration_seconds_bucket{le=\"0.0025\"} 2"));
         assert!(out.contains("saltgate_spool_commit_duration_seconds_count 2"));
-        assert!(out.contains("# TYPE saltgate_spool_commits_lazy_total counter"));
+        assert!(out.contains("saltgate_spool_commit_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(out.contains("# TYPE saltgate_spool_commits_lazy counter"));
+        assert!(out.contains("saltgate_spool_refused_total{reason=\"full\"} 0"));
     }
 }

@@ -209,7 +209,7 @@ async fn per_client_cap_refuses_the_excess_while_another_address_gets_in() {
         "{}",
         String::from_utf8_lossy(&got)
     );
-    let metrics = app.state.metrics.render(&app.state.bus.status());
+    let metrics = app.state.metrics.render();
     assert!(
         metrics.contains("saltgate_connection_limits_total{limit=\"per_client\"}"),
         "{metrics}"
@@ -310,7 +310,7 @@ async fn trickling_or_stalled_body_is_cut_off_with_408() {
     assert!(closed, "stalled body: still open");
     assert!(text.starts_with("HTTP/1.1 408"), "stalled body: {text:?}");
     assert!(text.contains("body_timeout"), "{text}");
-    let metrics = app.state.metrics.render(&app.state.bus.status());
+    let metrics = app.state.metrics.render();
     assert!(
         metrics.contains("saltgate_connection_limits_total{limit=\"body\"} 2"),
         "{metrics}"
@@ -537,7 +537,7 @@ async fn reader_that_stops_reading_is_disconnected_after_the_write_timeout() {
         "a reader that stopped reading was kept ({} bytes read)",
         got.len()
     );
-    let metrics = app.state.metrics.render(&app.state.bus.status());
+    let metrics = app.state.metrics.render();
     assert!(
         metrics.contains("saltgate_connection_limits_total{limit=\"write\"}"),
         "{metrics}"

@@ -123,7 +123,14 @@ fn families(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            out.insert(name.to_owned(), (kind.to_owned(), BTreeSet::new()));
+            // OpenMetrics names a counter's family without the `_total` its samples (and
+            // Prometheus's series) carry.
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            out.insert(name, (kind.to_owned(), BTreeSet::new()));
         }
     }
     let sample = Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+$").unwrap();
@@ -289,8 +296,8 @@ async fn rules_and_dashboard_name_only_live_metrics_and_labels() {
 
 #[test]
 fn exposition_parser_sees_families_and_labels() {
-    let text = "# HELP a_total x\n# TYPE a_total counter\na_total{route=\"/x\",status=\"200\"} 3\n\
-                # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 2\nh_count 1\n";
+    let text = "# HELP a x\n# TYPE a counter\na_total{route=\"/x\",status=\"200\"} 3\n\
+                # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 2\nh_count 1\n# EOF\n";
     let f = families(text);
     assert_eq!(
         f["a_total"].1,

@@ -427,7 +427,7 @@ async fn metrics_count_hooks_requests_and_bus_state() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = resp.text().await.unwrap();
     for line in [

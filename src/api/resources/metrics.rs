@@ -1,4 +1,5 @@
-//! `GET /metrics`: saltgate's counters ([`crate::api::metrics`]) in the Prometheus text format.
+//! `GET /metrics`: saltgate's counters ([`crate::api::metrics`]) in the OpenMetrics text format
+//! (which Prometheus reads).
 
 use std::sync::Arc;
 
@@ -19,16 +20,9 @@ pub async fn metrics(
     if !app.config.api.stats_disable_auth {
         authorize_stream(&app, caller).await?;
     }
-    let mut body = app.metrics.render(&app.bus.status());
-    if let Some(spool) = &app.spool {
-        crate::spool::metrics::render(&mut body, &spool.status());
-    }
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
+        [(header::CONTENT_TYPE, crate::api::metrics::CONTENT_TYPE)],
+        app.metrics.render(),
     )
         .into_response())
 }

@@ -11,7 +11,7 @@
 //! | `GET /keys/<mid>` | wheel `key.finger` | `{"return": {"minions": {mid: finger}}}` |
 //! | `POST /keys` | wheel `key.gen_accept` with the body's `username`, `password`, `eauth` (never a session) | a tar of `minion.pem` and `minion.pub` (see [`keys_post`]) |
 //! | `GET /stats` | none: saltgate's own counters | see [`stats::Stats`] |
-//! | `GET /metrics` | none: saltgate's counters in the Prometheus text format | see [`metrics`] |
+//! | `GET /metrics` | none: saltgate's counters in the OpenMetrics text format | see [`metrics`] |
 //!
 //! `/stats` needs the session unless `stats_disable_auth`; its counters run only with
 //! `collect_stats` (as rest_cherrypy's `cpstats`, the route exists either way). The clients these

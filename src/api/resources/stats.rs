@@ -1,10 +1,9 @@
 //! `GET /stats`: saltgate's own request counters, in place of rest_cherrypy's `cpstats`. They
-//! count only with `collect_stats` (the route exists either way); the route needs the session
-//! unless `stats_disable_auth`.
+//! are read from the `/metrics` registry ([`crate::api::metrics::Metrics::request_summary`]:
+//! every listener's requests since start) and shown only with `collect_stats` (the route
+//! exists either way, with zeros); the route needs the session unless `stats_disable_auth`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::Response;
@@ -13,76 +12,66 @@ use serde_json::{Value, json};
 
 use crate::api::auth::{Caller, Unauthenticated};
 use crate::api::error::ApiError;
+use crate::api::metrics::RequestSummary;
 use crate::api::negotiate::{Negotiated, render_body};
 use crate::api::state::App;
 
-/// saltgate's request counters (`collect_stats`).
-#[derive(Debug)]
-pub struct Stats {
-    started: Instant,
-    enabled: bool,
-    requests: AtomicU64,
-    in_flight: AtomicU64,
-    by_class: [AtomicU64; 5],
-}
-
-impl Stats {
-    /// Counters; they count only when `enabled`.
-    pub fn new(enabled: bool) -> Self {
-        Self {
-            started: Instant::now(),
-            enabled,
-            requests: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            by_class: Default::default(),
+/// The `/stats` body: the request figures when `collect_stats` is on, zeros otherwise.
+fn snapshot(enabled: bool, r: RequestSummary) -> Value {
+    let r = if enabled {
+        r
+    } else {
+        RequestSummary {
+            total: 0,
+            in_flight: 0,
+            by_class: [0; 5],
+            ..r
         }
-    }
-
-    fn snapshot(&self) -> Value {
-        let c = |i: usize| self.by_class[i].load(Ordering::Relaxed);
-        json!({"saltgate": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "collect_stats": self.enabled,
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "requests": {
-                "total": self.requests.load(Ordering::Relaxed),
-                "in_flight": self.in_flight.load(Ordering::Relaxed),
-                "1xx": c(0), "2xx": c(1), "3xx": c(2), "4xx": c(3), "5xx": c(4),
-            },
-        }})
-    }
-}
-
-impl Stats {
-    /// Counts a request coming in, when `collect_stats` is on; `true` when it was counted, and
-    /// then [`Stats::finish`] must follow with its status.
-    pub fn begin(&self) -> bool {
-        if self.enabled {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        self.enabled
-    }
-
-    /// Counts a request [`Stats::begin`] counted as answered with `status`.
-    pub fn finish(&self, status: StatusCode) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let class = usize::from(status.as_u16() / 100).saturating_sub(1);
-        if let Some(slot) = self.by_class.get(class) {
-            slot.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    };
+    let [c1, c2, c3, c4, c5] = r.by_class;
+    json!({"saltgate": {
+        "version": env!("CARGO_PKG_VERSION"),
+        "collect_stats": enabled,
+        "uptime_secs": r.uptime_secs,
+        "requests": {
+            "total": r.total,
+            "in_flight": r.in_flight,
+            "1xx": c1, "2xx": c2, "3xx": c3, "4xx": c4, "5xx": c5,
+        },
+    }})
 }
 
 /// `GET /stats`.
 pub async fn stats(
     State(app): State<Arc<App>>,
-    State(stats): State<Arc<Stats>>,
     Negotiated(format): Negotiated,
     caller: Result<Caller, Unauthenticated>,
 ) -> Result<Response, ApiError> {
     if !app.config.api.stats_disable_auth {
         caller?.confirm(app.master()?).await?;
     }
-    Ok(render_body(StatusCode::OK, format, &stats.snapshot()))
+    let body = snapshot(app.config.api.collect_stats, app.metrics.request_summary());
+    Ok(render_body(StatusCode::OK, format, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_only_with_collect_stats() {
+        let r = RequestSummary {
+            uptime_secs: 5,
+            total: 4,
+            in_flight: 1,
+            by_class: [0, 2, 0, 1, 0],
+        };
+        let on = snapshot(true, r);
+        assert_eq!(on["saltgate"]["requests"]["total"], 4);
+        assert_eq!(on["saltgate"]["requests"]["4xx"], 1);
+        let off = snapshot(false, r);
+        assert_eq!(off["saltgate"]["requests"]["total"], 0);
+        assert_eq!(off["saltgate"]["requests"]["2xx"], 0);
+        assert_eq!(off["saltgate"]["uptime_secs"], 5);
+    }
 }
