@@ -307,6 +307,14 @@ struct Slots {
     streams: Vec<OwnedSemaphorePermit>,
 }
 
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.budgets.metrics {
+            metrics.connection_closed();
+        }
+    }
+}
+
 impl ConnSlot {
     /// A connection from `client` holding `general`, a slot of `budgets.general`.
     pub fn new(
@@ -314,6 +322,9 @@ impl ConnSlot {
         client: std::net::IpAddr,
         general: OwnedSemaphorePermit,
     ) -> Self {
+        if let Some(metrics) = &budgets.metrics {
+            metrics.connection_opened();
+        }
         Self {
             budgets,
             client,

@@ -127,6 +127,11 @@ struct LimitLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ClassLabel {
     class: &'static str,
 }
@@ -143,6 +148,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
+    connections: Gauge,
+    /// Connections taken and let go, in that order.
+    connection_counts: [Counter; 2],
     /// `saltgate_http_responses_total` by class, in [`CLASSES`] order.
     classes: [Counter; 5],
     hooks: Family<OutcomeLabel, Counter>,
@@ -208,6 +216,20 @@ impl Metrics {
             "HTTP requests being answered.",
             in_flight.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "saltgate_connections_open",
+            "Client connections open, on every listener (streams included).",
+            connections.clone(),
+        );
+        let lifecycle = Family::<EventLabel, Counter>::default();
+        let connection_counts = ["accepted", "closed"]
+            .map(|event| lifecycle.get_or_create(&EventLabel { event }).clone());
+        registry.register(
+            "saltgate_connections",
+            "Client connections served (accepted), and ended (closed), on every listener.",
+            lifecycle,
+        );
         let by_class = Family::<ClassLabel, Counter>::default();
         let classes = CLASSES.map(|class| by_class.get_or_create(&ClassLabel { class }).clone());
         registry.register(
@@ -262,6 +284,8 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            connections,
+            connection_counts,
             classes,
             hooks,
             recent: Mutex::new(VecDeque::with_capacity(DELIVERIES)),
@@ -363,6 +387,26 @@ impl Metrics {
             metrics: Arc::clone(self),
             kind,
         }
+    }
+
+    /// Counts a client connection opened (until [`Metrics::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+        self.connection_counts[0].inc();
+    }
+
+    /// Client connections accepted and closed since start.
+    pub fn connections_served(&self) -> (u64, u64) {
+        (
+            self.connection_counts[0].get(),
+            self.connection_counts[1].get(),
+        )
+    }
+
+    /// Counts a client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections.dec();
+        self.connection_counts[1].inc();
     }
 
     /// Counts a request coming in (until [`Metrics::observe_response`] counts its answer).

@@ -196,8 +196,9 @@ async fn per_client_cap_refuses_the_excess_while_another_address_gets_in() {
     .unwrap();
     assert_eq!(resp.status(), 200);
     // Closing one frees a place for 127.0.0.1 again.
+    let (accepted, closed) = app.connections();
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.connections_reach(accepted, closed + 1).await;
     let mut again = connect_from(Ipv4Addr::LOCALHOST, app.addr).await;
     again
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -345,9 +346,10 @@ async fn stream_budget_is_separate_from_the_general_budget() {
     assert_eq!(body["code"], "busy");
     // The two open streams do not count in the general budget: two idle connections and a hook
     // still fit in its three slots.
+    let (accepted, closed) = app.connections();
     let _idle1 = TcpStream::connect(app.addr).await.unwrap();
     let _idle2 = TcpStream::connect(app.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.connections_reach(accepted + 2, closed).await;
     let hook = tokio::time::timeout(
         Duration::from_secs(1),
         reqwest::Client::new()

@@ -50,7 +50,7 @@ async fn connection_cap_holds_extra_clients_back() {
     // Two idle connections take both slots.
     let _a = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let _b = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.connections_reach(2, 0).await;
     let third = tokio::time::timeout(Duration::from_millis(500), reqwest::get(app.url("/"))).await;
     assert!(third.is_err(), "a third connection was served past the cap");
     drop(_a);

@@ -191,8 +191,9 @@ async fn scrape_live_metrics() -> String {
         404
     );
     // A connection that never sends a byte is closed at the first-byte deadline.
+    let (accepted, closed) = app.connections();
     let idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    app.connections_reach(accepted + 1, closed + 1).await;
     drop(idle);
     let resp = c.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

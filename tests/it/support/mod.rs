@@ -48,6 +48,29 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Connections the server has accepted and closed so far.
+    pub(crate) fn connections(&self) -> (u64, u64) {
+        self.state.metrics.connections_served()
+    }
+
+    /// Waits (up to 5 s) until the server has accepted `accepted` and closed `closed`
+    /// connections in all (at least): it has taken, or let go of, the ones a test opened or
+    /// closed. In place of a sleep that hopes it did.
+    pub(crate) async fn connections_reach(&self, accepted: u64, closed: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = self.connections();
+            if now.0 >= accepted && now.1 >= closed {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server accepted and closed {now:?} connections, not ({accepted}, {closed})"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// A bus subscription taken now.
     pub(crate) fn subscribe(&self) -> Subscription {
         self.state.bus.subscribe()
