@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -56,6 +56,12 @@ pub struct Metrics {
     stream_events_missed: AtomicU64,
     stream_lag_notices: AtomicU64,
     limits: Mutex<BTreeMap<&'static str, u64>>,
+    config_reloads_ok: AtomicU64,
+    config_reloads_failed: AtomicU64,
+    /// Unix time the config in force was loaded (at start, or by the last reload that worked).
+    config_loaded_at: AtomicU64,
+    /// The last reload was refused.
+    config_reload_failed: AtomicBool,
 }
 
 /// What [`Metrics::record_hook`] keeps.
@@ -126,6 +132,25 @@ impl Metrics {
         self.stream_lag_notices.fetch_add(1, Ordering::Relaxed);
         self.stream_events_missed
             .fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// The config in force was loaded now: at start, or by a reload that worked (`reload`).
+    pub fn config_loaded(&self, reload: bool) {
+        if reload {
+            self.config_reloads_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        self.config_reload_failed.store(false, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        self.config_loaded_at.store(now, Ordering::Relaxed);
+    }
+
+    /// A reload was refused: the config in force stays.
+    pub fn config_refused(&self) {
+        self.config_reloads_failed.fetch_add(1, Ordering::Relaxed);
+        self.config_reload_failed.store(true, Ordering::Relaxed);
     }
 
     /// Counts a connection refused or closed by a listener limit (`per_client`, `streams`, …).
@@ -315,6 +340,40 @@ impl Metrics {
                 "saltgate_connection_limits_total{{limit=\"{limit}\"}} {n}"
             );
         }
+        family(
+            &mut out,
+            "saltgate_config_reloads_total",
+            "counter",
+            "Reloads (SIGHUP) by result: ok, or error (refused; the config in force stays).",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_config_reloads_total{{result=\"ok\"}} {}\nsaltgate_config_reloads_total{{result=\"error\"}} {}",
+            self.config_reloads_ok.load(Ordering::Relaxed),
+            self.config_reloads_failed.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "saltgate_config_last_reload_successful",
+            "gauge",
+            "0 when the last reload was refused, else 1.",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_config_last_reload_successful {}",
+            u8::from(!self.config_reload_failed.load(Ordering::Relaxed))
+        );
+        family(
+            &mut out,
+            "saltgate_config_last_reload_success_timestamp_seconds",
+            "gauge",
+            "Unix time the config in force was loaded (at start or by the last reload that worked).",
+        );
+        let _ = writeln!(
+            out,
+            "saltgate_config_last_reload_success_timestamp_seconds {}",
+            self.config_loaded_at.load(Ordering::Relaxed)
+        );
         out
     }
 }

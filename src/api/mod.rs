@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod hook;
 pub mod limits;
+pub mod live;
 pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
@@ -43,6 +44,7 @@ pub use error::ApiError;
 pub use state::App;
 
 use hook::Hooks;
+use live::Live;
 use netapi::Background;
 use resources::stats::Stats;
 
@@ -52,8 +54,10 @@ use resources::stats::Stats;
 pub struct AppState {
     /// The shared services.
     pub app: Arc<App>,
-    /// The hook pipeline's rules, limiter and replay guard.
+    /// The hook pipeline's state that outlives a reload (the replay guard).
     pub hooks: Arc<Hooks>,
+    /// What a reload swaps: the hook rule set and the CORS origins.
+    pub live: Arc<Live>,
     /// The `/stats` counters.
     pub stats: Arc<Stats>,
     /// The bound on `wheel_async` calls running in the background.
@@ -61,12 +65,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state of a router serving `app` and the hook pipeline `hooks`.
-    pub fn new(app: App, hooks: Hooks) -> Self {
+    /// The state of a router serving `app`, the hook pipeline `hooks` and the reloadable
+    /// `live` snapshot.
+    pub fn new(app: App, hooks: Hooks, live: Live) -> Self {
         Self {
             stats: Arc::new(Stats::new(app.config.api.collect_stats)),
             app: Arc::new(app),
             hooks: Arc::new(hooks),
+            live: Arc::new(live),
             background: Background::new(),
         }
     }
@@ -162,10 +168,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state.clone());
     let routes = files::with_files(routes, &state.config.api);
-    let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
-        Some(cors) => routes.layer(cors),
-        None => routes,
-    };
+    let routes = routes.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state.live),
+        cors::respond,
+    ));
     let prefix = state
         .config
         .api
