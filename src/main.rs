@@ -93,11 +93,16 @@ enum Command {
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env = environment();
     match path {
         Some(p) => Config::load(p, &env).with_context(|| format!("config {}", p.display())),
         None => Ok(Config::builtin()),
     }
+}
+
+/// The environment secrets (`secret_env`) are read from; a reload reads the same.
+fn environment() -> HashMap<String, String> {
+    std::env::vars().collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,16 +162,16 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { config } => {
+        Command::Serve { config: path } => {
             saltgate::telemetry::init(cli.log_json);
-            let config = load(config.as_ref())?;
+            let config = load(path.as_ref())?;
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, path))
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Before anything can take time: SIGHUP (systemd's ExecReload) must never end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
@@ -197,10 +202,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state.bus.clone(),
         listening.clone(),
     ));
-    tokio::spawn(notify::on_hangup(
+    let reloader = path.map(|path| {
+        std::sync::Arc::new(server::reload::Reloader::new(
+            path,
+            environment(),
+            state.clone(),
+            &listeners,
+        ))
+    });
+    tokio::spawn(server::reload::on_hangup(
         hangups,
         notifier.clone(),
-        state.bus.clone(),
+        reloader,
+        state.clone(),
         listening,
     ));
     server::serve(state, listeners, limits, shutdown_signal(notifier)).await

@@ -8,15 +8,59 @@
 //! refused whatever this list says ([`super::csrf`]). Preflights are answered by the layer itself (200, never
 //! 500 as on rest_cherrypy's session routes), for any route.
 
+//!
+//! The list is reloadable: it is part of [`super::live::Snapshot`], and [`respond`] applies the
+//! snapshot's layer to each request.
+
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use http::{HeaderName, HeaderValue, Method};
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use super::live::Live;
 use crate::config::CorsOrigin;
 
-/// Whether `cors_origin` lists `origin` (or is `*`): what the layer below allows, for the
-/// WebSocket handshake, which no CORS layer sees.
+/// `cors_origin` and the layer built from it, once per config.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    origins: Option<CorsOrigin>,
+    layer: Option<CorsLayer>,
+}
+
+impl Cors {
+    /// CORS for `cors_origin` (`None`: no CORS headers at all).
+    pub fn new(origins: Option<&CorsOrigin>) -> Self {
+        Self {
+            origins: origins.cloned(),
+            layer: layer(origins),
+        }
+    }
+
+    /// Whether `cors_origin` lists `origin` (or is `*`): what the layer allows, for the
+    /// WebSocket handshake, which no CORS layer sees.
+    pub fn lists(&self, origin: &str) -> bool {
+        lists(self.origins.as_ref(), origin)
+    }
+}
+
+/// The middleware: the snapshot's CORS layer around the rest of the request, or nothing when
+/// `cors_origin` is unset.
+pub async fn respond(State(live): State<Arc<Live>>, request: Request, next: Next) -> Response {
+    let Some(layer) = live.load().cors.layer.clone() else {
+        return next.run(request).await;
+    };
+    match layer.layer(next).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Whether `origins` lists `origin` (or is `*`).
 pub fn lists(origins: Option<&CorsOrigin>, origin: &str) -> bool {
     origins.is_some_and(|c| c.origins().iter().any(|o| *o == "*" || *o == origin))
 }

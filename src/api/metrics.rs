@@ -132,6 +132,11 @@ struct EventLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ClassLabel {
     class: &'static str,
 }
@@ -161,6 +166,12 @@ pub struct Metrics {
     stream_events_missed: Counter,
     stream_lag_notices: Counter,
     limits: Family<LimitLabel, Counter>,
+    /// Reloads that worked, then refused ones.
+    reloads: [Counter; 2],
+    /// 0 when the last reload was refused, else 1.
+    reload_successful: Gauge,
+    /// Unix time the config in force was loaded (at start, or by the last reload that worked).
+    config_loaded_at: Gauge,
 }
 
 /// One hook delivery as the events page shows it.
@@ -277,6 +288,26 @@ impl Metrics {
             "Connections or requests refused or cut off by a listener budget or deadline.",
             limits.clone(),
         );
+        let by_result = Family::<ResultLabel, Counter>::default();
+        let reloads =
+            ["ok", "error"].map(|result| by_result.get_or_create(&ResultLabel { result }).clone());
+        registry.register(
+            "saltgate_config_reloads",
+            "Reloads (SIGHUP) by result: ok, or error (refused; the config in force stays).",
+            by_result,
+        );
+        let reload_successful = Gauge::default();
+        registry.register(
+            "saltgate_config_last_reload_successful",
+            "0 when the last reload was refused, else 1.",
+            reload_successful.clone(),
+        );
+        let config_loaded_at = Gauge::default();
+        registry.register(
+            "saltgate_config_last_reload_success_timestamp_seconds",
+            "Unix time the config in force was loaded (at start or by the last reload that worked).",
+            config_loaded_at.clone(),
+        );
         registry.register_collector(Box::new(Snapshots { bus, spool }));
         Self {
             registry,
@@ -294,7 +325,29 @@ impl Metrics {
             stream_events_missed,
             stream_lag_notices,
             limits,
+            reloads,
+            reload_successful,
+            config_loaded_at,
         }
+    }
+
+    /// The config in force was loaded now: at start, or by a reload that worked (`reload`).
+    pub fn config_loaded(&self, reload: bool) {
+        if reload {
+            self.reloads[0].inc();
+        }
+        self.reload_successful.set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        self.config_loaded_at.set(now);
+    }
+
+    /// A reload was refused: the config in force stays.
+    pub fn config_refused(&self) {
+        self.reloads[1].inc();
+        self.reload_successful.set(0);
     }
 
     fn gauge(&self, kind: StreamKind) -> &Gauge {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod files;
 pub mod hook;
 pub mod limits;
+pub mod live;
 pub mod lowstate;
 pub mod metrics;
 pub mod negotiate;
@@ -43,7 +44,18 @@ pub use error::ApiError;
 pub use state::App;
 
 use hook::Hooks;
+use live::Live;
 use netapi::Background;
+
+/// The reloadable part of the configuration, held by [`live::Live`] (here, beside the route
+/// table, because it gathers the parts of two capabilities).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The hook rules, their rate limiter and the SNS certificate cache.
+    pub hooks: hook::pipeline::HookRules,
+    /// `rest_cherrypy: cors_origin`.
+    pub cors: cors::Cors,
+}
 
 /// The router's state: the shared services and each capability's own state. Handlers take the
 /// parts they use (`State<Arc<App>>`, `State<Arc<Hooks>>`, ...), never the whole.
@@ -51,18 +63,22 @@ use netapi::Background;
 pub struct AppState {
     /// The shared services.
     pub app: Arc<App>,
-    /// The hook pipeline's rules, limiter and replay guard.
+    /// The hook pipeline's state that outlives a reload (the replay guard).
     pub hooks: Arc<Hooks>,
+    /// What a reload swaps: the hook rule set and the CORS origins.
+    pub live: Arc<Live>,
     /// The bound on `wheel_async` calls running in the background.
     pub background: Background,
 }
 
 impl AppState {
-    /// The state of a router serving `app` and the hook pipeline `hooks`.
-    pub fn new(app: App, hooks: Hooks) -> Self {
+    /// The state of a router serving `app`, the hook pipeline `hooks` and the reloadable
+    /// `live` snapshot.
+    pub fn new(app: App, hooks: Hooks, live: Live) -> Self {
         Self {
             app: Arc::new(app),
             hooks: Arc::new(hooks),
+            live: Arc::new(live),
             background: Background::new(),
         }
     }
@@ -158,10 +174,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state.clone());
     let routes = files::with_files(routes, &state.config.api);
-    let routes = match cors::layer(state.config.api.cors_origin.as_ref()) {
-        Some(cors) => routes.layer(cors),
-        None => routes,
-    };
+    let routes = routes.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&state.live),
+        cors::respond,
+    ));
     let prefix = state
         .config
         .api

@@ -15,6 +15,7 @@ pub mod error;
 pub mod hooks;
 pub mod master;
 pub mod raw;
+pub mod reload;
 pub mod spool;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub use raw::{
     BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, RestWsgi,
     SaltgateSettings, Unmatched,
 };
+pub use reload::Reloaded;
 
 pub(crate) use error::parse_at;
 
@@ -182,13 +184,23 @@ impl Config {
     /// `env` is the environment secrets may be read from; it is passed in so that loading stays
     /// a pure function of its inputs.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::load_with(path, env, None).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`]; with `running`, for a reload of it ([`Config::reload`]): also the keys
+    /// whose running value was kept.
+    fn load_with(
+        path: &Path,
+        env: &HashMap<String, String>,
+        running: Option<&Config>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let file = if path.is_dir() {
             path.join("master")
         } else {
             path.to_path_buf()
         };
         let merged = master::read_merged(&file)?;
-        Self::from_raw(&merged, env).map_err(|e| {
+        Self::from_raw(&merged, env, running).map_err(|e| {
             let in_file = match e.key() {
                 Some(key) => merged.file_of(key).to_path_buf(),
                 None => merged.file.clone(),
@@ -202,11 +214,14 @@ impl Config {
         })
     }
 
-    /// Validates the merged document of a master config.
+    /// Validates the merged document of a master config; with `running` (a reload), then gives
+    /// back the running value of every key a reload cannot apply ([`reload`]) and returns
+    /// those keys.
     fn from_raw(
         merged: &master::Merged,
         env: &HashMap<String, String>,
-    ) -> Result<Self, ConfigError> {
+        running: Option<&Config>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let RawConfig {
             mut master,
             rest_cherrypy,
@@ -245,7 +260,16 @@ impl Config {
         };
         config.validate()?;
         config.set_hooks(&hooks, env)?;
-        Ok(config)
+        let Some(running) = running else {
+            return Ok((config, Vec::new()));
+        };
+        let kept = reload::keep_running(&mut config, running);
+        if !kept.is_empty() {
+            // The rules again, with the running defaults they take (the body cap).
+            config.validate()?;
+            config.set_hooks(&hooks, env)?;
+        }
+        Ok((config, kept))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -19,7 +19,7 @@ use super::{ConfigError, MasterSettings};
 use crate::spool::{ReactorCheck, SpoolConfig, Storage};
 
 /// `saltgate.spool` as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawSpool {
     /// Commit every accepted hook to the spool before answering, and deliver it from there.

@@ -415,11 +415,14 @@ impl<C: Clock> Buckets<C> {
     }
 }
 
-/// One bucket table per hook rule, indexed by the rule's position in the config.
+/// One bucket table per hook rule, indexed by the rule's position in the config. Each table is
+/// shared (`Arc`), so that a reload can hand a rule's table to the new limiter
+/// ([`RateLimiter::reloaded`]).
 #[derive(Debug)]
 pub struct RateLimiter<C: Clock = MonotonicClock> {
-    rules: Vec<Buckets<C>>,
+    rules: Vec<(RateQuota, Arc<Buckets<C>>)>,
     keys: ClientKeys,
+    clock: C,
 }
 
 impl RateLimiter<MonotonicClock> {
@@ -435,16 +438,56 @@ impl<C: Clock> RateLimiter<C> {
     pub fn with_clock(quotas: &[RateQuota], keys: ClientKeys, clock: C) -> Self {
         let rules = quotas
             .iter()
-            .map(|q| Buckets::new(Gcra::from_quota(*q), keys.max_keys(), clock.clone()))
+            .map(|q| (*q, Self::table(*q, keys, &clock)))
             .collect();
-        RateLimiter { rules, keys }
+        RateLimiter { rules, keys, clock }
+    }
+
+    fn table(quota: RateQuota, keys: ClientKeys, clock: &C) -> Arc<Buckets<C>> {
+        Arc::new(Buckets::new(
+            Gcra::from_quota(quota),
+            keys.max_keys(),
+            clock.clone(),
+        ))
+    }
+
+    /// The limiter a reload builds: slot `i` gets `quotas[i].0`, and keeps the table of this
+    /// limiter's slot `quotas[i].1` when that one has the same quota, so a sender's bucket
+    /// survives the reload unless its rule's quota changed (a changed quota starts every
+    /// sender with a full bucket of the new size). Keying is this limiter's.
+    pub fn reloaded(&self, quotas: &[(RateQuota, Option<usize>)]) -> Self {
+        let rules = quotas
+            .iter()
+            .map(|(quota, from)| {
+                let kept = from
+                    .and_then(|i| self.rules.get(i))
+                    .filter(|(old, _)| old == quota)
+                    .map(|(_, table)| Arc::clone(table));
+                let table = kept.unwrap_or_else(|| Self::table(*quota, self.keys, &self.clock));
+                (*quota, table)
+            })
+            .collect();
+        RateLimiter {
+            rules,
+            keys: self.keys,
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// Whether slot `slot` uses the same bucket table as `other`'s slot `other_slot` (tests of
+    /// [`Self::reloaded`]).
+    pub fn shares_table(&self, slot: usize, other: &Self, other_slot: usize) -> bool {
+        match (self.rules.get(slot), other.rules.get(other_slot)) {
+            (Some((_, a)), Some((_, b))) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// Counts one request from `ip` against rule `rule`. A rule index without a quota is not
     /// limited.
     pub fn check(&self, rule: usize, ip: IpAddr) -> Result<(), RetryAfter> {
         match self.rules.get(rule) {
-            Some(r) => r.check(self.keys.key(ip)),
+            Some((_, r)) => r.check(self.keys.key(ip)),
             None => Ok(()),
         }
     }
@@ -452,14 +495,14 @@ impl<C: Clock> RateLimiter<C> {
     /// Drops keys whose buckets have refilled and releases the memory. Call periodically, e.g.
     /// every minute.
     pub fn housekeep(&self) {
-        for r in &self.rules {
+        for (_, r) in &self.rules {
             r.housekeep();
         }
     }
 
     /// Keys tracked for `rule`.
     pub fn tracked(&self, rule: usize) -> usize {
-        self.rules.get(rule).map_or(0, Buckets::len)
+        self.rules.get(rule).map_or(0, |(_, r)| r.len())
     }
 }
 
@@ -650,6 +693,41 @@ mod tests {
         assert_eq!(b.peek(k), Err(RetryAfter(Duration::from_secs(20))));
         clock.advance(Duration::from_secs(20));
         assert!(b.peek(k).is_ok());
+    }
+
+    #[test]
+    fn a_reload_keeps_a_senders_bucket_unless_its_quota_changed() {
+        let (old, clock) = limiter(&[quota(1, 2), quota(1, 2), quota(5, 5)], 10);
+        let sender = ip("192.0.2.1");
+        for slot in 0..2 {
+            assert!(old.check(slot, sender).is_ok());
+            assert!(old.check(slot, sender).is_ok());
+            assert!(old.check(slot, sender).is_err());
+        }
+        // Slot 0 stays as it was (now at index 1), slot 1's quota changes, slot 2 is dropped,
+        // and a new rule arrives.
+        let new = old.reloaded(&[
+            (quota(3, 3), None),
+            (quota(1, 2), Some(0)),
+            (quota(1, 3), Some(1)),
+        ]);
+        assert!(new.shares_table(1, &old, 0));
+        assert!(!new.shares_table(2, &old, 1));
+        // The unchanged rule: the sender's empty bucket came along.
+        assert!(new.check(1, sender).is_err());
+        // The changed quota: a full bucket of the new size.
+        for _ in 0..3 {
+            assert!(new.check(2, sender).is_ok());
+        }
+        assert!(new.check(2, sender).is_err());
+        assert!(new.check(0, sender).is_ok());
+        // Both limiters run on the same clock: the kept bucket refills as before.
+        clock.advance(Duration::from_secs(1));
+        assert!(new.check(1, sender).is_ok());
+        assert!(new.check(1, sender).is_err());
+        // Unknown previous slots start fresh.
+        let fresh = old.reloaded(&[(quota(1, 2), Some(9))]);
+        assert!(fresh.check(0, sender).is_ok());
     }
 
     #[test]

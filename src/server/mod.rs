@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod notify;
+pub mod reload;
 pub mod tls;
 
 use std::future::Future;
@@ -22,6 +23,8 @@ use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+pub use tls::Tls;
 
 use crate::api::limits::{Budgets, ConnSlot, Limit};
 use crate::api::{self, App, AppState};
@@ -83,12 +86,11 @@ pub fn build_state_with(
     };
     let tokens = api::tokens::TokenCache::from_config(&config);
     let hooks = api::hook::Hooks::new(
-        config.hooks.clone(),
-        config.saltgate.unmatched_hooks == crate::config::Unmatched::Refuse,
         config.saltgate.trusted_proxies.clone(),
         config.client_keys(),
         sns_http,
     );
+    let live = api::live::Live::new(reload::snapshot(&config, &hooks, None));
     let spool = match config.spool.clone() {
         None => None,
         Some(mut spool_config) => {
@@ -100,6 +102,7 @@ pub fn build_state_with(
         }
     };
     let metrics = Arc::new(api::metrics::Metrics::new(Arc::clone(&bus), spool.clone()));
+    metrics.config_loaded(false);
     let app = App {
         config,
         bus,
@@ -109,14 +112,14 @@ pub fn build_state_with(
         shutdown: tokio_util::sync::CancellationToken::new(),
         spool,
     };
-    let state = AppState::new(app, hooks);
-    let weak = Arc::downgrade(&state.hooks);
+    let state = AppState::new(app, hooks, live);
+    let weak = Arc::downgrade(&state.live);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             match weak.upgrade() {
-                Some(hooks) => hooks.housekeep(),
+                Some(live) => live.load().hooks.housekeep(),
                 None => break,
             }
         }
@@ -202,9 +205,9 @@ impl Limits {
     }
 }
 
-/// The TLS acceptor the config asks for on the rest_cherrypy listener, or `None` for plain
-/// HTTP; refuses plain HTTP on a non-loopback address unless `disable_ssl` says so.
-pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
+/// The TLS the config asks for on the rest_cherrypy listener, or `None` for plain HTTP;
+/// refuses plain HTTP on a non-loopback address unless `disable_ssl` says so.
+pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<Tls>> {
     let listen = Listen {
         dialect: Dialect::RestCherrypy,
         host: config.api.host,
@@ -216,9 +219,9 @@ pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
     tls_for(&listen)
 }
 
-/// The TLS acceptor of one listener, or `None` for plain HTTP; refuses plain HTTP on a
-/// non-loopback address unless its block's `disable_ssl` says so.
-pub fn tls_for(listen: &Listen) -> anyhow::Result<Option<TlsAcceptor>> {
+/// The TLS of one listener, or `None` for plain HTTP; refuses plain HTTP on a non-loopback
+/// address unless its block's `disable_ssl` says so.
+pub fn tls_for(listen: &Listen) -> anyhow::Result<Option<Tls>> {
     let block = listen.dialect.block();
     match (&listen.ssl_crt, &listen.ssl_key, listen.disable_ssl) {
         (_, _, true) => Ok(None),
@@ -237,8 +240,8 @@ pub struct Listener {
     pub dialect: Dialect,
     /// The socket.
     pub tcp: TcpListener,
-    /// Its TLS acceptor, or `None` for plain HTTP.
-    pub tls: Option<TlsAcceptor>,
+    /// Its TLS, or `None` for plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -253,7 +256,7 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     /// A listener for `dialect`.
-    pub fn new(dialect: Dialect, tcp: TcpListener, tls: Option<TlsAcceptor>) -> Self {
+    pub fn new(dialect: Dialect, tcp: TcpListener, tls: Option<Tls>) -> Self {
         Self { dialect, tcp, tls }
     }
 }
@@ -282,7 +285,7 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
 pub async fn run(
     state: AppState,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -375,6 +378,7 @@ async fn accept_loop(
     accepting: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let Listener { tcp, tls, dialect } = listener;
+    let tls = tls.map(|t| t.acceptor);
     let budgets = &core.budgets;
     loop {
         // Accept, then wait for a connection slot: a loop that held a slot while it waited for

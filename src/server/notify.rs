@@ -5,7 +5,8 @@
 //! - `READY=1` once the listener is bound and the event bus is connected ([`announce_ready`]).
 //!   Until then `STATUS=` says what it waits for, so `systemctl status` shows it.
 //! - `RELOADING=1` (with `MONOTONIC_USEC=`, which `Type=notify-reload` needs) when a SIGHUP
-//!   arrives, then `READY=1` when the reload is over.
+//!   arrives, then `READY=1` when the reload is over, applied or refused; `STATUS=` then says
+//!   which ([`super::reload::on_hangup`]).
 //! - `STOPPING=1` when the shutdown signal arrives, before the drain.
 //! - `STATUS=` whenever the event bus connection goes down or comes back.
 //!
@@ -220,7 +221,7 @@ fn monotonic_usec() -> u64 {
 }
 
 /// The status line for the bus state.
-fn serving_status(listening: &str, bus: &SharedBus) -> (bool, String) {
+pub(super) fn serving_status(listening: &str, bus: &SharedBus) -> (bool, String) {
     let status = bus.status();
     let text = match (status.kind, status.connected) {
         ("builtin", _) => format!("Serving on {listening} (built-in event bus, no Salt master)"),
@@ -272,27 +273,6 @@ pub async fn announce_ready(notifier: Notifier, bus: SharedBus, listening: Strin
         if connected != last {
             last = connected;
             notifier.status(&text);
-        }
-    }
-}
-
-/// SIGHUP, systemd's `ExecReload`: `RELOADING=1`, the reload, then `READY=1`. Reloading the
-/// configuration itself is not there yet: the running configuration stays in force and the log
-/// says so, and `systemctl reload` never ends the process (SIGHUP's default action would).
-pub async fn on_hangup(
-    mut hangups: tokio::signal::unix::Signal,
-    notifier: Notifier,
-    bus: SharedBus,
-    listening: String,
-) {
-    while hangups.recv().await.is_some() {
-        let announced = notifier.reloading();
-        tracing::warn!(
-            "Reload requested (SIGHUP): reloading the configuration is not supported yet; \
-             the running configuration stays in force"
-        );
-        if announced {
-            notifier.ready(&serving_status(&listening, &bus).1);
         }
     }
 }

@@ -18,11 +18,12 @@ use http::{HeaderMap, StatusCode};
 
 use crate::api::auth::{Caller, Unauthenticated};
 use crate::api::error::ApiError;
+use crate::api::live::Live;
 use crate::api::negotiate::{Negotiated, NotAcceptable, render_body};
 use crate::api::state::App;
 use crate::security::client_ip;
 
-pub use pipeline::{Hooks, Outcome, check_path, run};
+pub use pipeline::{HookRules, Hooks, Outcome, check_path, run};
 
 /// `POST <webhook_url>` and `POST <webhook_url>/<path>` (no path: the default rule's tag).
 #[expect(
@@ -32,6 +33,7 @@ pub use pipeline::{Hooks, Outcome, check_path, run};
 pub async fn hook(
     State(app): State<Arc<App>>,
     State(hooks): State<Arc<Hooks>>,
+    State(live): State<Arc<Live>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Option<Path<String>>,
     format: Result<Negotiated, NotAcceptable>,
@@ -45,7 +47,9 @@ pub async fn hook(
         format,
         caller,
     };
-    handle(&app, &hooks, delivery, headers, body).await
+    // The rule set in force when the request arrived, for all of it (a reload swaps it whole).
+    let set = live.load();
+    handle(&app, &hooks, &set.hooks, delivery, headers, body).await
 }
 
 /// What the routes extracted for one delivery.
@@ -61,6 +65,7 @@ struct Delivery {
 async fn handle(
     app: &App,
     hooks: &Hooks,
+    set: &HookRules,
     delivery: Delivery,
     headers: HeaderMap,
     body: Body,
@@ -74,7 +79,17 @@ async fn handle(
             .record_hook(&path, client, StatusCode::NOT_ACCEPTABLE, "not_acceptable");
         return Err(ApiError::NotAcceptable);
     };
-    let outcome = run(app, hooks, delivery.caller, client, &path, &headers, body).await;
+    let outcome = run(
+        app,
+        hooks,
+        set,
+        delivery.caller,
+        client,
+        &path,
+        &headers,
+        body,
+    )
+    .await;
     match outcome {
         Ok(Outcome::Fired { queued: false }) => {
             app.metrics

@@ -41,68 +41,32 @@ use crate::security::replay::{Duplicate, ReplayGuard, Reservation, body_key};
 use crate::security::signature::sns::SnsVerified;
 use crate::security::{Verified, Verifier, VerifyError, redact};
 
-/// The hook pipeline's shared state: rules, limiter, replay guard.
+/// The hook pipeline's state that outlives a reload: the replay guard (keyed by rule path, so
+/// a rule that stays keeps its window), how clients are keyed, and where SNS certificates are
+/// fetched from. The rules themselves are a [`HookRules`], part of the snapshot a reload swaps
+/// ([`crate::api::live`]).
 #[derive(Debug)]
 pub struct Hooks {
-    /// Rules; the last is the default for unmatched paths.
-    pub rules: Vec<HookRule>,
-    /// Refuse paths no configured rule covers.
-    pub refuse_unmatched: bool,
-    /// Proxies whose `X-Forwarded-For` is believed.
+    /// Proxies whose `X-Forwarded-For` is believed (not reloadable).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    limiter: RateLimiter,
-    /// Rule index → limiter slot.
-    rate_slots: Vec<Option<usize>>,
+    client_keys: ClientKeys,
     replay: ReplayGuard,
-    /// SNS signing certificates, fetched over HTTPS and cached; only when a rule verifies SNS.
-    sns_certs: Option<CertCache>,
+    /// The HTTPS client for SNS certificates tests supply (`None`: the real one).
+    sns_http: Option<Arc<dyn SnsHttp>>,
 }
 
 impl Hooks {
-    /// Builds the pipeline state from validated rules.
+    /// The state every rule set of this process shares.
     pub fn new(
-        rules: Vec<HookRule>,
-        refuse_unmatched: bool,
         trusted_proxies: Vec<ipnet::IpNet>,
         client_keys: ClientKeys,
         sns_http: Option<Arc<dyn SnsHttp>>,
     ) -> Self {
-        let mut quotas: Vec<RateQuota> = Vec::new();
-        let rate_slots = rules
-            .iter()
-            .map(|r| {
-                r.rate.map(|q| {
-                    quotas.push(q);
-                    quotas.len() - 1
-                })
-            })
-            .collect();
-        let wants_sns = rules
-            .iter()
-            .any(|r| matches!(r.verifier, Some(Verifier::Sns(_))));
-        let sns_certs = if wants_sns {
-            let http = match sns_http {
-                Some(http) => Ok(http),
-                None => ReqwestHttp::new().map(|h| Arc::new(h) as Arc<dyn SnsHttp>),
-            };
-            match http {
-                Ok(http) => Some(CertCache::new(http)),
-                Err(e) => {
-                    tracing::error!(error = ?e, "No HTTPS client for SNS certificates; SNS hooks will answer 503");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Self {
-            rules,
-            refuse_unmatched,
             trusted_proxies,
-            limiter: RateLimiter::new(&quotas, client_keys),
-            rate_slots,
+            client_keys,
             replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
-            sns_certs,
+            sns_http,
         }
     }
 
@@ -119,10 +83,102 @@ impl Hooks {
     pub fn replay_limits(&self) -> (std::time::Duration, usize) {
         (self.replay.ttl(), self.replay.capacity())
     }
+}
+
+/// One rule set: the validated rules, their rate limiter and the SNS certificate cache. Built
+/// at start and by every reload, and never changed once in force.
+#[derive(Debug)]
+pub struct HookRules {
+    /// Rules; the last is the default for unmatched paths.
+    pub rules: Vec<HookRule>,
+    /// Refuse paths no configured rule covers.
+    pub refuse_unmatched: bool,
+    limiter: RateLimiter,
+    /// Rule index → limiter slot.
+    rate_slots: Vec<Option<usize>>,
+    /// SNS signing certificates, fetched over HTTPS and cached; only when a rule verifies SNS.
+    sns_certs: Option<Arc<CertCache>>,
+}
+
+impl HookRules {
+    /// The rule set for validated `rules`. With `previous` (a reload), what a sender has used
+    /// carries over: a rule with the same path and the same quota keeps its rate buckets
+    /// ([`RateLimiter::reloaded`]), and the SNS certificate cache is kept.
+    pub fn new(
+        hooks: &Hooks,
+        rules: Vec<HookRule>,
+        refuse_unmatched: bool,
+        previous: Option<&HookRules>,
+    ) -> Self {
+        let mut quotas: Vec<(RateQuota, Option<usize>)> = Vec::new();
+        let rate_slots = rules
+            .iter()
+            .map(|r| {
+                r.rate.map(|q| {
+                    let from = previous.and_then(|p| p.slot_of(&r.path));
+                    quotas.push((q, from));
+                    quotas.len() - 1
+                })
+            })
+            .collect();
+        let limiter = match previous {
+            Some(p) => p.limiter.reloaded(&quotas),
+            None => {
+                let quotas: Vec<RateQuota> = quotas.iter().map(|(q, _)| *q).collect();
+                RateLimiter::new(&quotas, hooks.client_keys)
+            }
+        };
+        let wants_sns = rules
+            .iter()
+            .any(|r| matches!(r.verifier, Some(Verifier::Sns(_))));
+        let kept_certs = previous.and_then(|p| p.sns_certs.clone());
+        let sns_certs = match (wants_sns, kept_certs) {
+            (false, _) => None,
+            (true, Some(kept)) => Some(kept),
+            (true, None) => sns_cache(hooks.sns_http.clone()),
+        };
+        Self {
+            rules,
+            refuse_unmatched,
+            limiter,
+            rate_slots,
+            sns_certs,
+        }
+    }
+
+    /// The limiter slot of the rule for exactly `path`, if it has a quota.
+    fn slot_of(&self, path: &str) -> Option<usize> {
+        let rule = self.rules.iter().find(|r| r.path == path)?;
+        self.rate_slots.get(rule.index).copied().flatten()
+    }
+
+    /// Whether the rule for `path` uses the same rate buckets in `self` and in `other` (tests of
+    /// the reload).
+    pub fn shares_buckets(&self, path: &str, other: &HookRules) -> bool {
+        match (self.slot_of(path), other.slot_of(path)) {
+            (Some(a), Some(b)) => self.limiter.shares_table(a, &other.limiter, b),
+            _ => false,
+        }
+    }
 
     /// Frees rate-limiter memory for addresses that went quiet; called on a timer.
     pub fn housekeep(&self) {
         self.limiter.housekeep();
+    }
+}
+
+/// The SNS certificate cache over `http` (or the real HTTPS client).
+fn sns_cache(http: Option<Arc<dyn SnsHttp>>) -> Option<Arc<CertCache>> {
+    let http = match http {
+        Some(http) => Ok(http),
+        None => ReqwestHttp::new().map(|h| Arc::new(h) as Arc<dyn SnsHttp>),
+    };
+    match http {
+        Ok(http) => Some(Arc::new(CertCache::new(http))),
+        Err(e) => {
+            tracing::error!(error = ?e, "No HTTPS client for SNS certificates; SNS hooks will answer 503");
+            None
+        }
     }
 }
 
@@ -142,9 +198,14 @@ pub enum Outcome {
 }
 
 /// The pipeline of DESIGN.md, in its order.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pipeline's inputs: the services, both halves of the hook state, the request"
+)]
 pub async fn run(
     app: &App,
     hooks: &Hooks,
+    set: &HookRules,
     caller: Result<Caller, Unauthenticated>,
     client: std::net::IpAddr,
     path: &str,
@@ -152,16 +213,15 @@ pub async fn run(
     body: Body,
 ) -> Result<Outcome, ApiError> {
     check_path(path)?;
-    let rule = route(&hooks.rules, path).ok_or(ApiError::NotFound)?;
-    if rule.path.is_empty() && hooks.refuse_unmatched {
+    let rule = route(&set.rules, path).ok_or(ApiError::NotFound)?;
+    if rule.path.is_empty() && set.refuse_unmatched {
         return Err(ApiError::NotFound);
     }
     if !rule.allow.contains(client) {
         return Err(ApiError::Forbidden);
     }
-    if let Some(slot) = hooks.rate_slots.get(rule.index).copied().flatten() {
-        hooks
-            .limiter
+    if let Some(slot) = set.rate_slots.get(rule.index).copied().flatten() {
+        set.limiter
             .check(slot, client)
             .map_err(|retry| ApiError::RateLimited(retry.as_header_secs()))?;
     }
@@ -172,7 +232,7 @@ pub async fn run(
     let mut delivery_key: Option<String> = None;
     let mut sns: Option<SnsVerified> = None;
     if let Some(verifier) = &rule.verifier {
-        let (verified, sns_verified) = verify(hooks, verifier, headers, &raw).await.map_err(|e| {
+        let (verified, sns_verified) = verify(set, verifier, headers, &raw).await.map_err(|e| {
             tracing::info!(client_ip = %client, hook = %path, scheme = verifier.name(), reason = %e, "Hook signature refused");
             match e {
                 VerifyError::StaleTimestamp(_) => ApiError::Stale,
@@ -202,7 +262,7 @@ pub async fn run(
     }
     if let Some(verifier) = &rule.verifier {
         let answer = match sns {
-            Some(sns) => confirm_sns(hooks.sns_certs.as_ref(), verifier, &sns).await?,
+            Some(sns) => confirm_sns(set.sns_certs.as_deref(), verifier, &sns).await?,
             None => built_in_answer(rule, headers, &raw),
         };
         if let Some(answer) = answer {
@@ -280,16 +340,16 @@ async fn deliver(
 
 /// Runs the rule's verifier; SNS needs its signing certificate, fetched (and cached) first.
 async fn verify(
-    hooks: &Hooks,
+    set: &HookRules,
     verifier: &Verifier,
     headers: &HeaderMap,
     raw: &[u8],
 ) -> Result<(Verified, Option<SnsVerified>), VerifyError> {
     match verifier {
         Verifier::Sns(sns) => {
-            let cache = hooks
+            let cache = set
                 .sns_certs
-                .as_ref()
+                .as_deref()
                 .ok_or(VerifyError::CertUnavailable)?;
             let verified = verify_sns(sns, cache, headers, raw, unix_now()).await?;
             Ok((verified.verified(), Some(verified)))

@@ -63,7 +63,9 @@ use super::pyjson::salt_json;
 use super::record::{data_part, json_part, sse_record};
 use super::{Feed, FeedItem, TagFilter, notice};
 use crate::api::auth::{Authorized, Caller, Unauthenticated, authorize_stream};
+use crate::api::cors::Cors;
 use crate::api::error::ApiError;
+use crate::api::live::Live;
 use crate::api::metrics::StreamKind;
 use crate::api::netapi::Client;
 use crate::api::state::App;
@@ -158,47 +160,51 @@ impl Framing {
 /// `GET /ws`: token from `X-Auth-Token` or the `session_id` cookie.
 pub async fn ws_root(
     State(app): State<Arc<App>>,
+    State(live): State<Arc<Live>>,
     RawQuery(query): RawQuery,
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, caller, query, request, framing, false).await
+    open(app, &live, caller, query, request, framing, false).await
 }
 
 /// `GET /ws/<token>`: the token in the path is the caller's ([`Caller`] reads it there).
 pub async fn ws_token(
     State(app): State<Arc<App>>,
+    State(live): State<Arc<Live>>,
     Path(_token): Path<String>,
     RawQuery(query): RawQuery,
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, caller, query, request, framing, true).await
+    open(app, &live, caller, query, request, framing, true).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
 pub async fn all_events(
     State(app): State<Arc<App>>,
+    State(live): State<Arc<Live>>,
     Path(_token): Path<String>,
     RawQuery(query): RawQuery,
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    open(app, caller, query, request, Framing::Tornado, true).await
+    open(app, &live, caller, query, request, Framing::Tornado, true).await
 }
 
 /// `GET /formatted_events/<token>` (rest_tornado).
 pub async fn formatted_events(
     State(app): State<Arc<App>>,
+    State(live): State<Arc<Live>>,
     Path(_token): Path<String>,
     RawQuery(query): RawQuery,
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let framing = Framing::Digest(Dialect::Tornado);
-    open(app, caller, query, request, framing, true).await
+    open(app, &live, caller, query, request, framing, true).await
 }
 
 /// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
@@ -226,6 +232,7 @@ fn cherrypy_framing(query: Option<&str>) -> (Framing, Option<String>) {
 
 async fn open(
     app: Arc<App>,
+    live: &Live,
     caller: Result<Caller, Unauthenticated>,
     query: Option<String>,
     mut request: Request,
@@ -233,7 +240,7 @@ async fn open(
     token_in_path: bool,
 ) -> Result<Response, ApiError> {
     let filter = TagFilter::from_query(query.as_deref())?;
-    if !origin_allowed(&app, request.headers(), token_in_path) {
+    if !origin_allowed(&app, &live.load().cors, request.headers(), token_in_path) {
         return Err(ApiError::OriginNotAllowed);
     }
     let auth = authorize_stream(&app, caller).await?;
@@ -332,15 +339,14 @@ fn handshake(request: &mut Request) -> Result<HeaderValue, (StatusCode, &'static
 /// when `rest_cherrypy: cors_origin` lists it (or is `*`) and the stream does not rest on the
 /// session cookie: the token is in the path, or streams need none. CORS here never grants
 /// credentials, so a listed origin is never authenticated by the cookie.
-fn origin_allowed(app: &App, headers: &HeaderMap, token_in_path: bool) -> bool {
+fn origin_allowed(app: &App, cors: &Cors, headers: &HeaderMap, token_in_path: bool) -> bool {
     if same_origin(headers) {
         return true;
     }
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    crate::api::cors::lists(app.config.api.cors_origin.as_ref(), origin)
-        && (token_in_path || app.config.saltgate.streams_disable_auth)
+    cors.lists(origin) && (token_in_path || app.config.saltgate.streams_disable_auth)
 }
 
 /// A browser's `Origin` must name the host it connected to; clients without one pass. The same

@@ -24,7 +24,7 @@ pub(crate) struct Builder {
     limits: Limits,
     env: std::collections::HashMap<String, String>,
     hooks: Vec<saltgate::config::RawHook>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<server::Tls>,
     dialect: saltgate::config::Dialect,
 }
 
