@@ -239,3 +239,75 @@ fn without_notify_socket_nothing_changes() {
     assert!(log.contains("Configuration reloaded (SIGHUP)"), "{log}");
     assert!(log.contains("Shutdown signal received"), "{log}");
 }
+
+/// Posts a GitHub-signed hook (signed with `secret`) to `/hook/deploy`; the status.
+fn post_signed(port: u16, secret: &[u8], delivery: &str) -> u16 {
+    use saltgate::security::secret::Secret;
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let headers =
+        saltgate::security::signature::github::sign(&Secret::new(secret.to_vec()).unwrap(), body);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/hook/deploy"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .timeout(Duration::from_secs(5))
+            .body(body.to_vec());
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    })
+}
+
+#[test]
+fn sighup_rotates_a_secret_and_a_bad_config_is_refused() {
+    let rule = |file: &std::path::Path| {
+        format!(
+            "  bus: builtin\n  hooks:\n    - path: deploy\n      auth: none\n      \
+             verify: {{github: {{secret_file: {}}}}}\n",
+            file.display()
+        )
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let (old, new) = (secrets.path().join("old"), secrets.path().join("new"));
+    std::fs::write(&old, "old-s3cret").unwrap();
+    std::fs::write(&new, "new-s3cret").unwrap();
+    let gate = Notified::start(&rule(&old));
+    gate.expect("READY=1");
+    assert_eq!(post_signed(gate.port, b"old-s3cret", "d1"), 200);
+    assert_eq!(post_signed(gate.port, b"new-s3cret", "d2"), 401);
+
+    // Rotate: the rule now names the new secret's file. Once READY=1 follows RELOADING=1 the
+    // new secret is in force and the retired one is refused.
+    let master = gate._dir.path().join("master");
+    let text = std::fs::read_to_string(&master).unwrap();
+    std::fs::write(&master, text.replace(&rule(&old), &rule(&new))).unwrap();
+    gate.signal("-HUP");
+    assert!(gate.expect("RELOADING=1").starts_with("RELOADING=1\n"));
+    assert!(
+        gate.expect("READY=1")
+            .starts_with("READY=1\nSTATUS=Serving on ")
+    );
+    assert_eq!(post_signed(gate.port, b"new-s3cret", "d3"), 200);
+    assert_eq!(post_signed(gate.port, b"old-s3cret", "d4"), 401);
+
+    // A config that does not load (a secret file that is not there) is refused, said so to
+    // systemd, and the running rules stay: the new secret keeps working.
+    let broken = secrets.path().join("missing");
+    std::fs::write(&master, text.replace(&rule(&old), &rule(&broken))).unwrap();
+    gate.signal("-HUP");
+    gate.expect("RELOADING=1");
+    let refused = gate.expect("READY=1");
+    assert!(
+        refused.contains("STATUS=Reload refused"),
+        "no refusal told to systemd: {refused}"
+    );
+    assert_eq!(post_signed(gate.port, b"new-s3cret", "d5"), 200);
+    assert_eq!(post_signed(gate.port, b"old-s3cret", "d6"), 401);
+}
