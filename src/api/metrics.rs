@@ -117,28 +117,33 @@ struct OutcomeLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct KindLabel {
-    kind: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LimitLabel {
     limit: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct EventLabel {
-    event: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ClassLabel {
-    class: &'static str,
+/// Registers a family whose one `label` takes only `values`, and returns each series' handle in
+/// that order (so counting never looks a series up).
+fn fixed<M, const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [M; N]
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Clone
+        + Default
+        + fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<[(&'static str, &'static str); 1], M>::default();
+    let handles = values.map(|value| family.get_or_create(&[(label, value)]).clone());
+    registry.register(name, help, family);
+    handles
 }
 
 fn latency_histogram() -> Histogram {
@@ -233,20 +238,19 @@ impl Metrics {
             "Client connections open, on every listener (streams included).",
             connections.clone(),
         );
-        let lifecycle = Family::<EventLabel, Counter>::default();
-        let connection_counts = ["accepted", "closed"]
-            .map(|event| lifecycle.get_or_create(&EventLabel { event }).clone());
-        registry.register(
+        let connection_counts = fixed(
+            &mut registry,
             "saltgate_connections",
             "Client connections served (accepted), and ended (closed), on every listener.",
-            lifecycle,
+            "event",
+            ["accepted", "closed"],
         );
-        let by_class = Family::<ClassLabel, Counter>::default();
-        let classes = CLASSES.map(|class| by_class.get_or_create(&ClassLabel { class }).clone());
-        registry.register(
+        let classes = fixed(
+            &mut registry,
             "saltgate_http_responses",
             "HTTP requests answered, by status class (what /stats reports).",
-            by_class,
+            "class",
+            CLASSES,
         );
         let hooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -254,13 +258,12 @@ impl Metrics {
             "Hook deliveries by outcome: accepted, or the error code answered (salt_unavailable: the bus or master could not take it).",
             hooks.clone(),
         );
-        let streams = Family::<KindLabel, Gauge>::default();
-        let subscribers =
-            ["sse", "ws"].map(|kind| streams.get_or_create(&KindLabel { kind }).clone());
-        registry.register(
+        let subscribers = fixed(
+            &mut registry,
             "saltgate_stream_subscribers",
             "Open event streams by kind.",
-            streams,
+            "kind",
+            ["sse", "ws"],
         );
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
@@ -288,13 +291,12 @@ impl Metrics {
             "Connections or requests refused or cut off by a listener budget or deadline.",
             limits.clone(),
         );
-        let by_result = Family::<ResultLabel, Counter>::default();
-        let reloads =
-            ["ok", "error"].map(|result| by_result.get_or_create(&ResultLabel { result }).clone());
-        registry.register(
+        let reloads = fixed(
+            &mut registry,
             "saltgate_config_reloads",
             "Reloads (SIGHUP) by result: ok, or error (refused; the config in force stays).",
-            by_result,
+            "result",
+            ["ok", "error"],
         );
         let reload_successful = Gauge::default();
         registry.register(
