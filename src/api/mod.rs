@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub hooks: hook::pipeline::HookRules,
     /// `rest_cherrypy: cors_origin`.
     pub cors: cors::Cors,
+    /// The `rest_tornado:` keys a reload applies.
+    pub tornado: dialect::tornado::Reloadable,
 }
 
 /// The router's state: the shared services and each capability's own state. Handlers take the
@@ -210,6 +212,12 @@ impl Frame {
             csrf: true,
             ..Self::base(state)
         })
+    }
+
+    /// The frame of a dialect with cookie sessions but without rest_cherrypy's routes: the
+    /// CSRF guard too.
+    pub fn with_csrf(state: &AppState) -> Arc<Self> {
+        Self::cherrypy(state)
     }
 
     /// The frame of a dialect without cookie sessions: request metrics and the client scope

@@ -280,6 +280,39 @@ fn review(config: &Config) -> Vec<String> {
             }
         }
     }
+    if let Some(tornado) = &config.tornado {
+        out.push(format!(
+            "rest_tornado: served on its own listener, {}:{} ({}{}); what differs from \
+             salt-api's rest_tornado is in the README, \"Switching from salt-api: rest_tornado\"",
+            tornado.address,
+            tornado.port,
+            if tornado.ssl_crt.is_some() && !tornado.disable_ssl {
+                "TLS"
+            } else {
+                "plain HTTP"
+            },
+            if tornado.websockets {
+                ", WebSockets on"
+            } else {
+                ""
+            }
+        ));
+        if tornado.webhook_disable_auth {
+            out.push(
+                "rest_tornado.webhook_disable_auth is true: hooks on the rest_tornado listener \
+                 need no Salt token; give each hook path a rule with a signature check"
+                    .to_owned(),
+            );
+        }
+        if let Some(key) = &tornado.ssl_key {
+            if world_readable(key) == Some(true) {
+                out.push(format!(
+                    "rest_tornado.ssl_key {} is readable by every user; chmod o-r it",
+                    key.display()
+                ));
+            }
+        }
+    }
     for (key, path) in &config.secret_files {
         if world_readable(path) == Some(true) {
             out.push(format!(
@@ -442,6 +475,21 @@ mod tests {
             "rest_cherrypy:\n  port: 8000\n  host: 127.0.0.1\nrest_wsgi:\n  port: 8001\n",
         ));
         assert!(both.contains("rest_wsgi: served"), "{both}");
+        let tornado = report(&config(
+            "rest_tornado:\n  port: 8002\n  address: 127.0.0.1\n  disable_ssl: true\n  \
+             websockets: true\n  webhook_disable_auth: true\n",
+        ));
+        assert!(
+            tornado.contains(
+                "rest_tornado: served on its own listener, 127.0.0.1:8002 (plain HTTP, \
+                 WebSockets on)"
+            ),
+            "{tornado}"
+        );
+        assert!(
+            tornado.contains("rest_tornado.webhook_disable_auth is true"),
+            "{tornado}"
+        );
         assert!(!both.contains("only rest_wsgi is served"), "{both}");
     }
 }

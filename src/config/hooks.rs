@@ -389,8 +389,11 @@ pub struct HookRule {
     pub index: usize,
     /// The path prefix (no leading or trailing slash; empty for the default rule).
     pub path: String,
-    /// Whether a Salt token is required.
+    /// Whether a Salt token is required on the rest_cherrypy listener (see [`HookRule::auth_on`]).
     pub auth: AuthMode,
+    /// Whether the rule says `auth:` itself (otherwise each listener's `webhook_disable_auth`
+    /// decides).
+    pub auth_set: bool,
     /// The signature or shared-secret check.
     pub verifier: Option<Verifier>,
     /// Allowed client networks.
@@ -408,6 +411,16 @@ pub struct HookRule {
 }
 
 impl HookRule {
+    /// Whether a Salt token is required on a listener whose block sets `webhook_disable_auth`
+    /// to `disable_auth`: the rule's own `auth:` when it has one.
+    pub fn auth_on(&self, disable_auth: bool) -> AuthMode {
+        match (self.auth_set, disable_auth) {
+            (true, _) => self.auth,
+            (false, true) => AuthMode::None,
+            (false, false) => AuthMode::Token,
+        }
+    }
+
     /// Whether this rule covers `path` (segment-wise prefix).
     pub fn covers(&self, path: &str) -> bool {
         self.path.is_empty()
@@ -468,6 +481,7 @@ pub fn build(
             index: i,
             path,
             auth,
+            auth_set: r.auth.is_some(),
             verifier,
             allow: AllowList::new(r.allow_from.clone()),
             rate,
@@ -481,6 +495,7 @@ pub fn build(
         index: raw.len(),
         path: String::new(),
         auth: default_auth,
+        auth_set: false,
         verifier: None,
         allow: AllowList::allow_all(),
         rate: None,

@@ -27,8 +27,8 @@ pub use error::ConfigError;
 pub use hooks::{AuthMode, HookRule, RawHook};
 pub use master::{IpcMode, MasterSettings};
 pub use raw::{
-    BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, RestWsgi,
-    SaltgateSettings, Unmatched,
+    BusChoice, CorsOrigin, FramingSetting, ListenHost, RawConfig, RestCherrypy, RestTornado,
+    RestWsgi, SaltgateSettings, Unmatched,
 };
 pub use reload::Reloaded;
 
@@ -61,6 +61,10 @@ pub struct Config {
     pub wsgi: Option<RestWsgi>,
     /// Keys of the `rest_wsgi:` block saltgate does not read (for [`warnings`]).
     pub unread_wsgi: Vec<String>,
+    /// The `rest_tornado:` block: the rest_tornado dialect is served when it is set.
+    pub tornado: Option<RestTornado>,
+    /// Keys of the `rest_tornado:` block saltgate does not read (for [`warnings`]).
+    pub unread_tornado: Vec<String>,
     /// The spool, when on.
     pub spool: Option<crate::spool::SpoolConfig>,
     /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
@@ -75,6 +79,8 @@ pub enum Dialect {
     RestCherrypy,
     /// `rest_wsgi`: `POST /` with credentials in every chunk, nothing else.
     RestWsgi,
+    /// `rest_tornado`: the lowstate API, hooks and streams as rest_tornado serves them.
+    RestTornado,
 }
 
 impl Dialect {
@@ -83,9 +89,13 @@ impl Dialect {
         match self {
             Self::RestCherrypy => "rest_cherrypy",
             Self::RestWsgi => "rest_wsgi",
+            Self::RestTornado => "rest_tornado",
         }
     }
 }
+
+/// The listen backlog of listeners whose block has no `backlog` key.
+pub const DEFAULT_BACKLOG: u32 = 1024;
 
 /// One listener: the dialect it serves, its address and its TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +112,8 @@ pub struct Listen {
     pub ssl_key: Option<PathBuf>,
     /// Plain HTTP on any address.
     pub disable_ssl: bool,
+    /// The listen backlog.
+    pub backlog: u32,
 }
 
 impl Listen {
@@ -142,6 +154,8 @@ impl Config {
             serve_cherrypy: true,
             wsgi: None,
             unread_wsgi: Vec::new(),
+            tornado: None,
+            unread_tornado: Vec::new(),
             // The built-in bus without a spool directory: see `spool::build`.
             spool: None,
             secret_files: Vec::new(),
@@ -158,12 +172,13 @@ impl Config {
         raw: &[RawHook],
         env: &HashMap<String, String>,
     ) -> Result<(), ConfigError> {
-        self.hooks = hooks::build(
-            raw,
-            self.api.webhook_disable_auth,
-            self.api.max_request_body_size,
-            env,
-        )?;
+        // The default rule follows the first served block's `webhook_disable_auth` (each
+        // listener applies its own: [`HookRule::auth_on`]).
+        let disable_auth = match (&self.tornado, self.serve_cherrypy) {
+            (Some(t), false) => t.webhook_disable_auth,
+            _ => self.api.webhook_disable_auth,
+        };
+        self.hooks = hooks::build(raw, disable_auth, self.api.max_request_body_size, env)?;
         self.secret_files = raw
             .iter()
             .enumerate()
@@ -231,6 +246,8 @@ impl Config {
             has_rest_cherrypy,
             rest_wsgi,
             unread_wsgi,
+            rest_tornado,
+            unread_tornado,
         } = RawConfig::parse(&merged.doc)?;
         master.resolve_paths();
         let use_master = match saltgate.bus {
@@ -252,9 +269,11 @@ impl Config {
             use_master,
             hooks: Vec::new(),
             unread,
-            serve_cherrypy: has_rest_cherrypy || rest_wsgi.is_none(),
+            serve_cherrypy: has_rest_cherrypy || (rest_wsgi.is_none() && rest_tornado.is_none()),
             wsgi: rest_wsgi,
             unread_wsgi,
+            tornado: rest_tornado,
+            unread_tornado,
             spool,
             secret_files: Vec::new(),
         };
@@ -299,7 +318,15 @@ impl Config {
                 "must be > 0",
             ));
         }
-        if let Some(cors) = &self.api.cors_origin {
+        let cors_keys = [
+            ("rest_cherrypy.cors_origin", self.api.cors_origin.as_ref()),
+            (
+                "rest_tornado.cors_origin",
+                self.tornado.as_ref().and_then(|t| t.cors_origin.as_ref()),
+            ),
+        ];
+        for (key, cors) in cors_keys {
+            let Some(cors) = cors else { continue };
             for origin in cors.origins() {
                 let ok = origin == "*"
                     || ((origin.starts_with("http://") || origin.starts_with("https://"))
@@ -307,7 +334,7 @@ impl Config {
                         && http::HeaderValue::from_str(origin).is_ok());
                 if !ok {
                     return Err(ConfigError::invalid(
-                        "rest_cherrypy.cors_origin",
+                        key,
                         format!("{origin:?} is not \"*\" nor an origin like https://host[:port]"),
                     ));
                 }
@@ -349,17 +376,28 @@ impl Config {
                 }
             }
         }
-        if let Some(wsgi) = &self.wsgi {
-            if wsgi.max_request_body_size == 0 {
+        let body_caps = [
+            (
+                "rest_wsgi",
+                self.wsgi.as_ref().map(|w| w.max_request_body_size),
+            ),
+            (
+                "rest_tornado",
+                self.tornado.as_ref().map(|t| t.max_request_body_size),
+            ),
+        ];
+        for (block, cap) in body_caps {
+            let Some(cap) = cap else { continue };
+            if cap == 0 {
                 return Err(ConfigError::invalid(
-                    "rest_wsgi.max_request_body_size",
+                    format!("{block}.max_request_body_size"),
                     "must be > 0",
                 ));
             }
-            if self.saltgate.max_buffered_body_bytes < wsgi.max_request_body_size {
+            if self.saltgate.max_buffered_body_bytes < cap {
                 return Err(ConfigError::invalid(
                     "saltgate.max_buffered_body_bytes",
-                    "must be at least rest_wsgi.max_request_body_size",
+                    format!("must be at least {block}.max_request_body_size"),
                 ));
             }
         }
@@ -489,6 +527,18 @@ impl Config {
                 ssl_crt: self.api.ssl_crt.clone(),
                 ssl_key: self.api.ssl_key.clone(),
                 disable_ssl: self.api.disable_ssl,
+                backlog: DEFAULT_BACKLOG,
+            });
+        }
+        if let Some(tornado) = &self.tornado {
+            out.push(Listen {
+                dialect: Dialect::RestTornado,
+                host: tornado.address,
+                port: tornado.port,
+                ssl_crt: tornado.ssl_crt.clone(),
+                ssl_key: tornado.ssl_key.clone(),
+                disable_ssl: tornado.disable_ssl,
+                backlog: tornado.backlog.max(1),
             });
         }
         if let Some(wsgi) = &self.wsgi {
@@ -499,6 +549,7 @@ impl Config {
                 ssl_crt: wsgi.ssl_crt.clone(),
                 ssl_key: wsgi.ssl_key.clone(),
                 disable_ssl: wsgi.disable_ssl,
+                backlog: DEFAULT_BACKLOG,
             });
         }
         out
@@ -557,6 +608,16 @@ pub fn warnings(config: &Config) -> Vec<String> {
              reads this key"
         )
     }));
+    out.extend(config.unread_tornado.iter().map(|key| {
+        format!("rest_tornado.{key}: neither salt-api's rest_tornado nor saltgate reads this key")
+    }));
+    if config.tornado.as_ref().is_some_and(|t| t.debug) {
+        out.push(
+            "rest_tornado.debug: not acted on (saltgate has no autoreload and never writes \
+             tracebacks into answers)"
+                .to_owned(),
+        );
+    }
     out.extend(hooks::warnings(
         &config.hooks,
         config.saltgate.unmatched_hooks == Unmatched::Allow,
@@ -628,6 +689,15 @@ pub fn render_effective(config: &Config) -> String {
             "tls": !w.disable_ssl && w.ssl_crt.is_some(),
             "ssl_crt": w.ssl_crt.as_ref().map(|p| p.display().to_string()),
             "max_request_body_size": w.max_request_body_size,
+        })),
+        "rest_tornado": config.tornado.as_ref().map(|t| serde_json::json!({
+            "address": t.address.to_string(),
+            "port": t.port,
+            "tls": !t.disable_ssl && t.ssl_crt.is_some(),
+            "ssl_crt": t.ssl_crt.as_ref().map(|p| p.display().to_string()),
+            "webhook_disable_auth": t.webhook_disable_auth,
+            "websockets": t.websockets,
+            "max_request_body_size": t.max_request_body_size,
         })),
         "saltgate": {
             "request_pool": config.saltgate.request_pool,
@@ -960,6 +1030,7 @@ mod tests {
                 ssl_crt: None,
                 ssl_key: None,
                 disable_ssl: false,
+                backlog: DEFAULT_BACKLOG,
             }]
         );
         assert!(c.listeners()[0].plaintext_allowed());

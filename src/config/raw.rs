@@ -1,5 +1,6 @@
 //! The configuration as read: serde mirrors of the master config's keys that saltgate uses,
-//! salt-api's `rest_cherrypy:` block and saltgate's own `saltgate:` block.
+//! salt-api's `rest_cherrypy:`, `rest_tornado:` and `rest_wsgi:` blocks and saltgate's own
+//! `saltgate:` block.
 //!
 //! Values that parse on their own are typed here, as they are read (addresses, enums,
 //! networks, numbers), so serde refuses a wrong one with its key path. What needs several keys,
@@ -43,6 +44,10 @@ pub struct RawConfig {
     pub rest_wsgi: Option<RestWsgi>,
     /// Keys of the `rest_wsgi:` block saltgate does not read.
     pub unread_wsgi: Vec<String>,
+    /// The `rest_tornado:` block, when there is one.
+    pub rest_tornado: Option<RestTornado>,
+    /// Keys of the `rest_tornado:` block saltgate does not read.
+    pub unread_tornado: Vec<String>,
 }
 
 impl RawConfig {
@@ -67,6 +72,19 @@ impl RawConfig {
                 Some(at_key(
                     serde_path_to_error::deserialize(de),
                     Some("rest_wsgi"),
+                )?)
+            }
+        };
+        let mut unread_tornado = Vec::new();
+        let rest_tornado = match block(doc, "rest_tornado") {
+            None => None,
+            Some(value) => {
+                let mut note =
+                    |path: serde_ignored::Path<'_>| unread_tornado.push(path.to_string());
+                let de = serde_ignored::Deserializer::new(value, &mut note);
+                Some(at_key(
+                    serde_path_to_error::deserialize(de),
+                    Some("rest_tornado"),
                 )?)
             }
         };
@@ -99,6 +117,8 @@ impl RawConfig {
             has_rest_cherrypy: block(doc, "rest_cherrypy").is_some(),
             rest_wsgi,
             unread_wsgi,
+            rest_tornado,
+            unread_tornado,
         })
     }
 }
@@ -314,6 +334,57 @@ pub struct RestWsgi {
     /// The largest request body accepted, in bytes (saltgate's key; rest_wsgi has no cap).
     #[serde(default = "default_body_size")]
     pub max_request_body_size: u64,
+}
+
+/// salt-api's `rest_tornado:` block. salt-api loads rest_tornado only when `port` is set, binds
+/// `address` (every interface when unset) with `backlog`, and refuses to start without
+/// `ssl_crt` unless `disable_ssl` is set. saltgate reads the same keys, plus the body cap
+/// (rest_tornado takes up to 100 MB, Tornado's default). Other keys are accepted and reported.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RestTornado {
+    /// The port to listen on (required, as salt-api requires it).
+    pub port: u16,
+    /// The address to listen on (rest_tornado: every interface when unset).
+    #[serde(default = "any_address")]
+    pub address: ListenHost,
+    /// The listen backlog (rest_tornado's default, 128).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+    /// TLS certificate (PEM).
+    #[serde(default)]
+    pub ssl_crt: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    /// Serve plain HTTP.
+    #[serde(default)]
+    pub disable_ssl: bool,
+    /// Tornado's debug mode (autoreload, tracebacks in error pages): read and never acted on.
+    #[serde(default)]
+    pub debug: bool,
+    /// Accept hooks without a Salt token.
+    #[serde(default)]
+    pub webhook_disable_auth: bool,
+    /// Origins allowed to call the API from a browser: `"*"`, one origin, or a list.
+    #[serde(default)]
+    pub cors_origin: Option<CorsOrigin>,
+    /// Serve `/all_events/<token>` and `/formatted_events/<token>`.
+    #[serde(default)]
+    pub websockets: bool,
+    /// Tornado's worker processes: read, not needed (saltgate's workers are threads).
+    #[serde(default)]
+    pub num_processes: Option<u32>,
+    /// The largest request body accepted, in bytes (saltgate's key; rest_tornado: 100 MB).
+    #[serde(default = "default_body_size")]
+    pub max_request_body_size: u64,
+}
+
+fn any_address() -> ListenHost {
+    ListenHost::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+fn default_backlog() -> u32 {
+    128
 }
 
 fn localhost() -> ListenHost {

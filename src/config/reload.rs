@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{Config, ConfigError, MasterSettings, RestCherrypy, RestWsgi, SaltgateSettings};
+use super::{
+    Config, ConfigError, MasterSettings, RestCherrypy, RestTornado, RestWsgi, SaltgateSettings,
+};
 
 /// A reloaded config and the keys that changed in the files but need a restart (they keep
 /// their running values).
@@ -83,6 +85,8 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
         serve_cherrypy: _,
         wsgi: _,
         unread_wsgi: _,
+        tornado: _,
+        unread_tornado: _,
         spool: _,
         secret_files: _,
     } = &new;
@@ -216,10 +220,45 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
             new.wsgi.clone_from(&running.wsgi);
         }
     }
+    match (&mut new.tornado, &running.tornado) {
+        (Some(tornado), Some(old)) => {
+            keep!(
+                kept,
+                "rest_tornado",
+                *tornado,
+                *old,
+                RestTornado {
+                    fixed: [
+                        port,
+                        address,
+                        backlog,
+                        disable_ssl,
+                        debug,
+                        websockets,
+                        num_processes,
+                        max_request_body_size,
+                    ],
+                    reloadable: [ssl_crt, ssl_key, webhook_disable_auth, cors_origin],
+                }
+            );
+            let tls = |t: &RestTornado| !t.disable_ssl && t.ssl_crt.is_some();
+            if tls(tornado) != tls(old) {
+                kept.push("rest_tornado.ssl_crt".to_owned());
+                tornado.ssl_crt.clone_from(&old.ssl_crt);
+                tornado.ssl_key.clone_from(&old.ssl_key);
+            }
+        }
+        (None, None) => {}
+        _ => {
+            kept.push("rest_tornado".to_owned());
+            new.tornado.clone_from(&running.tornado);
+        }
+    }
     // Derived from keys kept above: the running one.
     new.spool.clone_from(&running.spool);
     new.unread.clone_from(&running.unread);
     new.unread_wsgi.clone_from(&running.unread_wsgi);
+    new.unread_tornado.clone_from(&running.unread_tornado);
     kept
 }
 

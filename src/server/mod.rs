@@ -215,6 +215,7 @@ pub fn tls_from_config(config: &Config) -> anyhow::Result<Option<Tls>> {
         ssl_crt: config.api.ssl_crt.clone(),
         ssl_key: config.api.ssl_key.clone(),
         disable_ssl: config.api.disable_ssl,
+        backlog: crate::config::DEFAULT_BACKLOG,
     };
     tls_for(&listen)
 }
@@ -272,12 +273,23 @@ pub async fn bind_all(config: &Config) -> anyhow::Result<Vec<Listener>> {
     let mut out = Vec::with_capacity(listens.len());
     for (listen, tls) in listens.iter().zip(tls) {
         let addr = listen.addr();
-        let tcp = TcpListener::bind(addr)
-            .await
+        let tcp = bind(addr, listen.backlog)
             .with_context(|| format!("{}: binding {addr}", listen.dialect.block()))?;
         out.push(Listener::new(listen.dialect, tcp, tls));
     }
     Ok(out)
+}
+
+/// A listening socket on `addr` with `backlog` (address reuse on, as every server sets it).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Serves `state` on `listener` (the rest_cherrypy dialect) until `shutdown` resolves; see

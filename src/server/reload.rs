@@ -38,6 +38,7 @@ pub fn snapshot(config: &Config, hooks: &Hooks, previous: Option<&Snapshot>) -> 
             previous.map(|p| &p.hooks),
         ),
         cors: Cors::new(config.api.cors_origin.as_ref()),
+        tornado: crate::api::dialect::tornado::Reloadable::new(config),
     }
 }
 

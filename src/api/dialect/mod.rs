@@ -5,7 +5,9 @@
 //! - [`Dialect::RestCherrypy`]: the whole API ([`super::router`]): lowstate, sessions, resources,
 //!   hooks, streams, the events page.
 //! - [`Dialect::RestWsgi`]: [`wsgi`], `POST /` with credentials in every chunk.
+//! - [`Dialect::RestTornado`]: [`tornado`], rest_tornado's routes, lowstate and hook event.
 
+pub mod tornado;
 pub mod wsgi;
 
 use axum::Router;
@@ -18,5 +20,6 @@ pub fn router(dialect: Dialect, state: AppState) -> Router {
     match dialect {
         Dialect::RestCherrypy => super::router(state),
         Dialect::RestWsgi => wsgi::router(state),
+        Dialect::RestTornado => tornado::router(state),
     }
 }

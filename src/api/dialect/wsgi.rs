@@ -44,7 +44,7 @@ use serde_json::{Value, json};
 use crate::api::body::{media_type, parse_async, read_capped};
 use crate::api::error::{self, ApiError};
 use crate::api::negotiate::{Format, render_body};
-use crate::api::netapi::{Background, run_lowstate};
+use crate::api::netapi::{Background, Shapes, run_lowstate};
 use crate::api::state::App;
 use crate::api::{AppState, Frame, frame, metrics};
 use crate::salt::SaltError;
@@ -130,7 +130,7 @@ async fn post(
         return Err(ApiError::BadBody("an empty body is not JSON".into()).into());
     }
     let lowstate = parse_async(headers, &raw).await?;
-    Ok(run_lowstate(app, background, None, lowstate, None).await?)
+    Ok(run_lowstate(app, background, None, lowstate, None, Shapes::default()).await?)
 }
 
 /// The refusal's answer, logged (without secrets: the message is what the client sees).

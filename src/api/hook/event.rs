@@ -9,6 +9,47 @@ use crate::api::body;
 use crate::api::error::ApiError;
 use crate::salt::event::stamp_now;
 
+/// What a dialect changes in the hook pipeline: the token rule, how `post` is parsed, and the
+/// event data fired. One value per dialect ([`CHERRYPY`], and rest_tornado's in
+/// [`crate::api::dialect::tornado`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HookDialect {
+    /// The listener block's `webhook_disable_auth`, for rules without `auth:`; `None`: as the
+    /// rules were built (from rest_cherrypy's).
+    pub disable_auth: Option<bool>,
+    /// Parses the body (media type, raw bytes, query string) into the event's `post`.
+    pub parse: ParsePost,
+    /// The event data from the delivery's parts.
+    pub data: fn(EventParts<'_>) -> Value,
+}
+
+/// A dialect's body parser: media type, raw bytes and query string to the event's `post`.
+pub type ParsePost = fn(&str, &[u8], Option<&str>) -> Result<Value, ApiError>;
+
+/// What the event data is built from.
+#[derive(Debug)]
+pub struct EventParts<'a> {
+    /// The resolved client address.
+    pub client: std::net::IpAddr,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// Headers never put on the bus (credentials, signatures).
+    pub hidden: &'a [HeaderName],
+    /// The parsed body.
+    pub post: Value,
+    /// The raw body.
+    pub raw: &'a Bytes,
+    /// The query string.
+    pub query: Option<&'a str>,
+}
+
+/// rest_cherrypy's hooks: `{_stamp, headers, post, body}`, `post` parsed as CherryPy does.
+pub const CHERRYPY: HookDialect = HookDialect {
+    disable_auth: None,
+    parse: |media, raw, _| parse_media(media, raw),
+    data: |p| event_data(p.client, p.headers, p.hidden, p.post, p.raw),
+};
+
 /// The event data: `{_stamp, headers, post, body}`.
 pub fn event_data(
     client: std::net::IpAddr,

@@ -46,29 +46,47 @@ pub async fn hook(
         path: path.map(|Path(p)| p).unwrap_or_default(),
         format,
         caller,
+        query: None,
     };
     // The rule set in force when the request arrived, for all of it (a reload swaps it whole).
     let set = live.load();
-    handle(&app, &hooks, &set.hooks, delivery, headers, body).await
+    handle(
+        &app,
+        &hooks,
+        &set.hooks,
+        delivery,
+        headers,
+        body,
+        &event::CHERRYPY,
+    )
+    .await
 }
 
 /// What the routes extracted for one delivery.
-struct Delivery {
-    peer: SocketAddr,
-    path: String,
-    format: Result<Negotiated, NotAcceptable>,
-    caller: Result<Caller, Unauthenticated>,
+#[derive(Debug)]
+pub struct Delivery {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The hook path after the hook prefix.
+    pub path: String,
+    /// The response format `Accept` asks for.
+    pub format: Result<Negotiated, NotAcceptable>,
+    /// The token the request presents.
+    pub caller: Result<Caller, Unauthenticated>,
+    /// The query string (rest_tornado puts its arguments in the event).
+    pub query: Option<String>,
 }
 
-/// Runs the pipeline and records the delivery's outcome (the counter, the events page's ring
+/// Runs the pipeline (with `dialect`'s event shape) and records the delivery's outcome (the counter, the events page's ring
 /// and one log line per delivery, whatever the outcome).
-async fn handle(
+pub async fn handle(
     app: &App,
     hooks: &Hooks,
     set: &HookRules,
     delivery: Delivery,
     headers: HeaderMap,
     body: Body,
+    dialect: &event::HookDialect,
 ) -> Result<Response, ApiError> {
     let path = delivery.path.trim_matches('/').to_owned();
     let client =
@@ -87,7 +105,9 @@ async fn handle(
         client,
         &path,
         &headers,
+        delivery.query.as_deref(),
         body,
+        dialect,
     )
     .await;
     match outcome {

@@ -25,7 +25,7 @@ use axum::body::Body;
 use http::{HeaderMap, HeaderName};
 
 use super::answers::built_in_answer;
-use super::event::{event_data, is_yaml, parse_media};
+use super::event::{EventParts, HookDialect, is_yaml};
 use super::sns::{CertCache, ReqwestHttp, SnsHttp, confirm_sns, verify_sns};
 use crate::api::auth::{Caller, Unauthenticated};
 use crate::api::body::read_capped;
@@ -210,7 +210,9 @@ pub async fn run(
     client: std::net::IpAddr,
     path: &str,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: Body,
+    dialect: &HookDialect,
 ) -> Result<Outcome, ApiError> {
     check_path(path)?;
     let rule = route(&set.rules, path).ok_or(ApiError::NotFound)?;
@@ -226,7 +228,11 @@ pub async fn run(
             .map_err(|retry| ApiError::RateLimited(retry.as_header_secs()))?;
     }
     let raw = read_capped(headers, body, rule.max_body).await?;
-    if rule.auth == AuthMode::Token {
+    let auth = match dialect.disable_auth {
+        None => rule.auth,
+        Some(disable) => rule.auth_on(disable),
+    };
+    if auth == AuthMode::Token {
         authenticate(app, caller).await?;
     }
     let mut delivery_key: Option<String> = None;
@@ -276,12 +282,14 @@ pub async fn run(
         let yaml = rule.yaml && is_yaml(headers);
         let media = crate::api::body::media_type(headers).unwrap_or_default();
         let raw = raw.clone();
+        let parse = dialect.parse;
+        let query = query.map(str::to_owned);
         // Bounded while it parses; large bodies are parsed off the async workers.
         crate::api::body::offload(raw.len(), move || {
             if yaml {
                 crate::api::body::parse_yaml(&raw).map(|v| crate::salt::from_json(&v))
             } else {
-                parse_media(&media, &raw)
+                parse(&media, &raw, query.as_deref())
             }
         })
         .await??
@@ -292,10 +300,15 @@ pub async fn run(
         .map(|v| v.credential_headers())
         .unwrap_or_default();
     hidden.extend(redact::ALWAYS_REDACTED.iter().cloned());
-    let event = Event::new(
-        hook_tag(path),
-        event_data(client, headers, &hidden, post, &raw),
-    );
+    let parts = EventParts {
+        client,
+        headers,
+        hidden: &hidden,
+        post,
+        raw: &raw,
+        query,
+    };
+    let event = Event::new(hook_tag(path), (dialect.data)(parts));
     let key = reservation.as_ref().map(Reservation::key_hash);
     let queued = deliver(app, event, path, client, key).await?;
     if let Some(r) = reservation {

@@ -59,7 +59,7 @@ use crate::api::auth::Caller;
 use crate::api::body::{parse_async, read_capped};
 use crate::api::error::ApiError;
 use crate::api::negotiate::{Negotiated, render_body};
-use crate::api::netapi::{Background, Client, run_lowstate};
+use crate::api::netapi::{Background, Client, Shapes, run_lowstate};
 use crate::api::state::App;
 
 /// `GET /` (and `/index`, `/run`, `/token`): salt-api's welcome, listing the enabled clients.
@@ -160,7 +160,8 @@ async fn respond(
     let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
     let lowstate = parse_async(headers, &raw).await?;
     let forced = (mode == Mode::Minions).then_some(Client::LocalAsync);
-    let results = run_lowstate(app, background, caller, lowstate, forced).await?;
+    let results =
+        run_lowstate(app, background, caller, lowstate, forced, Shapes::default()).await?;
     if mode == Mode::Minions {
         let links: Vec<Value> = results
             .iter()

@@ -107,6 +107,17 @@ impl Client {
     }
 }
 
+/// How a dialect writes a client's results where the salt-api modules differ.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shapes {
+    /// `local` when nothing was published (no minion matched): this sentence instead of `{}`
+    /// (rest_tornado's).
+    pub local_unmatched: Option<&'static str>,
+    /// `local`: targeted minions that did not return are left out (rest_tornado) instead of
+    /// answered `false` (rest_cherrypy, `LocalClient.cmd`).
+    pub local_omits_missing: bool,
+}
+
 /// Where a request's credentials come from.
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -135,14 +146,15 @@ pub struct Prepared {
 /// runs every chunk; without one each chunk's own credentials do (throttled like a login: a
 /// client over its failure budget is refused before the master is asked, and a refusal by the
 /// master counts against it). `forced` replaces every chunk's client (`POST /minions`).
-/// Shared by every dialect that runs lowstates; the order of checks is in
-/// [`super::lowstate`].
+/// Shared by every dialect that runs lowstates (each with its [`Shapes`]); the order of checks
+/// is in [`super::lowstate`].
 pub async fn run_lowstate(
     app: &App,
     background: &Background,
     caller: Option<&Caller>,
     lowstate: Value,
     forced: Option<Client>,
+    shapes: Shapes,
 ) -> Result<Vec<Value>, ApiError> {
     let creds = match caller {
         None => Credentials::PerChunk,
@@ -165,7 +177,12 @@ pub async fn run_lowstate(
         }
     };
     let mut fresh = Vec::new();
-    let results = authorize_and_execute(app, salt, background, prepared, session, &mut fresh).await;
+    let run = Run {
+        salt,
+        background,
+        shapes,
+    };
+    let results = authorize_and_execute(app, &run, prepared, session, &mut fresh).await;
     acl::revoke(app, &fresh);
     match results {
         Ok(r) => Ok(r),
@@ -186,23 +203,32 @@ enum Stage {
     Run(ApiError),
 }
 
+/// What running chunks needs: the master's clients, the background bound and the dialect's
+/// shapes.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    /// The master's clients.
+    pub salt: &'a SaltClients,
+    /// The bound on background calls.
+    pub background: &'a Background,
+    /// How results are written.
+    pub shapes: Shapes,
+}
+
 async fn authorize_and_execute(
     app: &App,
-    salt: &SaltClients,
-    background: &Background,
+    run: &Run<'_>,
     mut prepared: Vec<Prepared>,
     session: Option<Token>,
     fresh: &mut Vec<Token>,
 ) -> Result<Vec<Value>, Stage> {
-    acl::authorize_eauth(app, salt, &mut prepared, fresh)
+    acl::authorize_eauth(app, run.salt, &mut prepared, fresh)
         .await
         .map_err(Stage::Checks)?;
-    acl::authorize_tokens(app, salt, &mut prepared, session.as_ref())
+    acl::authorize_tokens(app, run.salt, &mut prepared, session.as_ref())
         .await
         .map_err(Stage::Checks)?;
-    execute(salt, background, prepared)
-        .await
-        .map_err(Stage::Run)
+    execute(run, prepared).await.map_err(Stage::Run)
 }
 
 /// rest_cherrypy's shaping: a non-empty map is a one-chunk list; anything but a list is refused.

@@ -5,24 +5,20 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::acl::guard;
-use super::{Background, Client, Prepared, REST_TIMEOUT};
+use super::{Client, Prepared, REST_TIMEOUT, Run};
 use crate::api::error::ApiError;
 use crate::salt::channel::PublishRequest;
 use crate::salt::client::args::{publish_request, runner_low, wheel_args};
 use crate::salt::client::batch::{Batch, subset_size};
 use crate::salt::client::new_jid;
 use crate::salt::event::map_get;
-use crate::salt::{SaltClients, SaltError, to_json};
+use crate::salt::{SaltError, to_json};
 
 /// Runs prepared chunks in order; the first failure ends the run (see the module doc).
-pub async fn execute(
-    salt: &SaltClients,
-    background: &Background,
-    chunks: Vec<Prepared>,
-) -> Result<Vec<Value>, ApiError> {
+pub async fn execute(run: &Run<'_>, chunks: Vec<Prepared>) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::with_capacity(chunks.len());
     for (index, chunk) in chunks.into_iter().enumerate() {
-        run_chunk(salt, background, chunk, &mut out)
+        run_chunk(run, chunk, &mut out)
             .await
             .map_err(|error| ApiError::Chunk {
                 index,
@@ -34,12 +30,12 @@ pub async fn execute(
 
 /// Runs one chunk, pushing its result to `out`. Its error is the master's (a `SaltError`,
 /// logged with its detail by the error layer) or saltgate's own refusal.
-async fn run_chunk(
-    salt: &SaltClients,
-    background: &Background,
-    chunk: Prepared,
-    out: &mut Vec<Value>,
-) -> Result<(), ApiError> {
+async fn run_chunk(run: &Run<'_>, chunk: Prepared, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    let Run {
+        salt,
+        background,
+        shapes,
+    } = *run;
     let Prepared {
         client,
         auth,
@@ -53,7 +49,12 @@ async fn run_chunk(
             guard(acl, &req)?;
             let salt = opts.clients(salt);
             let got = salt.local_sync(req, &auth, opts.timeout).await?;
-            out.push(got.shaped(opts.full_return));
+            let unmatched = got.jid.is_none() || got.error.is_some();
+            out.push(match shapes.local_unmatched {
+                Some(sentence) if unmatched => Value::String(sentence.to_owned()),
+                _ if shapes.local_omits_missing => got.returned(opts.full_return),
+                _ => got.shaped(opts.full_return),
+            });
         }
         Client::LocalAsync => {
             let (req, _) = publish_request(&low);

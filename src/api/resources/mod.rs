@@ -53,7 +53,13 @@ async fn one_chunk(app: &App, caller: &Caller, chunk: Value) -> Result<Value, Ap
     let salt = app.master()?;
     caller.confirm(salt).await?;
     // These views never use wheel_async, so they need no shared background bound.
-    let mut out = execute(salt, &Background::new(), prepared).await?;
+    let background = Background::new();
+    let run = crate::api::netapi::Run {
+        salt,
+        background: &background,
+        shapes: crate::api::netapi::Shapes::default(),
+    };
+    let mut out = execute(&run, prepared).await?;
     Ok(out.pop().unwrap_or(Value::Null))
 }
 

@@ -44,7 +44,7 @@ use serde_json::{Value, json};
 use crate::api::auth::Caller;
 use crate::api::body::{parse_async, read_capped};
 use crate::api::error::ApiError;
-use crate::api::negotiate::{Negotiated, render_body};
+use crate::api::negotiate::{Format, Negotiated, render_body};
 use crate::api::state::App;
 use crate::api::tokens::{AuthError, remove_token, unix_now};
 use crate::config::Config;
@@ -69,6 +69,15 @@ pub async fn login_info(Negotiated(format): Negotiated) -> Response {
     r
 }
 
+/// How a dialect's `POST /login` reads its body.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRules {
+    /// The body cap, in bytes.
+    pub body_cap: u64,
+    /// A credentials map missing a field is 400 (rest_tornado), not 401 (rest_cherrypy).
+    pub incomplete_is_bad_request: bool,
+}
+
 /// `POST /login`.
 pub async fn login(
     State(app): State<Arc<App>>,
@@ -76,7 +85,22 @@ pub async fn login(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let token = do_login(&app, &headers, body).await?;
+    let rules = LoginRules {
+        body_cap: app.config.api.max_request_body_size,
+        incomplete_is_bad_request: false,
+    };
+    login_answer(&app, format, &headers, body, rules).await
+}
+
+/// The answer to `POST /login` under `rules`: the token, its cookie and `X-Auth-Token`.
+pub async fn login_answer(
+    app: &App,
+    format: Format,
+    headers: &HeaderMap,
+    body: Body,
+    rules: LoginRules,
+) -> Result<Response, ApiError> {
+    let token = do_login(app, headers, body, rules).await?;
     let body = json!({"return": [{
         "token": token.token,
         "expire": token.expire,
@@ -99,8 +123,13 @@ pub async fn login(
     Ok(r)
 }
 
-async fn do_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Token, ApiError> {
-    let raw = read_capped(headers, body, app.config.api.max_request_body_size).await?;
+async fn do_login(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    rules: LoginRules,
+) -> Result<Token, ApiError> {
+    let raw = read_capped(headers, body, rules.body_cap).await?;
     let creds = match parse_async(headers, &raw).await? {
         Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
         other => other,
@@ -109,7 +138,7 @@ async fn do_login(app: &App, headers: &HeaderMap, body: Body) -> Result<Token, A
         Ok(c) => c,
         // A credentials map that lacks a field is refused as rest_cherrypy refuses it (401, the
         // master's eauth finds nobody to authenticate); an empty or non-map body stays 400.
-        Err(_) if !raw.is_empty() && creds.is_object() => {
+        Err(_) if !raw.is_empty() && creds.is_object() && !rules.incomplete_is_bad_request => {
             tracing::info!("Login refused: incomplete credentials");
             return Err(ApiError::Unauthorized(
                 "Could not authenticate using provided credentials",

@@ -166,7 +166,8 @@ pub async fn ws_root(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, &live, caller, query, request, framing, false).await
+    let cors = live.load();
+    open(app, &cors.cors, caller, query, request, framing, false).await
 }
 
 /// `GET /ws/<token>`: the token in the path is the caller's ([`Caller`] reads it there).
@@ -179,7 +180,8 @@ pub async fn ws_token(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (framing, query) = cherrypy_framing(query.as_deref());
-    open(app, &live, caller, query, request, framing, true).await
+    let cors = live.load();
+    open(app, &cors.cors, caller, query, request, framing, true).await
 }
 
 /// `GET /all_events/<token>` (rest_tornado).
@@ -191,7 +193,17 @@ pub async fn all_events(
     caller: Result<Caller, Unauthenticated>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    open(app, &live, caller, query, request, Framing::Tornado, true).await
+    let cors = live.load();
+    open(
+        app,
+        &cors.cors,
+        caller,
+        query,
+        request,
+        Framing::Tornado,
+        true,
+    )
+    .await
 }
 
 /// `GET /formatted_events/<token>` (rest_tornado).
@@ -204,7 +216,26 @@ pub async fn formatted_events(
     request: Request,
 ) -> Result<Response, ApiError> {
     let framing = Framing::Digest(Dialect::Tornado);
-    open(app, &live, caller, query, request, framing, true).await
+    let cors = live.load();
+    open(app, &cors.cors, caller, query, request, framing, true).await
+}
+
+/// rest_tornado's `/all_events/<token>` (`formatted: false`) or `/formatted_events/<token>` on
+/// its own listener, whose `cors_origin` is `cors` (rest_tornado's block).
+pub async fn tornado_socket(
+    app: Arc<App>,
+    cors: &Cors,
+    caller: Result<Caller, Unauthenticated>,
+    query: Option<String>,
+    request: Request,
+    formatted: bool,
+) -> Result<Response, ApiError> {
+    let framing = if formatted {
+        Framing::Digest(Dialect::Tornado)
+    } else {
+        Framing::Tornado
+    };
+    open(app, cors, caller, query, request, framing, true).await
 }
 
 /// rest_cherrypy formats events when `format_events` is in the query, whatever its value. The
@@ -232,7 +263,7 @@ fn cherrypy_framing(query: Option<&str>) -> (Framing, Option<String>) {
 
 async fn open(
     app: Arc<App>,
-    live: &Live,
+    cors: &Cors,
     caller: Result<Caller, Unauthenticated>,
     query: Option<String>,
     mut request: Request,
@@ -240,7 +271,7 @@ async fn open(
     token_in_path: bool,
 ) -> Result<Response, ApiError> {
     let filter = TagFilter::from_query(query.as_deref())?;
-    if !origin_allowed(&app, &live.load().cors, request.headers(), token_in_path) {
+    if !origin_allowed(&app, cors, request.headers(), token_in_path) {
         return Err(ApiError::OriginNotAllowed);
     }
     let auth = authorize_stream(&app, caller).await?;

@@ -39,6 +39,21 @@ impl LocalReturns {
     /// `{minion: {ret, retcode, jid}}`); targeted minions that did not return are `false`, and
     /// nothing was published when the master explained why (`{}`).
     pub fn shaped(&self, full_return: bool) -> serde_json::Value {
+        let mut out = self.returned(full_return);
+        if self.error.is_some() {
+            return out;
+        }
+        if let serde_json::Value::Object(map) = &mut out {
+            for mid in &self.missing {
+                map.insert(mid.clone(), serde_json::Value::Bool(false));
+            }
+        }
+        out
+    }
+
+    /// The returns that came, `{minion: return}` (see [`LocalReturns::shaped`]), without the
+    /// minions that did not return (rest_tornado's shape).
+    pub fn returned(&self, full_return: bool) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         if self.error.is_some() {
             return serde_json::Value::Object(out);
@@ -55,9 +70,6 @@ impl LocalReturns {
                 ret
             };
             out.insert(mid.clone(), v);
-        }
-        for mid in &self.missing {
-            out.insert(mid.clone(), serde_json::Value::Bool(false));
         }
         serde_json::Value::Object(out)
     }
