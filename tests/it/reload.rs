@@ -35,6 +35,8 @@ const ADDRESSES_PER_SENDER: u8 = 32;
 const BURST_BEFORE: u32 = 50;
 const BURST_AFTER: u32 = 100;
 const BURST_REFUSED: u32 = 10;
+/// The shortest time between two requests of one flood sender.
+const PACE: Duration = Duration::from_millis(2);
 
 /// Which secret signed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,14 +124,18 @@ async fn post(
 }
 
 /// One flood sender: round-robin over its own addresses, alternating the two secrets, until
-/// `stop`.
+/// `stop`; at most one request per [`PACE`], so that on a fast machine no address comes near
+/// the quota (about 16 a second each against a burst of 50, refilled at 1 a second).
 async fn sender(n: u8, port: u16, stop: Arc<AtomicBool>) -> Vec<Sent> {
     let clients: Vec<reqwest::Client> = (0..ADDRESSES_PER_SENDER)
         .map(|a| client_from(Ipv4Addr::new(127, 1, n, a + 1)))
         .collect();
     let mut sent = Vec::new();
     let mut i: usize = 0;
+    let mut pace = tokio::time::interval(PACE);
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::SeqCst) {
+        pace.tick().await;
         let signed = if (i + usize::from(n)).is_multiple_of(2) {
             Signed::Old
         } else {
@@ -232,19 +238,9 @@ fn reload(gate: &Notified) -> (Instant, Instant, String) {
     })
 }
 
-/// The value of the metric line starting with `series ` in `/metrics`.
+/// The value of `series` in the `/metrics` on `port`.
 async fn metric(port: u16, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    crate::support::metric(&format!("http://127.0.0.1:{port}/metrics"), series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -300,7 +296,7 @@ async fn flood_of_signed_hooks_through_a_secret_rotation_and_a_refused_reload() 
     // A config that does not load (a quota of 0, with a third secret): refused as a whole,
     // under the flood; the rotated secret and the raised quota stay.
     gate.write_master(&master(&dir, port, &third_file, 0, BURST_REFUSED));
-    let (_, refused_at, status) = reload(&gate);
+    let (refused_hup, refused_at, status) = reload(&gate);
     assert!(
         status.contains("STATUS=Reload refused, running configuration kept: "),
         "{status}"
@@ -373,6 +369,14 @@ async fn flood_of_signed_hooks_through_a_secret_rotation_and_a_refused_reload() 
     let early = count(Signed::New, 401, false);
     assert_eq!(accepted + retired + early, sent.len());
     let after_refusal = sent.iter().filter(|s| s.start > refused_at).count();
+    // Requests in flight while each reload ran (sent before READY=1, answered after SIGHUP).
+    let during =
+        |from: Instant, to: Instant| sent.iter().filter(|s| s.start < to && s.end > from).count();
+    let (during_swap, during_refusal) = (during(hup, swapped), during(refused_hup, refused_at));
+    assert!(
+        during_swap > 0 && during_refusal > 0,
+        "no request in flight during a reload: {during_swap}, {during_refusal}"
+    );
     assert!(
         count(Signed::Old, 200, false) > 0 && count(Signed::New, 200, true) > 0,
         "the flood did not span the reload"
@@ -383,7 +387,8 @@ async fn flood_of_signed_hooks_through_a_secret_rotation_and_a_refused_reload() 
     );
     eprintln!(
         "flood: {} requests: {accepted} accepted, {retired} retired secret after the switch, \
-         {early} new secret before it; {after_refusal} after the refused reload",
+         {early} new secret before it; {during_swap} in flight during the swap, \
+         {during_refusal} during the refused reload, {after_refusal} after it",
         sent.len()
     );
 
