@@ -6,7 +6,8 @@
 //!   in force, the new secret before). The switch is one point in time: no request that saw the
 //!   new set finished before one that saw the old set started. No request fails otherwise; the
 //!   `/events` stream held open through both reloads delivers every accepted hook; the new quota
-//!   is in force; a bad config is refused and the running one keeps serving the flood.
+//!   is in force; a bad config is refused and the running one keeps serving the flood. Once the
+//!   flood is over a lowered quota is put in force the same way.
 //! - A TLS listener's certificate is replaced in place: a keep-alive connection made on the old
 //!   certificate keeps working, new handshakes present the new one (compared by DER), and a
 //!   broken pair is refused while the current certificate keeps being served.
@@ -35,6 +36,8 @@ const ADDRESSES_PER_SENDER: u8 = 32;
 const BURST_BEFORE: u32 = 50;
 const BURST_AFTER: u32 = 100;
 const BURST_REFUSED: u32 = 10;
+/// The quota's burst after a last reload, once the flood is over.
+const BURST_LOWERED: u32 = 5;
 /// The shortest time between two requests of one flood sender.
 const PACE: Duration = Duration::from_millis(2);
 
@@ -445,6 +448,24 @@ async fn flood_of_signed_hooks_through_a_secret_rotation_and_a_refused_reload() 
     for secret in ["old-s3cret", "new-s3cret", "third-s3cret"] {
         assert!(!log.contains(secret), "a secret in the log");
     }
+
+    // The flood over, a lowered quota is in force from the next request too, and a reload
+    // that works again clears the refusal's gauge.
+    gate.write_master(&master(&dir, port, &new_file, 1, BURST_LOWERED));
+    let (_, _, status) = reload(&gate);
+    assert!(
+        status.starts_with("READY=1\nSTATUS=Serving on "),
+        "{status}"
+    );
+    assert_quota(port, Ipv4Addr::new(127, 3, 0, 4), NEW, BURST_LOWERED).await;
+    assert_eq!(
+        metric(port, "saltgate_config_reloads_total{result=\"ok\"}").await,
+        2.0
+    );
+    assert_eq!(
+        metric(port, "saltgate_config_last_reload_successful").await,
+        1.0
+    );
 }
 
 /// Accepts whichever certificate the server presents (the test compares its DER itself), but
