@@ -107,17 +107,10 @@ impl Server {
 
     /// The `saltgate_stream_subscribers` gauge of `kind`.
     async fn subscribers(&self, kind: &str) -> u64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let prefix = format!("saltgate_stream_subscribers{{kind=\"{kind}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        let series = format!("saltgate_stream_subscribers{{kind=\"{kind}\"}}");
+        let value = crate::support::metric(&self.url("/metrics"), &series).await;
+        assert!(value >= 0.0 && value.fract() == 0.0, "{series} {value}");
+        value as u64
     }
 
     async fn wait_subscribers(&self, kind: &str, want: u64, within: Duration) {

@@ -21,6 +21,7 @@ mod listener;
 mod lowstate;
 mod monitoring;
 mod notify;
+mod reload;
 mod senders;
 mod spool;
 mod streams;

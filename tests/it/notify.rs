@@ -11,12 +11,13 @@ mod notify_socket;
 
 use notify_socket::{NotifySocket, free_port};
 
-/// A saltgate child with the receiving end of its notification socket.
-struct Notified {
+/// A saltgate child with the receiving end of its notification socket; its stdout (the log,
+/// without colour) goes to `log` in its directory.
+pub(crate) struct Notified {
     child: Child,
     socket: NotifySocket,
-    port: u16,
-    _dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Notified {
@@ -29,24 +30,30 @@ impl Drop for Notified {
 impl Notified {
     /// Starts `saltgate serve` on a config made of `saltgate_block` (YAML under `saltgate:`).
     fn start(saltgate_block: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = NotifySocket::bind();
-        let port = free_port();
-        std::fs::write(
-            dir.path().join("master"),
+        Self::start_with(|dir, port| {
             format!(
                 "sock_dir: {}\ncachedir: {}\nrest_cherrypy:\n  host: 127.0.0.1\n  port: {port}\n  \
                  disable_ssl: true\n  webhook_disable_auth: true\nsaltgate:\n{saltgate_block}",
-                dir.path().join("sock").display(),
-                dir.path().join("cache").display(),
-            ),
-        )
-        .unwrap();
+                dir.join("sock").display(),
+                dir.join("cache").display(),
+            )
+        })
+    }
+
+    /// Starts `saltgate serve` on the master config `master(dir, port)` returns, written to
+    /// `dir/master`; `dir` is the child's own directory, `port` a free one.
+    pub(crate) fn start_with(master: impl FnOnce(&std::path::Path, u16) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = NotifySocket::bind();
+        let port = free_port();
+        std::fs::write(dir.path().join("master"), master(dir.path(), port)).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_saltgate"))
             .args(["serve", "--config"])
             .arg(dir.path().join("master"))
             .env("NOTIFY_SOCKET", socket.path())
-            .stdout(Stdio::null())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(log))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -54,20 +61,35 @@ impl Notified {
             child,
             socket,
             port,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The child's directory (its config is `master` there).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Rewrites the child's config file.
+    pub(crate) fn write_master(&self, text: &str) {
+        std::fs::write(self.dir().join("master"), text).unwrap();
+    }
+
+    /// What the child has logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("log")).unwrap()
     }
 
     fn recv(&self, timeout: Duration) -> Option<String> {
         self.socket.recv(timeout)
     }
 
-    fn expect(&self, what: &str) -> String {
+    pub(crate) fn expect(&self, what: &str) -> String {
         self.recv(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("no datagram from saltgate; expected {what}"))
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -76,7 +98,7 @@ impl Notified {
         assert!(ok, "kill {sig}");
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
@@ -285,9 +307,8 @@ fn sighup_rotates_a_secret_and_a_bad_config_is_refused() {
 
     // Rotate: the rule now names the new secret's file. Once READY=1 follows RELOADING=1 the
     // new secret is in force and the retired one is refused.
-    let master = gate._dir.path().join("master");
-    let text = std::fs::read_to_string(&master).unwrap();
-    std::fs::write(&master, text.replace(&rule(&old), &rule(&new))).unwrap();
+    let text = std::fs::read_to_string(gate.dir().join("master")).unwrap();
+    gate.write_master(&text.replace(&rule(&old), &rule(&new)));
     gate.signal("-HUP");
     assert!(gate.expect("RELOADING=1").starts_with("RELOADING=1\n"));
     assert!(
@@ -300,7 +321,7 @@ fn sighup_rotates_a_secret_and_a_bad_config_is_refused() {
     // A config that does not load (a secret file that is not there) is refused, said so to
     // systemd, and the running rules stay: the new secret keeps working.
     let broken = secrets.path().join("missing");
-    std::fs::write(&master, text.replace(&rule(&old), &rule(&broken))).unwrap();
+    gate.write_master(&text.replace(&rule(&old), &rule(&broken)));
     gate.signal("-HUP");
     gate.expect("RELOADING=1");
     let refused = gate.expect("READY=1");

@@ -18,15 +18,7 @@ fn on_disk(dir: &std::path::Path) -> impl FnOnce(&mut saltgate::config::Config) 
 }
 
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    crate::support::metric(&app.url("/metrics"), name).await
 }
 
 #[tokio::test]

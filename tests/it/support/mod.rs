@@ -205,3 +205,18 @@ pub(crate) async fn assert_no_event(sub: &mut Subscription) {
 pub(crate) fn data_json(event: &Event) -> serde_json::Value {
     saltgate::salt::wire::payload::to_json(&event.data)
 }
+
+/// The value of the series `series` (name and labels, as `/metrics` writes them) scraped from
+/// the `/metrics` at `url`.
+pub(crate) async fn metric(url: &str, series: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
