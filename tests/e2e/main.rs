@@ -22,5 +22,6 @@ mod shutdown;
 mod spool;
 mod streams;
 mod support;
+mod tornado_diff;
 mod wire;
 mod wsgi_diff;

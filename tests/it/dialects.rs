@@ -278,16 +278,19 @@ async fn rest_tornado_routes_answer_as_rest_tornado() {
         r#"{"clients": ["local", "local_async", "runner", "runner_async"], "return": "Welcome"}"#
     );
     // Handlers that inherit GET from the root answer it too.
-    for path in ["/run", "/hook", "/hook/github"] {
-        let v: Value = c
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["return"], "Welcome", "{path}");
+    let v: Value = c
+        .get(app.url("/run"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["return"], "Welcome");
+    // rest_tornado's hook handler fails on GET (500); saltgate says 405.
+    for path in ["/hook", "/hook/github"] {
+        let resp = c.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
     }
     // GET /login is 401.
     let resp = c.get(app.url("/login")).send().await.unwrap();

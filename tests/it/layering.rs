@@ -3,8 +3,9 @@
 //! - no import circle anywhere: at every level of the module tree, the modules under one parent
 //!   must not use each other in a circle (a module's use of its own parent or children does not
 //!   count: that is how a module and its parts share items);
-//! - in `src/api/`, capability modules (the handlers) never use each other, and the shared
-//!   services never use a capability module;
+//! - in `src/api/`, capability modules (the handlers) never use each other, the shared
+//!   services never use a capability module, and the dialects' route tables are used by no
+//!   handler nor service;
 //! - `salt` and `security` are leaves: neither uses `api`, `config` or `server` (nor each
 //!   other), nor axum; `api` does not reach into `salt::wire`.
 //!
@@ -17,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 /// The capability modules of `src/api/`: one folder per capability, route handlers inside.
 const HANDLERS: &[&str] = &["hook", "lowstate", "resources", "session", "stream", "ui"];
+/// The route tables of `src/api/` besides its root: `dialect` builds one router per salt-api
+/// module from the handlers, as the root builds rest_cherrypy's. They may use handlers; no
+/// handler nor service uses them.
+const ROUTE_TABLES: &[&str] = &["dialect"];
 
 type ModPath = Vec<String>;
 
@@ -123,11 +128,17 @@ fn check_layers(from: &ModPath, u: &Use, rel: &str, problems: &mut Vec<String>) 
     if from_top == "api" && to_top == "api" && from.len() > 1 && u.target.len() > 1 {
         let (a, b) = (from[1].as_str(), u.target[1].as_str());
         let handler = |m: &str| HANDLERS.contains(&m);
+        let table = |m: &str| ROUTE_TABLES.contains(&m);
         if a != b && handler(a) && handler(b) {
             problems.push(format!("{at}: handlers ({a}, {b}) never use each other"));
         }
-        if !handler(a) && handler(b) {
+        if !handler(a) && !table(a) && handler(b) {
             problems.push(format!("{at}: a service ({a}) uses a handler ({b})"));
+        }
+        if a != b && !table(a) && table(b) {
+            problems.push(format!(
+                "{at}: only the route table uses a dialect ({a} uses {b})"
+            ));
         }
     }
 }

@@ -12,7 +12,7 @@
 //! | `/jobs`, `/jobs/<jid>` | `jobs.list_jobs` / `jobs.list_job` | lowstate, as `/` |
 //! | `/run` | the welcome | lowstate, credentials in each chunk or `X-Auth-Token` |
 //! | `/events` | SSE stream | lowstate, as `/` |
-//! | `/hook[/<path>]` | the welcome | a hook: `salt/netapi/hook/<path>` |
+//! | `/hook[/<path>]` | 405 (rest_tornado: 500) | a hook: `salt/netapi/hook/<path>` |
 //! | `/all_events/<token>`, `/formatted_events/<token>` | WebSocket (with `websockets: true`) | — |
 //!
 //! A request that needs a session and has none (no `X-Auth-Token` header nor `session_id`
@@ -43,7 +43,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
@@ -140,9 +140,10 @@ pub fn router(state: AppState) -> Router {
                 .post(root)
                 .options(preflight),
         )
-        .route("/hook", get(welcome).post(hook).options(preflight))
-        .route("/hook/", get(welcome).post(hook))
-        .route("/hook/{*path}", get(welcome).post(hook));
+        // rest_tornado's hook handler fails (500) on GET: saltgate answers 405.
+        .route("/hook", post(hook).options(preflight))
+        .route("/hook/", post(hook))
+        .route("/hook/{*path}", post(hook));
     if websockets {
         routes = routes
             .route(
