@@ -4,7 +4,9 @@
 //! kept. What it applies: `saltgate.hooks` (rules, secrets, allowlists, quotas, verifiers,
 //! re-read from their files), `saltgate.unmatched_hooks`, `rest_cherrypy.webhook_disable_auth`,
 //! `rest_cherrypy.cors_origin`, and the `ssl_crt`/`ssl_key` files of a listener that serves TLS
-//! (a listener cannot move between TLS and plain HTTP without a restart).
+//! (a listener cannot move between TLS and plain HTTP without a restart). The shared store
+//! (`saltgate.shared`, `saltgate.instance`, Salt's `redis.*` keys it reads) is restart-only: its
+//! connection is made once, at start.
 //!
 //! Every field of every block is sorted here into one list or the other, by name: a field added
 //! to a block without being sorted does not compile.
@@ -59,6 +61,10 @@ fn key(block: &str, field: &str) -> String {
     let field = match field {
         "static_dir" => "static",
         "expanded_auth_matching" => "auth.enable_expanded_auth_matching",
+        "redis_host" => "redis.host",
+        "redis_port" => "redis.port",
+        "redis_db" => "redis.db",
+        "redis_password" => "redis.password",
         other => other,
     };
     if block.is_empty() {
@@ -84,6 +90,7 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
         wsgi: _,
         unread_wsgi: _,
         spool: _,
+        shared: _,
         secret_files: _,
     } = &new;
     keep!(
@@ -115,6 +122,10 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
                 expanded_auth_matching,
                 key_cache,
                 enable_ssh_minions,
+                redis_host,
+                redis_port,
+                redis_db,
+                redis_password,
             ],
             reloadable: [],
         }
@@ -178,6 +189,8 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
                 auth_failures_per_minute,
                 auth_max_in_flight,
                 spool,
+                instance,
+                shared,
             ],
             reloadable: [hooks_as_written, unmatched_hooks],
         }
@@ -218,6 +231,7 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
     }
     // Derived from keys kept above: the running one.
     new.spool.clone_from(&running.spool);
+    new.shared.clone_from(&running.shared);
     new.unread.clone_from(&running.unread);
     new.unread_wsgi.clone_from(&running.unread_wsgi);
     kept
