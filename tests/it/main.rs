@@ -22,6 +22,7 @@ mod lowstate;
 mod monitoring;
 mod notify;
 mod senders;
+mod shared_redis;
 mod spool;
 mod streams;
 mod streams_browser;
