@@ -253,3 +253,35 @@ fn push_once(kept: &mut Vec<String>, key: &str) {
         kept.push(key.to_owned());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_store_and_salts_redis_keys_are_restart_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master");
+        let write = |url: &str, instance: &str, host: &str| {
+            let text = format!(
+                "redis.host: {host}\nsaltgate:\n  bus: builtin\n  instance: {instance}\n  \
+                 shared: {{backend: redis, url: '{url}', fail: closed}}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+        };
+        write("redis://127.0.0.1:6379/0", "gate-a", "redis-a");
+        let env = HashMap::new();
+        let running = Config::load(&path, &env).unwrap();
+        write("redis://10.0.0.9:6379/1", "gate-b", "redis-b");
+        let Reloaded { config, kept } = Config::reload(&path, &env, &running).unwrap();
+        for key in ["saltgate.shared", "saltgate.instance", "redis.host"] {
+            assert!(kept.iter().any(|k| k == key), "{key} not kept: {kept:?}");
+        }
+        assert_eq!(config.shared, running.shared);
+        assert_eq!(
+            config.shared.as_ref().map(|s| s.display_url()),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(config.instance_name(), "gate-a");
+    }
+}
