@@ -19,7 +19,7 @@ use saltgate::salt::{BusItem, Subscription};
 use serde_json::Value;
 
 use crate::hook_security::github_headers;
-use crate::support::{TestApp, data_json};
+use crate::support::{TestApp, data_json, metric};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -185,28 +185,10 @@ async fn fired_counts(a: &mut Subscription, b: &mut Subscription) -> HashMap<Str
     counts
 }
 
-/// The value of the series `series` (name and labels, as written) in `app`'s `/metrics`.
-async fn metric(c: &reqwest::Client, app: &TestApp, series: &str) -> f64 {
-    let text = c
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} is not in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Waits (up to 10 s) until `app` finds the shared store answering again.
-async fn shared_up(c: &reqwest::Client, app: &TestApp) {
+async fn shared_up(app: &TestApp) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(c, app, "saltgate_shared_up").await != 1.0 {
+    while metric(app, "saltgate_shared_up").await != 1.0 {
         assert!(
             Instant::now() < deadline,
             "the shared store is not found back"
@@ -343,10 +325,10 @@ async fn redis_killed_under_fail_local_keeps_answering_and_shares_again_when_bac
             "{id}: fail: local answers 2xx: {answer:?}"
         );
     }
-    let fallbacks = metric(&c, &a, "saltgate_shared_fallback_total{op=\"dedup_begin\"}").await
-        + metric(&c, &b, "saltgate_shared_fallback_total{op=\"dedup_begin\"}").await;
+    let fallbacks = metric(&a, "saltgate_shared_fallback_total{op=\"dedup_begin\"}").await
+        + metric(&b, "saltgate_shared_fallback_total{op=\"dedup_begin\"}").await;
     assert!(fallbacks >= 90.0, "fallbacks counted: {fallbacks}");
-    assert_eq!(metric(&c, &a, "saltgate_shared_up").await, 0.0);
+    assert_eq!(metric(&a, "saltgate_shared_up").await, 0.0);
     // While Redis is away each instance decides alone: its own duplicates still are.
     let again = deliver(&c, &a, "local-0").await;
     assert!(duplicate(&again), "{again:?}");
@@ -360,8 +342,8 @@ async fn redis_killed_under_fail_local_keeps_answering_and_shares_again_when_bac
         );
     }
     redis.restart();
-    shared_up(&c, &a).await;
-    shared_up(&c, &b).await;
+    shared_up(&a).await;
+    shared_up(&b).await;
     for i in 0..10 {
         let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
         shared_once(&c, first, second, &format!("after-{i}")).await;
@@ -404,13 +386,13 @@ async fn redis_killed_under_fail_closed_answers_503_and_loses_nothing_answered_2
     }
     // The first request after the kill may still have found Redis answering.
     assert!(refused >= 99, "{refused} of 100 refused without Redis");
-    let refused_metric = metric(&c, &a, "saltgate_shared_refused_total").await
-        + metric(&c, &b, "saltgate_shared_refused_total").await;
+    let refused_metric = metric(&a, "saltgate_shared_refused_total").await
+        + metric(&b, "saltgate_shared_refused_total").await;
     assert_eq!(refused_metric, refused as f64);
     // The sender's retry, once Redis is back: fired once, shared again.
     redis.restart();
-    shared_up(&c, &a).await;
-    shared_up(&c, &b).await;
+    shared_up(&a).await;
+    shared_up(&b).await;
     let retried = &answers[answers.len() - 1].0;
     shared_once(&c, &a, &b, retried).await;
     let counts = fired_counts(&mut sub_a, &mut sub_b).await;

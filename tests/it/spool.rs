@@ -8,25 +8,13 @@ use saltgate::spool::{SpoolConfig, Storage};
 use serde_json::json;
 
 use crate::hook_security::github_headers;
-use crate::support::{TestApp, data_json, recv_event};
+use crate::support::{TestApp, data_json, metric, recv_event};
 
 const RULE: &str = "- path: gh\n  auth: none\n  verify: {github: {secret_env: GH_SECRET}}\n";
 
 fn on_disk(dir: &std::path::Path) -> impl FnOnce(&mut saltgate::config::Config) {
     let dir = dir.to_path_buf();
     move |c| c.spool = Some(SpoolConfig::new(Storage::Dir(dir)))
-}
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test]

@@ -205,3 +205,16 @@ pub(crate) async fn assert_no_event(sub: &mut Subscription) {
 pub(crate) fn data_json(event: &Event) -> serde_json::Value {
     saltgate::salt::wire::payload::to_json(&event.data)
 }
+
+/// The value of the series `series` (its name and labels, as written) in `app`'s `/metrics`.
+pub(crate) async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
