@@ -19,6 +19,7 @@ use saltgate::salt::{BusItem, Subscription};
 use serde_json::Value;
 
 use crate::hook_security::github_headers;
+use crate::support::fake_master::FakeMaster;
 use crate::support::{TestApp, data_json, metric};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -397,4 +398,53 @@ async fn redis_killed_under_fail_closed_answers_503_and_loses_nothing_answered_2
     shared_once(&c, &a, &b, retried).await;
     let counts = fired_counts(&mut sub_a, &mut sub_b).await;
     assert_eq!(counts.get(retried), Some(&1));
+}
+
+#[tokio::test]
+async fn failed_logins_draw_from_one_budget_across_instances() {
+    const BURST: usize = saltgate::security::throttle::DEFAULT_FAILURE_BURST as usize;
+    let redis = Redis::start();
+    let master = FakeMaster::start(&[("saltdev", "saltdev")]);
+    let gate = || {
+        let shared = SharedConfig::new(&redis.url(), FailMode::Closed).unwrap();
+        TestApp::builder()
+            .with_master(&master)
+            .with_config(move |c| c.shared = Some(shared))
+            .spawn()
+    };
+    let (a, b) = (gate().await, gate().await);
+    let c = reqwest::Client::new();
+    let login = |app: &TestApp, password: &str| {
+        c.post(app.url("/login"))
+            .json(
+                &serde_json::json!({"username": "saltdev", "password": password, "eauth": "file"}),
+            )
+            .send()
+    };
+    let mut refused = [0usize; 2];
+    let mut throttled = [0usize; 2];
+    for i in 0..(3 * BURST) {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let resp = login(app, &format!("guess{i}")).await.unwrap();
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => refused[i % 2] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(resp.headers().contains_key("retry-after"));
+                throttled[i % 2] += 1;
+            }
+            other => panic!("guess {i}: {other}"),
+        }
+    }
+    let total = refused[0] + refused[1];
+    // One failure refills every 10 s: at most one more in the time this takes.
+    assert!(
+        (BURST..=BURST + 1).contains(&total),
+        "{total} guesses checked over both instances ({refused:?}), for one budget of {BURST}"
+    );
+    assert!(throttled[0] > 0 && throttled[1] > 0, "{throttled:?}");
+    assert_eq!(
+        master.calls.mk_token(),
+        total,
+        "throttled guesses reached the master"
+    );
 }
