@@ -448,3 +448,48 @@ async fn failed_logins_draw_from_one_budget_across_instances() {
         "throttled guesses reached the master"
     );
 }
+
+#[tokio::test]
+async fn each_instances_page_names_it_and_lists_its_own_deliveries() {
+    let redis = Redis::start();
+    let named = |name: &'static str| {
+        let shared = SharedConfig::new(&redis.url(), FailMode::Closed).unwrap();
+        TestApp::builder()
+            .with_config(move |c| {
+                c.saltgate.streams_disable_auth = true;
+                c.saltgate.instance = Some(name.to_owned());
+                c.shared = Some(shared);
+            })
+            .with_hooks(GITHUB_RULE, &[("GH", "s3cret")])
+            .spawn()
+    };
+    let (a, b) = (named("gate-a").await, named("gate-b").await);
+    let c = reqwest::Client::new();
+    shared_once(&c, &a, &b, "page-1").await;
+    for (app, name, outcome) in [(&a, "gate-a", "accepted"), (&b, "gate-b", "duplicate")] {
+        let page = c
+            .get(app.url("/ui"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&format!("data-instance=\"{name}\"")),
+            "{page}"
+        );
+        let list: Value = c
+            .get(app.url("/ui/deliveries"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["instance"], name);
+        let deliveries = list["deliveries"].as_array().unwrap();
+        assert_eq!(deliveries.len(), 1, "{name}: {list}");
+        assert_eq!(deliveries[0]["outcome"], outcome, "{name}: {list}");
+    }
+}
