@@ -50,6 +50,16 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// `saltgate.shared` for this server. The operation timeout is 2 s, not the 50 ms default:
+    /// these tests run beside the whole suite on a couple of busy cores, where a loopback answer
+    /// can take longer than 50 ms, and they are about what is shared, not about slowness (a
+    /// killed Redis refuses at once whatever the timeout).
+    fn config(&self, fail: FailMode) -> SharedConfig {
+        let mut config = SharedConfig::new(&self.url(), fail).unwrap();
+        config.timeout = Duration::from_secs(2);
+        config
+    }
+
     /// Starts it again on the same port (after [`Redis::kill`]).
     fn restart(&mut self) {
         assert!(
@@ -114,7 +124,7 @@ impl Drop for Redis {
 
 /// A saltgate on the built-in bus with the GitHub rule (and `extra` rules), sharing `redis`.
 async fn instance(redis: &Redis, fail: FailMode, extra: &str) -> TestApp {
-    let shared = SharedConfig::new(&redis.url(), fail).unwrap();
+    let shared = redis.config(fail);
     TestApp::builder()
         .with_config(move |c| {
             c.api.stats_disable_auth = true;
@@ -406,7 +416,7 @@ async fn failed_logins_draw_from_one_budget_across_instances() {
     let redis = Redis::start();
     let master = FakeMaster::start(&[("saltdev", "saltdev")]);
     let gate = || {
-        let shared = SharedConfig::new(&redis.url(), FailMode::Closed).unwrap();
+        let shared = redis.config(FailMode::Closed);
         TestApp::builder()
             .with_master(&master)
             .with_config(move |c| c.shared = Some(shared))
@@ -453,7 +463,7 @@ async fn failed_logins_draw_from_one_budget_across_instances() {
 async fn each_instances_page_names_it_and_lists_its_own_deliveries() {
     let redis = Redis::start();
     let named = |name: &'static str| {
-        let shared = SharedConfig::new(&redis.url(), FailMode::Closed).unwrap();
+        let shared = redis.config(FailMode::Closed);
         TestApp::builder()
             .with_config(move |c| {
                 c.saltgate.streams_disable_auth = true;
