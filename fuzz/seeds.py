@@ -172,6 +172,11 @@ write("hook", "login-form", msg("POST /login", [("Content-Type", "application/x-
 write("hook", "odd-accept", msg("POST /hook/github", [("Accept", "text/html;q=0.9, */*;q=NaN, application/x-yaml;q=1e9")], b"{}"))
 write("hook", "not-acceptable", msg("POST /hook/github", [("Accept", "image/png")], b"{}"))
 write("hook", "allowlist", msg("POST /hook/local/x", [], b"{}"))
+write("hook", "tornado-form", msg("POST /tornado/hook/github?a=1&a=2&b=%20x%20", [
+    ("Content-Type", "application/x-www-form-urlencoded"), ("X-Tag", "one"), ("X-Tag", "two")], b"a=3&c=+y+&c"))
+write("hook", "tornado-json", msg("POST /tornado/hook?x", [("Content-Type", "application/json")], b'{"k": [1]}'))
+write("hook", "tornado-lowstate", msg("POST /tornado/run", [("Content-Type", "text/plain")],
+      b'[{"client":"runner","fun":"test.arg","arg":"x"}]'))
 write("hook", "slack-challenge", msg("POST /hook/slack", [("Content-Type", "application/json"),
       ("X-Slack-Request-Timestamp", "1531420618"), ("X-Slack-Signature", "v0=" + "0" * 64)],
       b'{"type":"url_verification","challenge":"c"}'))

@@ -26,6 +26,7 @@ pub mod config;
 pub mod salt;
 pub mod security;
 pub mod server;
+pub mod shared;
 pub mod spool;
 pub mod telemetry;
 

@@ -57,6 +57,10 @@ enum Command {
         /// (rest_cherrypy) to saltgate keeps, what it changes, and what to review first.
         #[arg(long)]
         compare_salt_api: bool,
+        /// Also connect to the shared store (`saltgate.shared`): authenticate, select the
+        /// database, PING; exit 1 with the reason when that fails.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the headers a sender would add to BODYFILE, to test a hook rule with curl.
     Sign {
@@ -147,8 +151,12 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig {
             config,
             compare_salt_api,
+            connect,
         } => {
             let config = load(Some(&config))?;
+            if connect {
+                check_connect(&config)?;
+            }
             if compare_salt_api {
                 print!("{}", saltgate::config::compare::report(&config));
                 return Ok(());
@@ -168,6 +176,26 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(config, path))
         }
+    }
+}
+
+/// `check-config --connect`: reaches the shared store, if one is configured.
+fn check_connect(config: &Config) -> anyhow::Result<()> {
+    let Some(shared) = &config.shared else {
+        eprintln!("connect: no saltgate.shared store is configured; nothing to reach");
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let deadline = shared.timeout.max(std::time::Duration::from_secs(2));
+    match runtime.block_on(saltgate::shared::check_connect(shared, deadline)) {
+        Ok(answer) => {
+            eprintln!("connect: saltgate.shared: {answer}");
+            Ok(())
+        }
+        Err(why) => anyhow::bail!("saltgate.shared: cannot use the store: {why}"),
     }
 }
 

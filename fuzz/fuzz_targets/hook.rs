@@ -9,6 +9,10 @@
 //! (`yaml: true`), `small` (64-byte body cap), `local` (allowlist 10.0.0.0/8, so refused), and
 //! the default rule (no token: `webhook_disable_auth`).
 //!
+//! A request target under `/tornado/` goes, without that prefix, to the rest_tornado dialect's
+//! router (its own hook `post` parser, query arguments and header names in the event) over the
+//! same state.
+//!
 //! Oracles: every event fired has the tag `salt/netapi/hook[/<decoded path>]` and packs for
 //! the master bus; an answered hook fired exactly one event.
 #![no_main]
@@ -52,6 +56,7 @@ const RULES: &str = r#"
 struct World {
     rt: tokio::runtime::Runtime,
     router: Router,
+    tornado: Router,
     events: std::sync::Mutex<Subscription>,
 }
 
@@ -79,15 +84,23 @@ fn world() -> &'static World {
                 "8f742231b10e8888abcd99yyyzzz85a5".to_owned(),
             ),
         ]);
+        config.tornado = Some(
+            serde_yaml::from_str("port: 0\nwebhook_disable_auth: true\n").expect("block"),
+        );
         config.set_hooks(&rules, &env).expect("rules build");
-        let (router, events) = rt.block_on(async {
+        let (router, tornado, events) = rt.block_on(async {
             let state = saltgate::server::build_state(config).expect("state");
             let events = state.bus.subscribe();
-            (saltgate::api::router(state), events)
+            let tornado = saltgate::api::dialect::router(
+                saltgate::config::Dialect::RestTornado,
+                state.clone(),
+            );
+            (saltgate::api::router(state), tornado, events)
         });
         World {
             rt,
             router,
+            tornado,
             events: std::sync::Mutex::new(events),
         }
     })
@@ -104,6 +117,10 @@ fuzz_target!(|data: &[u8]| {
         ),
         None => (Method::POST, first.as_str()),
     };
+    let (router, target) = match target.strip_prefix("/tornado") {
+        Some(rest) if rest.starts_with('/') => (&w.tornado, rest),
+        _ => (&w.router, target),
+    };
     let Ok(mut req) = Request::builder()
         .method(method.clone())
         .uri(target)
@@ -117,7 +134,7 @@ fuzz_target!(|data: &[u8]| {
         .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));
 
     let (status, _body) = w.rt.block_on(async {
-        let Ok(resp) = w.router.clone().oneshot(req).await;
+        let Ok(resp) = router.clone().oneshot(req).await;
         let status = resp.status();
         let body = resp.into_body().collect().await.map(|b| b.to_bytes());
         (status, body)

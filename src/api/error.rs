@@ -64,6 +64,9 @@ pub enum ApiError {
     SpoolFull(u64),
     /// 503: the spool cannot store the hook (a disk error); nothing was accepted.
     SpoolFailed,
+    /// 503: the store several saltgates share cannot answer and `saltgate.shared.fail` is
+    /// `closed`; nothing was accepted (`Retry-After: 1`).
+    SharedUnavailable,
     /// 500: a bug or an unexpected master answer.
     Internal,
     /// 400: the lowstate is well-formed data but not a valid lowstate (not a list, a chunk
@@ -116,6 +119,7 @@ impl ApiError {
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::SpoolFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "spool_full"),
             Self::SpoolFailed => (StatusCode::SERVICE_UNAVAILABLE, "spool_unavailable"),
+            Self::SharedUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "shared_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::BadLowstate(_) => (StatusCode::BAD_REQUEST, "bad_lowstate"),
             Self::ClientDisabled(_) => (StatusCode::BAD_REQUEST, "client_disabled"),
@@ -160,6 +164,9 @@ impl ApiError {
                 format!("Too many hooks wait for delivery; retry after {secs} s")
             }
             Self::SpoolFailed => "The hook cannot be stored right now; retry later".into(),
+            Self::SharedUnavailable => {
+                "The store shared by the saltgate instances cannot answer; retry shortly".into()
+            }
             Self::Internal => "An unexpected error occurred".into(),
             Self::BadLowstate(why) | Self::ClientDisabled(why) | Self::AclRefused(why) => {
                 why.clone()
@@ -184,7 +191,7 @@ impl ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
-        if matches!(self, Self::Busy(_)) {
+        if matches!(self, Self::Busy(_) | Self::SharedUnavailable) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -210,7 +210,11 @@ impl Drop for SubscriberGuard {
 impl Metrics {
     /// The counters of a process whose event bus is `bus` and whose spool (if any) is `spool`:
     /// both are read when scraped.
-    pub fn new(bus: SharedBus, spool: Option<Spool>) -> Self {
+    pub fn new(
+        bus: SharedBus,
+        spool: Option<Spool>,
+        shared: Option<&crate::shared::SharedStore>,
+    ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -311,6 +315,9 @@ impl Metrics {
             config_loaded_at.clone(),
         );
         registry.register_collector(Box::new(Snapshots { bus, spool }));
+        if let Some(shared) = shared {
+            shared.stats().register(&mut registry);
+        }
         Self {
             registry,
             started: Instant::now(),
@@ -594,7 +601,7 @@ mod tests {
     use crate::salt::bus::memory::MemoryBus;
 
     fn metrics() -> Metrics {
-        Metrics::new(Arc::new(MemoryBus::with_bytes(8, 1 << 20)), None)
+        Metrics::new(Arc::new(MemoryBus::with_bytes(8, 1 << 20)), None, None)
     }
 
     #[test]

@@ -20,7 +20,9 @@ use crate::salt::channel::Token;
 use crate::salt::{SaltClients, SaltError};
 use crate::security::client_ip;
 use crate::security::rate::{ClientKey, RetryAfter};
-use crate::security::throttle::{AuthThrottle, ThrottleSettings};
+use crate::security::throttle::ThrottleSettings;
+use crate::shared::SharedStore;
+use crate::shared::stores::{Throttle, ThrottleRefused};
 
 /// The message of every 401 for a token that is missing, unknown or expired (salt-api's).
 pub const NO_PERMISSION: &str = "No permission -- see authorization schemes";
@@ -76,6 +78,8 @@ fn current_client() -> IpAddr {
 pub enum AuthError {
     /// The client made too many failed checks: 429 with `Retry-After`.
     Throttled(RetryAfter),
+    /// The shared failure budgets cannot be read and `saltgate.shared.fail` is `closed`: 503.
+    SharedUnavailable,
     /// Every slot to the master stayed busy for [`AUTH_QUEUE_WAIT`]: 503.
     Busy,
     /// The master refused or failed.
@@ -86,6 +90,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Throttled(wait) => ApiError::RateLimited(wait.as_header_secs()),
+            AuthError::SharedUnavailable => ApiError::SharedUnavailable,
             AuthError::Busy => {
                 ApiError::Unavailable("Too many credential checks are waiting for the Salt master")
             }
@@ -114,7 +119,7 @@ pub struct TokenCache {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<String, (Instant, Token)>>,
-    throttle: AuthThrottle,
+    throttle: Throttle,
     in_flight: Semaphore,
     clients: ClientSlots,
     queue_wait: Duration,
@@ -166,32 +171,35 @@ impl Drop for ClientTurn<'_> {
 impl TokenCache {
     /// A cache keeping answers for `ttl`, at most `capacity` of them, with the default throttle.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self::with_throttle(ttl, capacity, ThrottleSettings::default(), 2)
+        Self::with_throttle(ttl, capacity, ThrottleSettings::default(), 2, None)
     }
 
-    /// The cache and throttle `config` asks for.
-    pub fn from_config(config: &Config) -> Self {
+    /// The cache and throttle `config` asks for, the failure budgets shared on `shared`.
+    pub fn from_config(config: &Config, shared: Option<SharedStore>) -> Self {
         Self::with_throttle(
             Duration::from_secs(10),
             10_000,
             config.auth_throttle(),
             config.saltgate.auth_max_in_flight,
+            shared,
         )
     }
 
     /// A cache keeping answers for `ttl`, at most `capacity` of them, throttled by `throttle`,
-    /// with at most `max_in_flight` checks at the master at once.
+    /// with at most `max_in_flight` checks at the master at once, the failure budgets shared on
+    /// `shared` when set.
     pub fn with_throttle(
         ttl: Duration,
         capacity: usize,
         throttle: ThrottleSettings,
         max_in_flight: usize,
+        shared: Option<SharedStore>,
     ) -> Self {
         Self {
             ttl,
             capacity,
             entries: Mutex::new(HashMap::new()),
-            throttle: AuthThrottle::new(throttle),
+            throttle: Throttle::new(throttle, shared),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             clients: ClientSlots::default(),
             queue_wait: AUTH_QUEUE_WAIT,
@@ -228,7 +236,7 @@ impl TokenCache {
         if let Some(t) = self.cached(token, now_unix) {
             return Ok(Some(t));
         }
-        if self.throttle.known_bad(token) {
+        if self.throttle.local().known_bad(token) {
             return Ok(None);
         }
         let _slot = self.slot(client).await?;
@@ -236,7 +244,7 @@ impl TokenCache {
         if let Some(t) = self.cached(token, now_unix) {
             return Ok(Some(t));
         }
-        if self.throttle.known_bad(token) {
+        if self.throttle.local().known_bad(token) {
             return Ok(None);
         }
         let found = salt
@@ -248,10 +256,10 @@ impl TokenCache {
         match &found {
             Some(t) => self.store(token, t),
             None => {
-                self.throttle.remember_bad(token);
+                self.throttle.local().remember_bad(token);
                 if let Some(client) = client {
                     tracing::debug!(client_ip = %client, "Unknown or expired token");
-                    self.throttle.failed(client);
+                    self.throttle.failed(client).await;
                 }
             }
         }
@@ -279,12 +287,12 @@ impl TokenCache {
         let _slot = self.slot(Some(client)).await?;
         match salt.channel.mk_token(eauth, username, password).await {
             Ok(t) => {
-                self.throttle.forget_bad(&t.token);
+                self.throttle.local().forget_bad(&t.token);
                 self.store(&t.token, &t);
                 Ok(t)
             }
             Err(e @ (SaltError::AuthRefused(_) | SaltError::Master(_))) => {
-                self.throttle.failed(client);
+                self.throttle.failed(client).await;
                 Err(AuthError::Salt(e))
             }
             Err(e) => Err(AuthError::Salt(e)),
@@ -294,16 +302,13 @@ impl TokenCache {
     /// For credentials the master checks as part of a command (`/run`'s per-chunk `token` or
     /// eauth): refuses a client over its failure budget. Call [`TokenCache::refused`] when the
     /// master then refuses the credentials.
-    pub fn admit(&self) -> Result<(), AuthError> {
-        let client = current_client();
-        self.throttle
-            .check(client)
-            .map_err(|wait| throttled(client, wait))
+    pub async fn admit(&self) -> Result<(), AuthError> {
+        self.admit_client(current_client()).await
     }
 
     /// Counts credentials the master refused with a command as a failure of the client's.
-    pub fn refused(&self) {
-        self.throttle.failed(current_client());
+    pub async fn refused(&self) {
+        self.throttle.failed(current_client()).await;
     }
 
     /// Refuses a client over its budget; waits for the client's own turn (one check per
@@ -326,7 +331,7 @@ impl TokenCache {
             }
         };
         if let Some(c) = client {
-            self.admit_client(c)?;
+            self.admit_client(c).await?;
         }
         Ok(Slot {
             _master: master,
@@ -342,7 +347,7 @@ impl TokenCache {
         client: IpAddr,
         deadline: tokio::time::Instant,
     ) -> Result<ClientTurn<'_>, AuthError> {
-        let key = self.throttle.key(client);
+        let key = self.throttle.local().key(client);
         let mut turn = ClientTurn {
             slots: &self.clients,
             key,
@@ -350,13 +355,13 @@ impl TokenCache {
             permit: None,
         };
         loop {
-            self.admit_client(client)?;
+            self.admit_client(client).await?;
             if let Ok(p) = Arc::clone(&turn.sem).try_acquire_owned() {
                 turn.permit = Some(p);
                 return Ok(turn);
             }
             let now = tokio::time::Instant::now();
-            if !self.throttle.clean(client) || now >= deadline {
+            if now >= deadline || !self.throttle.clean(client).await {
                 tracing::info!(
                     client_ip = %client,
                     "Credential check refused: this client already has one in progress"
@@ -373,10 +378,11 @@ impl TokenCache {
         }
     }
 
-    fn admit_client(&self, client: IpAddr) -> Result<(), AuthError> {
-        self.throttle
-            .check(client)
-            .map_err(|wait| throttled(client, wait))
+    async fn admit_client(&self, client: IpAddr) -> Result<(), AuthError> {
+        self.throttle.check(client).await.map_err(|e| match e {
+            ThrottleRefused::Limited(wait) => throttled(client, wait),
+            ThrottleRefused::Unavailable => AuthError::SharedUnavailable,
+        })
     }
 
     fn cached(&self, token: &str, now_unix: f64) -> Option<Token> {

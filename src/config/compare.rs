@@ -264,7 +264,7 @@ fn review(config: &Config) -> Vec<String> {
                 "plain HTTP"
             }
         ));
-        if !config.serve_cherrypy {
+        if !config.serve_cherrypy && config.tornado.is_none() {
             out.push(
                 "no rest_cherrypy: block: only rest_wsgi is served (no hooks, sessions, \
                  resources or event streams); the rest_cherrypy items above do not apply"
@@ -297,6 +297,13 @@ fn review(config: &Config) -> Vec<String> {
                 ""
             }
         ));
+        if !config.serve_cherrypy {
+            out.push(
+                "no rest_cherrypy: block: rest_cherrypy's listener is not served; the \
+                 rest_cherrypy items above do not apply"
+                    .to_owned(),
+            );
+        }
         if tornado.webhook_disable_auth {
             out.push(
                 "rest_tornado.webhook_disable_auth is true: hooks on the rest_tornado listener \
@@ -490,6 +497,11 @@ mod tests {
             tornado.contains("rest_tornado.webhook_disable_auth is true"),
             "{tornado}"
         );
+        assert!(
+            tornado.contains("rest_cherrypy's listener is not served"),
+            "{tornado}"
+        );
+        assert!(!tornado.contains("only rest_wsgi"), "{tornado}");
         assert!(!both.contains("only rest_wsgi is served"), "{both}");
     }
 }

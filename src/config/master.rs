@@ -63,6 +63,18 @@ pub struct MasterSettings {
     pub key_cache: serde_json::Value,
     /// `enable_ssh_minions`, as written (roster targets join the minion list).
     pub enable_ssh_minions: serde_json::Value,
+    /// Salt's `redis.host` (its Redis returner and cache): the shared store's default host.
+    #[serde(rename = "redis.host")]
+    pub redis_host: serde_json::Value,
+    /// Salt's `redis.port`.
+    #[serde(rename = "redis.port")]
+    pub redis_port: serde_json::Value,
+    /// Salt's `redis.db`.
+    #[serde(rename = "redis.db")]
+    pub redis_db: serde_json::Value,
+    /// Salt's `redis.password`.
+    #[serde(rename = "redis.password")]
+    pub redis_password: serde_json::Value,
 }
 
 /// How the master's event bus is reached (Salt's `ipc_mode`).
@@ -112,6 +124,10 @@ impl Default for MasterSettings {
             expanded_auth_matching: serde_json::Value::Null,
             key_cache: serde_json::Value::Null,
             enable_ssh_minions: serde_json::Value::Null,
+            redis_host: serde_json::Value::Null,
+            redis_port: serde_json::Value::Null,
+            redis_db: serde_json::Value::Null,
+            redis_password: serde_json::Value::Null,
         }
     }
 }

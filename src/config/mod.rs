@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod master;
 pub mod raw;
 pub mod reload;
+pub mod shared;
 pub mod spool;
 
 use std::collections::HashMap;
@@ -67,6 +68,8 @@ pub struct Config {
     pub unread_tornado: Vec<String>,
     /// The spool, when on.
     pub spool: Option<crate::spool::SpoolConfig>,
+    /// The store several saltgates share, when set.
+    pub shared: Option<shared::SharedConfig>,
     /// Files hook secrets are read from, by key path (`saltgate.hooks[0].verify.github.secret_file`),
     /// for the review in [`compare`].
     pub secret_files: Vec<(String, PathBuf)>,
@@ -158,6 +161,7 @@ impl Config {
             unread_tornado: Vec::new(),
             // The built-in bus without a spool directory: see `spool::build`.
             spool: None,
+            shared: None,
             secret_files: Vec::new(),
         };
         // No rules and no secrets to read: building cannot fail.
@@ -261,6 +265,7 @@ impl Config {
             use_master,
             rest_cherrypy.max_request_body_size,
         )?;
+        let shared = shared::build(saltgate.shared.as_ref(), &master)?;
         let mut config = Self {
             source: Some(merged.file.clone()),
             master,
@@ -275,6 +280,7 @@ impl Config {
             tornado: rest_tornado,
             unread_tornado,
             spool,
+            shared,
             secret_files: Vec::new(),
         };
         config.validate()?;
@@ -398,6 +404,14 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "saltgate.max_buffered_body_bytes",
                     format!("must be at least {block}.max_request_body_size"),
+                ));
+            }
+        }
+        if let Some(name) = &self.saltgate.instance {
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(ConfigError::invalid(
+                    "saltgate.instance",
+                    "must be 1 to 64 characters, without control characters",
                 ));
             }
         }
@@ -574,6 +588,18 @@ impl Config {
         }
     }
 
+    /// This instance's name: `saltgate.instance`, else the host name.
+    pub fn instance_name(&self) -> String {
+        if let Some(name) = &self.saltgate.instance {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "saltgate".to_owned())
+    }
+
     /// The header-read timeout.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.saltgate.header_timeout_secs.max(1))
@@ -726,6 +752,8 @@ pub fn render_effective(config: &Config) -> String {
             "auth_failures_per_minute": config.saltgate.auth_failures_per_minute,
             "auth_max_in_flight": config.saltgate.auth_max_in_flight,
             "spool": spool::render(config.spool.as_ref()),
+            "instance": config.instance_name(),
+            "shared": shared::render(config.shared.as_ref()),
         },
     });
     serde_yaml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

@@ -498,6 +498,11 @@ pub struct SaltgateSettings {
     pub auth_max_in_flight: usize,
     /// The durable spool ([`super::spool::RawSpool`]).
     pub spool: super::spool::RawSpool,
+    /// This instance's name, shown on the events page (default: the host name).
+    pub instance: Option<String>,
+    /// The store several saltgates share ([`super::shared::RawShared`]); unset: this instance's
+    /// own stores only.
+    pub shared: Option<super::shared::RawShared>,
 }
 
 /// What happens to hook paths no rule covers.
@@ -544,6 +549,8 @@ impl Default for SaltgateSettings {
             auth_failures_per_minute: crate::security::throttle::DEFAULT_FAILURES_PER_MINUTE,
             auth_max_in_flight: 2,
             spool: super::spool::RawSpool::default(),
+            instance: None,
+            shared: None,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! kept. What it applies: `saltgate.hooks` (rules, secrets, allowlists, quotas, verifiers,
 //! re-read from their files), `saltgate.unmatched_hooks`, `rest_cherrypy.webhook_disable_auth`,
 //! `rest_cherrypy.cors_origin`, and the `ssl_crt`/`ssl_key` files of a listener that serves TLS
-//! (a listener cannot move between TLS and plain HTTP without a restart).
+//! (a listener cannot move between TLS and plain HTTP without a restart). The shared store
+//! (`saltgate.shared`, `saltgate.instance`, Salt's `redis.*` keys it reads) is restart-only: its
+//! connection is made once, at start.
 //!
 //! Every field of every block is sorted here into one list or the other, by name: a field added
 //! to a block without being sorted does not compile.
@@ -61,6 +63,10 @@ fn key(block: &str, field: &str) -> String {
     let field = match field {
         "static_dir" => "static",
         "expanded_auth_matching" => "auth.enable_expanded_auth_matching",
+        "redis_host" => "redis.host",
+        "redis_port" => "redis.port",
+        "redis_db" => "redis.db",
+        "redis_password" => "redis.password",
         other => other,
     };
     if block.is_empty() {
@@ -88,6 +94,7 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
         tornado: _,
         unread_tornado: _,
         spool: _,
+        shared: _,
         secret_files: _,
     } = &new;
     keep!(
@@ -119,6 +126,10 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
                 expanded_auth_matching,
                 key_cache,
                 enable_ssh_minions,
+                redis_host,
+                redis_port,
+                redis_db,
+                redis_password,
             ],
             reloadable: [],
         }
@@ -182,6 +193,8 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
                 auth_failures_per_minute,
                 auth_max_in_flight,
                 spool,
+                instance,
+                shared,
             ],
             reloadable: [hooks_as_written, unmatched_hooks],
         }
@@ -256,6 +269,7 @@ pub(super) fn keep_running(new: &mut Config, running: &Config) -> Vec<String> {
     }
     // Derived from keys kept above: the running one.
     new.spool.clone_from(&running.spool);
+    new.shared.clone_from(&running.shared);
     new.unread.clone_from(&running.unread);
     new.unread_wsgi.clone_from(&running.unread_wsgi);
     new.unread_tornado.clone_from(&running.unread_tornado);
@@ -276,5 +290,37 @@ fn keep_tls_mode(kept: &mut Vec<String>, block: &str, new: &mut RestCherrypy, ol
 fn push_once(kept: &mut Vec<String>, key: &str) {
     if !kept.iter().any(|k| k == key) {
         kept.push(key.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_store_and_salts_redis_keys_are_restart_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master");
+        let write = |url: &str, instance: &str, host: &str| {
+            let text = format!(
+                "redis.host: {host}\nsaltgate:\n  bus: builtin\n  instance: {instance}\n  \
+                 shared: {{backend: redis, url: '{url}', fail: closed}}\n"
+            );
+            std::fs::write(&path, text).unwrap();
+        };
+        write("redis://127.0.0.1:6379/0", "gate-a", "redis-a");
+        let env = HashMap::new();
+        let running = Config::load(&path, &env).unwrap();
+        write("redis://10.0.0.9:6379/1", "gate-b", "redis-b");
+        let Reloaded { config, kept } = Config::reload(&path, &env, &running).unwrap();
+        for key in ["saltgate.shared", "saltgate.instance", "redis.host"] {
+            assert!(kept.iter().any(|k| k == key), "{key} not kept: {kept:?}");
+        }
+        assert_eq!(config.shared, running.shared);
+        assert_eq!(
+            config.shared.as_ref().map(|s| s.display_url()),
+            Some("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(config.instance_name(), "gate-a");
     }
 }

@@ -34,10 +34,21 @@ use crate::salt::bus::memory::MemoryBus;
 use crate::salt::channel::{MasterChannel, Timeouts};
 use crate::salt::{SaltClients, SharedBus};
 
+/// Why the state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The shared store's client cannot be made.
+    #[error("saltgate.shared: {0}")]
+    Shared(String),
+}
+
 /// Builds the application state: the master's bus and channel, or the built-in bus, and the
 /// spool (opened and recovered). Must run inside a tokio runtime. Fails when the spool cannot
 /// be opened (an unwritable directory, another saltgate using it).
-pub fn build_state(config: Config) -> Result<AppState, crate::spool::SpoolError> {
+pub fn build_state(config: Config) -> Result<AppState, StartError> {
     build_state_with(config, None)
 }
 
@@ -46,7 +57,7 @@ pub fn build_state(config: Config) -> Result<AppState, crate::spool::SpoolError>
 pub fn build_state_with(
     config: Config,
     sns_http: Option<Arc<dyn crate::api::hook::sns::SnsHttp>>,
-) -> Result<AppState, crate::spool::SpoolError> {
+) -> Result<AppState, StartError> {
     let (bus, salt): (SharedBus, Option<SaltClients>) = if config.use_master {
         let (publisher, puller) = config.master.bus_endpoints();
         let mut bus_config = IpcBusConfig::new(publisher.clone(), puller);
@@ -84,11 +95,25 @@ pub fn build_state_with(
             None,
         )
     };
-    let tokens = api::tokens::TokenCache::from_config(&config);
+    let shared = match &config.shared {
+        None => None,
+        Some(shared_config) => {
+            let store = crate::shared::SharedStore::new(shared_config)
+                .map_err(|e| StartError::Shared(format!("{}: {e}", shared_config.display_url())))?;
+            tracing::info!(
+                shared = shared_config.display_url(),
+                fail = shared_config.fail.as_str(),
+                "Dedup keys, rate limits and login throttles are shared on Redis"
+            );
+            Some(store)
+        }
+    };
+    let tokens = api::tokens::TokenCache::from_config(&config, shared.clone());
     let hooks = api::hook::Hooks::new(
         config.saltgate.trusted_proxies.clone(),
         config.client_keys(),
         sns_http,
+        shared.clone(),
     );
     let live = api::live::Live::new(reload::snapshot(&config, &hooks, None));
     let spool = match config.spool.clone() {
@@ -101,7 +126,11 @@ pub fn build_state_with(
             Some(spool)
         }
     };
-    let metrics = Arc::new(api::metrics::Metrics::new(Arc::clone(&bus), spool.clone()));
+    let metrics = Arc::new(api::metrics::Metrics::new(
+        Arc::clone(&bus),
+        spool.clone(),
+        shared.as_ref(),
+    ));
     metrics.config_loaded(false);
     let app = App {
         config,

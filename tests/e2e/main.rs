@@ -18,6 +18,7 @@ mod lowstate_diff;
 mod notify;
 mod reactor_examples;
 mod sandbox_selftest;
+mod shared;
 mod shutdown;
 mod spool;
 mod streams;

@@ -57,9 +57,16 @@ fn sandbox() -> SaltSandbox {
         "jenkins-release",
         "travis-deploy",
         "signed-alert",
+        "cluster-github-deploy",
     ] {
         builder = builder.with_file(&format!("reactor/{sls}.sls"), &read(&format!("{sls}.sls")));
     }
+    // The master-cluster guard, on a tag of its own (reactor.conf names it as the alternative
+    // for github/deploy; one master stands in for the cluster: the test fires both copies).
+    builder = builder.with_reactor(
+        "salt/netapi/hook/cluster/deploy",
+        &["salt://reactor/cluster-github-deploy.sls"],
+    );
     // The states the examples apply record their pillar; the sandbox root is only known after
     // start, so they write under the minion's own root_dir.
     let out_jinja = "{{ opts['root_dir'] }}/reactor-out";
@@ -217,6 +224,26 @@ async fn every_reactor_example_acts_on_a_real_master() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "sns");
 
+    // Salt's master cluster: a copy forwarded from a peer (`__peer_id` in its data, as Salt's
+    // cluster publisher adds it) is skipped by the guard; the original, fired after it, acts.
+    let push = |sha: &str| {
+        serde_json::json!({
+            "headers": {"X-Github-Event": "push"},
+            "post": {"ref": "refs/heads/main", "after": sha},
+        })
+    };
+    let mut forwarded = push(&format!("clcopy{run}"));
+    forwarded["__peer_id"] = "master-b".into();
+    let original = push(&format!("clorig{run}"));
+    {
+        let s = Arc::clone(&sandbox);
+        blocking(move || {
+            s.send_event("salt/netapi/hook/cluster/deploy", &forwarded);
+            s.send_event("salt/netapi/hook/cluster/deploy", &original);
+        })
+        .await;
+    }
+
     // Unmatched paths are refused, as saltgate.conf says.
     let resp = c.post(gate.url("/hook/elsewhere")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -250,6 +277,23 @@ async fn every_reactor_example_acts_on_a_real_master() {
         let written = blocking(move || s.wait_reactor_file(&m, Duration::from_secs(90))).await;
         assert_eq!(written[key], want.as_str(), "{marker}");
     }
+    let written = {
+        let s = Arc::clone(&sandbox);
+        let m = format!("deploy-github-clorig{run}");
+        blocking(move || s.wait_reactor_file(&m, Duration::from_secs(90))).await
+    };
+    assert_eq!(written["deploy_sha"], format!("clorig{run}").as_str());
+    // The forwarded copy was fired first: had the guard let it through, its state would be
+    // queued before the original's. Give it a few seconds more all the same.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copy = sandbox
+        .reactor_out_dir()
+        .join(format!("deploy-github-clcopy{run}.json"));
+    assert!(
+        !copy.exists(),
+        "the Reactor acted on a copy forwarded from a peer: {}",
+        copy.display()
+    );
 }
 
 /// An SNS Notification carrying a CloudWatch alarm, signed as SNS signs (SignatureVersion 2:

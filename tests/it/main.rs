@@ -23,6 +23,7 @@ mod monitoring;
 mod notify;
 mod reload;
 mod senders;
+mod shared_redis;
 mod spool;
 mod streams;
 mod streams_browser;

@@ -8,17 +8,13 @@ use saltgate::spool::{SpoolConfig, Storage};
 use serde_json::json;
 
 use crate::hook_security::github_headers;
-use crate::support::{TestApp, data_json, recv_event};
+use crate::support::{TestApp, app_metric, data_json, recv_event};
 
 const RULE: &str = "- path: gh\n  auth: none\n  verify: {github: {secret_env: GH_SECRET}}\n";
 
 fn on_disk(dir: &std::path::Path) -> impl FnOnce(&mut saltgate::config::Config) {
     let dir = dir.to_path_buf();
     move |c| c.spool = Some(SpoolConfig::new(Storage::Dir(dir)))
-}
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    crate::support::metric(&app.url("/metrics"), name).await
 }
 
 #[tokio::test]
@@ -63,8 +59,8 @@ async fn a_spooled_hook_is_answered_once_committed_and_carries_its_delivery_id()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-    assert_eq!(metric(&app, "saltgate_spool_accepted_total").await, 1.0);
-    assert!(metric(&app, "saltgate_spool_commit_duration_seconds_count").await >= 1.0);
+    assert_eq!(app_metric(&app, "saltgate_spool_accepted_total").await, 1.0);
+    assert!(app_metric(&app, "saltgate_spool_commit_duration_seconds_count").await >= 1.0);
 }
 
 #[tokio::test]
@@ -246,7 +242,7 @@ async fn delivery_log_lists_opens_and_redelivers() {
     let data = data_json(&again);
     assert_eq!(data["post"]["id"], "log-1");
     assert_eq!(data["_saltgate"]["id"], id);
-    assert!(metric(&app, "saltgate_spool_redelivered_total").await >= 1.0);
+    assert!(app_metric(&app, "saltgate_spool_redelivered_total").await >= 1.0);
     // Refusals, each in our error shape.
     for (method, path, status, code) in [
         (

@@ -36,36 +36,47 @@ use crate::config::hooks::route;
 use crate::config::{AuthMode, HookRule};
 use crate::salt::Event;
 use crate::salt::event::hook_tag;
-use crate::security::rate::{ClientKeys, RateLimiter, RateQuota};
-use crate::security::replay::{Duplicate, ReplayGuard, Reservation, body_key};
+use crate::security::rate::{ClientKeys, RateQuota};
+use crate::security::replay::{Duplicate, ReplayGuard, body_key};
 use crate::security::signature::sns::SnsVerified;
 use crate::security::{Verified, Verifier, VerifyError, redact};
+use crate::shared::SharedStore;
+use crate::shared::stores::{Dedup, Held, RateRefused, Rates, Refused};
 
 /// The hook pipeline's state that outlives a reload: the replay guard (keyed by rule path, so
 /// a rule that stays keeps its window), how clients are keyed, and where SNS certificates are
-/// fetched from. The rules themselves are a [`HookRules`], part of the snapshot a reload swaps
+/// fetched from, and the shared store when several saltgates share one. The rules themselves are a [`HookRules`], part of the snapshot a reload swaps
 /// ([`crate::api::live`]).
 #[derive(Debug)]
 pub struct Hooks {
     /// Proxies whose `X-Forwarded-For` is believed (not reloadable).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     client_keys: ClientKeys,
-    replay: ReplayGuard,
+    replay: Dedup,
+    /// The store several saltgates share (not reloadable): the delivery-id guard and the rate
+    /// limits of every rule set are kept there too.
+    shared: Option<SharedStore>,
     /// The HTTPS client for SNS certificates tests supply (`None`: the real one).
     sns_http: Option<Arc<dyn SnsHttp>>,
 }
 
 impl Hooks {
-    /// The state every rule set of this process shares.
+    /// The state every rule set of this process shares; with `shared`, the delivery-id guard
+    /// and the rate limits are shared with the other saltgates on that store.
     pub fn new(
         trusted_proxies: Vec<ipnet::IpNet>,
         client_keys: ClientKeys,
         sns_http: Option<Arc<dyn SnsHttp>>,
+        shared: Option<SharedStore>,
     ) -> Self {
         Self {
             trusted_proxies,
             client_keys,
-            replay: ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
+            replay: Dedup::new(
+                ReplayGuard::new(100_000, std::time::Duration::from_secs(86_400)),
+                shared.clone(),
+            ),
+            shared,
             sns_http,
         }
     }
@@ -75,13 +86,13 @@ impl Hooks {
         let now = SystemTime::now();
         // Oldest first, so that the newest are the last the guard would evict.
         for (key, at) in keys.iter().rev() {
-            self.replay.restore(*key, *at, now);
+            self.replay.local().restore(*key, *at, now);
         }
     }
 
     /// The replay guard's TTL and capacity.
     pub fn replay_limits(&self) -> (std::time::Duration, usize) {
-        (self.replay.ttl(), self.replay.capacity())
+        (self.replay.local().ttl(), self.replay.local().capacity())
     }
 }
 
@@ -93,7 +104,7 @@ pub struct HookRules {
     pub rules: Vec<HookRule>,
     /// Refuse paths no configured rule covers.
     pub refuse_unmatched: bool,
-    limiter: RateLimiter,
+    limiter: Rates,
     /// Rule index → limiter slot.
     rate_slots: Vec<Option<usize>>,
     /// SNS signing certificates, fetched over HTTPS and cached; only when a rule verifies SNS.
@@ -103,7 +114,8 @@ pub struct HookRules {
 impl HookRules {
     /// The rule set for validated `rules`. With `previous` (a reload), what a sender has used
     /// carries over: a rule with the same path and the same quota keeps its rate buckets
-    /// ([`RateLimiter::reloaded`]), and the SNS certificate cache is kept.
+    /// ([`Rates::reloaded`]; shared buckets are named by rule path and quota, so they carry over
+    /// by themselves), and the SNS certificate cache is kept.
     pub fn new(
         hooks: &Hooks,
         rules: Vec<HookRule>,
@@ -111,21 +123,23 @@ impl HookRules {
         previous: Option<&HookRules>,
     ) -> Self {
         let mut quotas: Vec<(RateQuota, Option<usize>)> = Vec::new();
+        let mut paths: Vec<&str> = Vec::new();
         let rate_slots = rules
             .iter()
             .map(|r| {
                 r.rate.map(|q| {
                     let from = previous.and_then(|p| p.slot_of(&r.path));
                     quotas.push((q, from));
+                    paths.push(&r.path);
                     quotas.len() - 1
                 })
             })
             .collect();
         let limiter = match previous {
-            Some(p) => p.limiter.reloaded(&quotas),
+            Some(p) => p.limiter.reloaded(&quotas, &paths),
             None => {
                 let quotas: Vec<RateQuota> = quotas.iter().map(|(q, _)| *q).collect();
-                RateLimiter::new(&quotas, hooks.client_keys)
+                Rates::new(&quotas, &paths, hooks.client_keys, hooks.shared.clone())
             }
         };
         let wants_sns = rules
@@ -225,7 +239,11 @@ pub async fn run(
     if let Some(slot) = set.rate_slots.get(rule.index).copied().flatten() {
         set.limiter
             .check(slot, client)
-            .map_err(|retry| ApiError::RateLimited(retry.as_header_secs()))?;
+            .await
+            .map_err(|refused| match refused {
+                RateRefused::Limited(retry) => ApiError::RateLimited(retry.as_header_secs()),
+                RateRefused::Unavailable => ApiError::SharedUnavailable,
+            })?;
     }
     let raw = read_capped(headers, body, rule.max_body).await?;
     let auth = match dialect.disable_auth {
@@ -258,12 +276,13 @@ pub async fn run(
         Dedupe::Id => delivery_key,
         Dedupe::Body => Some(body_key(&rule.path, &raw)),
     };
-    let mut reservation: Option<Reservation> = None;
+    let mut reservation: Option<Held> = None;
     if let Some(key) = key {
-        match hooks.replay.begin(&key, SystemTime::now()) {
+        match hooks.replay.begin(&key, SystemTime::now()).await {
             Ok(r) => reservation = Some(r),
-            Err(Duplicate::Committed) => return Ok(Outcome::Duplicate),
-            Err(Duplicate::InProgress) => return Err(ApiError::InProgress),
+            Err(Refused::Duplicate(Duplicate::Committed)) => return Ok(Outcome::Duplicate),
+            Err(Refused::Duplicate(Duplicate::InProgress)) => return Err(ApiError::InProgress),
+            Err(Refused::Unavailable) => return Err(ApiError::SharedUnavailable),
         }
     }
     if let Some(verifier) = &rule.verifier {
@@ -273,7 +292,7 @@ pub async fn run(
         };
         if let Some(answer) = answer {
             if let Some(r) = reservation {
-                r.commit(SystemTime::now());
+                r.commit(SystemTime::now()).await;
             }
             return Ok(Outcome::Answered(answer));
         }
@@ -309,10 +328,10 @@ pub async fn run(
         query,
     };
     let event = Event::new(hook_tag(path), (dialect.data)(parts));
-    let key = reservation.as_ref().map(Reservation::key_hash);
+    let key = reservation.as_ref().map(Held::key_hash);
     let queued = deliver(app, event, path, client, key).await?;
     if let Some(r) = reservation {
-        r.commit(SystemTime::now());
+        r.commit(SystemTime::now()).await;
     }
     tracing::debug!(client_ip = %client, hook = %path, queued, "Hook accepted");
     Ok(Outcome::Fired { queued })

@@ -172,7 +172,7 @@ pub async fn run_lowstate(
         Some(caller) => Some(caller.confirm(salt).await?),
         // The master checks per-chunk credentials with the command: throttled like a login.
         None => {
-            app.tokens.admit()?;
+            app.tokens.admit().await?;
             None
         }
     };
@@ -189,7 +189,7 @@ pub async fn run_lowstate(
         Err(Stage::Checks(e)) => Err(e),
         Err(Stage::Run(e)) => {
             if caller.is_none() && e.status_code().0 == http::StatusCode::UNAUTHORIZED {
-                app.tokens.refused();
+                app.tokens.refused().await;
             }
             Err(e)
         }

@@ -58,7 +58,8 @@ pub async fn page(
     };
     let html = template
         .replace("{{BASE}}", &attr_escape(&base))
-        .replace("{{EVENTS}}", &attr_escape(&events));
+        .replace("{{EVENTS}}", &attr_escape(&events))
+        .replace("{{INSTANCE}}", &attr_escape(&app.config.instance_name()));
     asset(status, "text/html; charset=utf-8", html)
 }
 
@@ -72,7 +73,10 @@ pub async fn deliveries(
     let mut response = render_body(
         StatusCode::OK,
         format,
-        &serde_json::json!({"deliveries": app.metrics.deliveries()}),
+        &serde_json::json!({
+            "instance": app.config.instance_name(),
+            "deliveries": app.metrics.deliveries(),
+        }),
     );
     response
         .headers_mut()

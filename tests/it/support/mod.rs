@@ -206,6 +206,11 @@ pub(crate) fn data_json(event: &Event) -> serde_json::Value {
     saltgate::salt::wire::payload::to_json(&event.data)
 }
 
+/// The value of the series `series` in `app`'s own `/metrics`.
+pub(crate) async fn app_metric(app: &TestApp, series: &str) -> f64 {
+    metric(&app.url("/metrics"), series).await
+}
+
 /// The value of the series `series` (name and labels, as `/metrics` writes them) scraped from
 /// the `/metrics` at `url`.
 pub(crate) async fn metric(url: &str, series: &str) -> f64 {
