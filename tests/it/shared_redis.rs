@@ -8,13 +8,10 @@
 //! it fails these tests; they never skip.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use saltgate::config::shared::{FailMode, SharedConfig};
+use saltgate::config::shared::FailMode;
 use saltgate::salt::{BusItem, Subscription};
 use serde_json::Value;
 
@@ -22,105 +19,12 @@ use crate::hook_security::github_headers;
 use crate::support::fake_master::FakeMaster;
 use crate::support::{TestApp, app_metric, data_json};
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
+#[path = "../shared/redis_server.rs"]
+mod redis_server;
+
+use redis_server::Redis;
 
 const GITHUB_RULE: &str = "- path: github\n  auth: none\n  verify: {github: {secret_env: GH}}\n";
-
-/// A `redis-server` of this test: no snapshots, no append-only file, loopback only. Killed
-/// (SIGKILL, by its pid) when dropped.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// Starts one on a free loopback port and waits until it answers `PING`.
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// `saltgate.shared` for this server. The operation timeout is 2 s, not the 50 ms default:
-    /// these tests run beside the whole suite on a couple of busy cores, where a loopback answer
-    /// can take longer than 50 ms, and they are about what is shared, not about slowness (a
-    /// killed Redis refuses at once whatever the timeout).
-    fn config(&self, fail: FailMode) -> SharedConfig {
-        let mut config = SharedConfig::new(&self.url(), fail).unwrap();
-        config.timeout = Duration::from_secs(2);
-        config
-    }
-
-    /// Starts it again on the same port (after [`Redis::kill`]).
-    fn restart(&mut self) {
-        assert!(
-            Path::new(REDIS_SERVER).exists(),
-            "{REDIS_SERVER} is missing: these tests need Debian's redis-server \
-             (apt-get install -y redis-server; scripts/test installs it)"
-        );
-        assert!(self.child.is_none(), "redis-server is running already");
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server on port {} exited: {status}", self.port);
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} does not answer PING",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `PING` over a plain socket: `+PONG`.
-    fn answers_ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// SIGKILL by pid, and reaped: the port is closed when this returns.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A saltgate on the built-in bus with the GitHub rule (and `extra` rules), sharing `redis`.
 async fn instance(redis: &Redis, fail: FailMode, extra: &str) -> TestApp {
