@@ -1,7 +1,9 @@
 //! Salt's master cluster (3007+) on one machine, as the deployment guide describes it: two real
 //! masters of one `cluster_id` on 127.0.0.1 and 127.0.0.2 (the same request and publish ports,
-//! one `cluster_pki_dir`, the minion on the first), one saltgate per master and one real
-//! `redis-server` shared by both (`saltgate.shared`).
+//! one `cluster_pki_dir` and one `cachedir`, as Salt's cluster guide requires of shared storage;
+//! the minion on the first), one saltgate per master and one real `redis-server` shared by both
+//! (`saltgate.shared`). Without the shared `cachedir` the second master has no grains of the
+//! minion, and a Reactor's grain-targeted job from it matches no minion.
 //!
 //! A signed delivery sent through either saltgate, or through both, is fired once, on the bus
 //! of the master whose saltgate took it; Salt forwards it to the peer, whose bus carries the
@@ -78,21 +80,28 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A sandbox master `me` of the cluster with `peer`, serving the two Reactor SLS files.
+/// A sandbox master `me` of the cluster with `peer`, serving the two Reactor SLS files. The
+/// first (`second: None`) runs the minion; the second (`second: Some((ret_port, publish_port,
+/// cachedir))`) shares the first's ports and `cachedir`. Its `root_dir` is `/`: Salt puts
+/// `root_dir` in front of `cachedir` (every path here is absolute already), which would turn
+/// the first master's `cachedir` into a path under the second's root.
 fn member(
     me: &str,
     peer: &str,
     pki: &str,
     pool_port: u16,
-    ports: Option<(u16, u16)>,
+    second: Option<(u16, u16, String)>,
 ) -> SaltSandbox {
     let example = example();
     let mut yaml = format!(
         "id: '{me}'\ninterface: '{me}'\ncluster_id: saltgate-e2e\ncluster_peers: ['{peer}']\n\
          cluster_pki_dir: '{pki}'\ncluster_pool_port: {pool_port}\n"
     );
-    if let Some((ret, publish)) = ports {
-        yaml.push_str(&format!("ret_port: {ret}\npublish_port: {publish}\n"));
+    let is_second = second.is_some();
+    if let Some((ret, publish, cachedir)) = second {
+        yaml.push_str(&format!(
+            "ret_port: {ret}\npublish_port: {publish}\ncachedir: '{cachedir}'\nroot_dir: /\n"
+        ));
     }
     let mut builder = SaltSandbox::builder()
         .with_master_config(&yaml)
@@ -101,7 +110,7 @@ fn member(
         .with_file("deploy.sls", DEPLOY_SLS)
         .with_reactor(GUARDED, &["salt://reactor/cluster-github-deploy.sls"])
         .with_reactor(UNGUARDED, &["salt://reactor/unguarded-deploy.sls"]);
-    if ports.is_some() {
+    if is_second {
         builder = builder.without_minion();
     } else {
         builder = builder.with_minion_config("grains: {roles: [web]}\n");
@@ -204,8 +213,9 @@ async fn a_master_cluster_fires_each_hook_once_and_the_guard_acts_once() {
     let pool_port = free_port();
     let a = Arc::new(blocking(move || member(A, B, "@ROOT@/cluster-pki", pool_port, None)).await);
     let pki = a.root().join("cluster-pki").to_string_lossy().into_owned();
-    let ports = (a.ret_port(), a.publish_port());
-    let b = Arc::new(blocking(move || member(B, A, &pki, pool_port, Some(ports))).await);
+    let cachedir = a.root().join("cache/master").to_string_lossy().into_owned();
+    let second = (a.ret_port(), a.publish_port(), cachedir);
+    let b = Arc::new(blocking(move || member(B, A, &pki, pool_port, Some(second))).await);
 
     let env = [("CLUSTER_GH", SECRET)];
     let (shared_a, shared_b) = (
