@@ -10,6 +10,7 @@
 
 mod acl;
 mod chaos;
+mod cluster;
 mod gate;
 mod hooks;
 mod hostile_auth;

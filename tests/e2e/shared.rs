@@ -12,9 +12,7 @@ use crate::gate::Gate;
 use crate::spool::{ENV, RULE, github_headers};
 use crate::support::salt::shared;
 
-#[path = "../shared/redis.rs"]
-mod redis;
-use redis::Redis;
+use crate::support::redis_server::Redis;
 
 async fn send(c: &reqwest::Client, gate: &Gate, run: &str, i: usize) -> u16 {
     let body = format!(r#"{{"run": "{run}", "i": {i}}}"#);

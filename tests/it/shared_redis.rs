@@ -19,9 +19,10 @@ use crate::hook_security::github_headers;
 use crate::support::fake_master::FakeMaster;
 use crate::support::{TestApp, app_metric, data_json};
 
-#[path = "../shared/redis.rs"]
-mod redis;
-use redis::Redis;
+#[path = "../shared/redis_server.rs"]
+mod redis_server;
+
+use redis_server::Redis;
 
 const GITHUB_RULE: &str = "- path: github\n  auth: none\n  verify: {github: {secret_env: GH}}\n";
 

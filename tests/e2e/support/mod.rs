@@ -3,6 +3,12 @@
 //!
 //! These tests fail, never skip, when Salt cannot be installed or started.
 
+#[path = "../../shared/redis_server.rs"]
+#[allow(
+    dead_code,
+    reason = "kill/restart serve tests/it/shared_redis.rs; the e2e tests keep Redis up"
+)]
+pub(crate) mod redis_server;
 #[allow(
     dead_code,
     reason = "a toolbox: each test binary module uses a different part"

@@ -103,6 +103,7 @@ pub(crate) struct SaltSandboxBuilder {
     minion_yaml: Vec<String>,
     salt_api: Option<SaltApi>,
     wsgi_app: bool,
+    no_minion: bool,
 }
 
 impl SaltSandboxBuilder {
@@ -153,6 +154,14 @@ impl SaltSandboxBuilder {
     /// [`SaltSandbox::wsgi_app_port`].
     pub(crate) fn with_rest_wsgi_app(mut self) -> Self {
         self.wsgi_app = true;
+        self
+    }
+
+    /// Starts the master alone: no minion (e.g. a second master of a cluster, whose minions
+    /// are the first one's). `start` then waits for the master's event publisher and request
+    /// port instead of a `test.ping`.
+    pub(crate) fn without_minion(mut self) -> Self {
+        self.no_minion = true;
         self
     }
 
@@ -218,6 +227,8 @@ pub(crate) struct SaltSandbox {
     /// minion's tcp_{pub,pull}_port: used only with `ipc_mode: tcp`, but never the defaults,
     /// so that parallel sandboxes in that mode do not collide.
     tcp_ports: [u16; 6],
+    /// Whether a minion runs (see [`SaltSandboxBuilder::without_minion`]).
+    with_minion: bool,
     master_config: OnceLock<Mapping>,
     procs: Mutex<Procs>,
     watchdog: Mutex<Option<Child>>,
@@ -256,7 +267,7 @@ impl SaltSandbox {
             t5p,
             wsgi_port,
         ] = free_ports();
-        let sandbox = SaltSandbox {
+        let mut sandbox = SaltSandbox {
             root,
             venv,
             publish_port,
@@ -264,6 +275,7 @@ impl SaltSandbox {
             api: opts.salt_api.map(|kind| (kind, api_port)),
             wsgi_app_port: opts.wsgi_app.then_some(wsgi_port),
             tcp_ports: [t0p, t1p, t2p, t3p, t4p, t5p],
+            with_minion: !opts.no_minion,
             master_config: OnceLock::new(),
             procs: Mutex::new(Procs::default()),
             watchdog: Mutex::new(None),
@@ -271,17 +283,28 @@ impl SaltSandbox {
             _tempdir: tempdir,
         };
         sandbox.write_files(&opts);
+        // A merged config may set the ports (a cluster's masters share them).
+        let merged_port = |key: &str| {
+            (sandbox.master_config().get(key))
+                .and_then(Yaml::as_u64)
+                .map(|p| u16::try_from(p).expect("a port number"))
+        };
+        let (ret, publish) = (merged_port("ret_port"), merged_port("publish_port"));
+        sandbox.ret_port = ret.unwrap_or(sandbox.ret_port);
+        sandbox.publish_port = publish.unwrap_or(sandbox.publish_port);
         sandbox.start_watchdog();
         // From here on a panic drops `sandbox`, which stops whatever was started.
         {
             let mut procs = sandbox.lock_procs();
             procs.master = Some(sandbox.spawn("master", "salt-master", &["-l", "warning"]));
-            procs.minion = Some(sandbox.spawn("minion", "salt-minion", &["-l", "warning"]));
+            if sandbox.with_minion {
+                procs.minion = Some(sandbox.spawn("minion", "salt-minion", &["-l", "warning"]));
+            }
             sandbox.write_pgids(&procs);
         }
-        sandbox.wait_minion_ready("start");
+        sandbox.wait_ready("start");
         eprintln!(
-            "salt sandbox {} (Salt {}): minion ready after {:?}",
+            "salt sandbox {} (Salt {}): ready after {:?}",
             sandbox.root.display(),
             sandbox.salt_version(),
             t0.elapsed()
@@ -534,7 +557,7 @@ impl SaltSandbox {
     }
 
     /// Starts the master again with the same config (ports, pki, sock_dir) and waits until
-    /// the minion answers `test.ping`.
+    /// the minion answers `test.ping` (without a minion: until the master listens).
     pub(crate) fn start_master(&self) {
         {
             let mut procs = self.lock_procs();
@@ -545,7 +568,7 @@ impl SaltSandbox {
             procs.master = Some(self.spawn("master", "salt-master", &["-l", "warning"]));
             self.write_pgids(&procs);
         }
-        self.wait_minion_ready("restart");
+        self.wait_ready("restart");
     }
 
     /// Whether the master process is running (started and not exited).
@@ -790,14 +813,56 @@ impl SaltSandbox {
         *self.watchdog.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
     }
 
+    fn wait_ready(&self, what: &str) {
+        if self.with_minion {
+            self.wait_minion_ready(what);
+        } else {
+            self.wait_master_ready(what);
+        }
+    }
+
+    /// Panics (with log tails) unless, within [`READY_TIMEOUT`], the master's event publisher
+    /// socket is in its `sock_dir` and its request port accepts connections on its
+    /// `interface`.
+    fn wait_master_ready(&self, what: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let interface = (self.master_config().get("interface"))
+            .and_then(Yaml::as_str)
+            .unwrap_or("127.0.0.1")
+            .to_owned();
+        let addr = format!("{interface}:{}", self.ret_port);
+        let addr: std::net::SocketAddr = addr.parse().expect("interface:ret_port");
+        let publisher = self.sock_dir().join("master_event_pub.ipc");
+        loop {
+            if let Some(dead) = self.exited_process() {
+                self.fail(&format!("{what}: salt-{dead} exited"));
+            }
+            if publisher.exists()
+                && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "{what}: the master did not listen on {addr} with {} within {READY_TIMEOUT:?}",
+                    publisher.display()
+                ));
+            }
+            sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Panics (with log tails) unless master and minion are up and the minion answers
     /// `test.ping` within [`READY_TIMEOUT`].
     fn wait_minion_ready(&self, what: &str) {
         let started = Instant::now();
         let deadline = started + READY_TIMEOUT;
         // Each test.ping costs a Python start plus up to `-t` seconds, so first wait (cheaply)
-        // for auto_accept to file the minion's key.
-        let key = self.root.join("pki/master/minions").join(MINION_ID);
+        // for auto_accept to file the minion's key (in `cluster_pki_dir` on a cluster's master).
+        let pki = (self.master_config().get("cluster_pki_dir"))
+            .and_then(Yaml::as_str)
+            .map_or_else(|| self.root.join("pki/master"), PathBuf::from);
+        let key = pki.join("minions").join(MINION_ID);
         while !key.exists() && Instant::now() < deadline {
             if let Some(dead) = self.exited_process() {
                 self.fail(&format!("{what}: salt-{dead} exited"));

@@ -1,6 +1,6 @@
-//! A real `redis-server` for a test: Debian's, on a free loopback port, without persistence,
-//! killed by pid when dropped. A machine without it fails the tests that need it; they never
-//! skip. Shared by tests/it/shared_redis.rs and tests/e2e/shared.rs (`#[path]`).
+//! A real `redis-server` for a test (Debian's package, `scripts/test` installs it): started on a
+//! free loopback port without persistence, killed by its pid when dropped. Shared by
+//! tests/it/shared_redis.rs, tests/e2e/cluster.rs and tests/e2e/shared.rs (`#[path]`).
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,7 +14,7 @@ const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// A `redis-server` of this test: no snapshots, no append-only file, loopback only. Killed
 /// (SIGKILL, by its pid) when dropped.
 pub(crate) struct Redis {
-    pub(crate) port: u16,
+    port: u16,
     child: Option<Child>,
 }
 
@@ -82,7 +82,7 @@ impl Redis {
     }
 
     /// `PING` over a plain socket: `+PONG`.
-    pub(crate) fn answers_ping(&self) -> bool {
+    fn answers_ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
