@@ -297,15 +297,20 @@ fn disabled_client_refused_and_logout_revokes() {
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
 }
 
-/// Runs the real `pepper` CLI (salt-pepper, from the Salt venv) against `gate`.
-fn pepper(sandbox: &SaltSandbox, gate: &Gate, args: &[&str]) -> std::process::Output {
+/// Runs the real `pepper` CLI (salt-pepper, from the Salt venv `venv`) against the API at
+/// `addr`, logged in as the sandbox's eauth user.
+pub(crate) fn pepper(
+    venv: &std::path::Path,
+    addr: SocketAddr,
+    args: &[&str],
+) -> std::process::Output {
     let home = tempfile::tempdir().unwrap();
-    std::process::Command::new(sandbox.venv().join("bin/pepper"))
+    std::process::Command::new(venv.join("bin/pepper"))
         .env("HOME", home.path())
         .env_remove("PEPPERRC")
         .args([
             "--saltapi-url",
-            &format!("http://{}", gate.addr),
+            &format!("http://{addr}"),
             "-a",
             "file",
             "--username",
@@ -325,7 +330,11 @@ fn pepper(sandbox: &SaltSandbox, gate: &Gate, args: &[&str]) -> std::process::Ou
 fn real_pepper_cli_works_against_saltgate() {
     let sandbox = shared();
     let gate = Gate::start(sandbox, |_| {});
-    let out = pepper(sandbox, &gate, &[sandbox.minion_id(), "test.ping"]);
+    let out = pepper(
+        sandbox.venv(),
+        gate.addr,
+        &[sandbox.minion_id(), "test.ping"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -337,8 +346,8 @@ fn real_pepper_cli_works_against_saltgate() {
     assert_eq!(v, json!({"e2e-minion": true}));
 
     let out = pepper(
-        sandbox,
-        &gate,
+        sandbox.venv(),
+        gate.addr,
         &["--client", "runner", "test.arg", "x", "y=z"],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -155,17 +155,6 @@ async fn status_codes_and_returns_match_rest_tornado() {
     let v: Value = c
         .post(format!("{ours}/"))
         .header("x-auth-token", &token)
-        .json(&json!([{"client": "local", "tgt": mid, "fun": "test.ping"}]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v, json!({"return": [{mid.clone(): true}]}));
-    let v: Value = c
-        .post(format!("{ours}/"))
-        .header("x-auth-token", &token)
         .json(&json!([{"client": "local_async", "tgt": mid, "fun": "test.ping"}]))
         .send()
         .await
@@ -534,33 +523,9 @@ async fn the_reactor_gets_the_same_hook_event_data_as_from_rest_tornado() {
 async fn pepper_and_websockets_work_against_the_rest_tornado_dialect() {
     let sandbox = sandbox().await;
     let gate = Gate::start_dialect(&sandbox, Dialect::RestTornado, "", &[], |_| {}).await;
-    let url = format!("http://{}", gate.addr);
-    let venv = sandbox.venv().to_path_buf();
+    let (venv, addr) = (sandbox.venv().to_path_buf(), gate.addr);
     let mid = sandbox.minion_id().to_owned();
-    let out = blocking(move || {
-        let home = tempfile::tempdir().unwrap();
-        std::process::Command::new(venv.join("bin/pepper"))
-            .env("HOME", home.path())
-            .env_remove("PEPPERRC")
-            .args([
-                "--saltapi-url",
-                &url,
-                "-a",
-                "file",
-                "--username",
-                "saltdev",
-                "--password",
-                "saltdev",
-                "--non-interactive",
-                "--out",
-                "json",
-                &mid,
-                "test.ping",
-            ])
-            .output()
-            .expect("pepper runs")
-    })
-    .await;
+    let out = blocking(move || crate::lowstate::pepper(&venv, addr, &[&mid, "test.ping"])).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

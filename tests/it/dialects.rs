@@ -454,6 +454,23 @@ async fn rest_tornado_routes_answer_as_rest_tornado() {
         resp.headers()["access-control-allow-methods"],
         "OPTIONS, GET, POST"
     );
+    // Without Access-Control-Request-Headers too (rest_tornado: 500).
+    let resp = c
+        .request(http::Method::OPTIONS, app.url("/minions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    // The session cookie does not authenticate a request from another origin.
+    let resp = c
+        .post(app.url("/"))
+        .header("cookie", format!("session_id={token}"))
+        .header("origin", "https://evil.example")
+        .json(&lowstate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
     // rest_cherrypy's own routes are not rest_tornado's; WebSockets are off by default.
     for path in ["/logout", "/keys", "/stats", "/ws", "/all_events/ab12"] {
         let resp = c.get(app.url(path)).send().await.unwrap();
