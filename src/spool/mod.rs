@@ -84,7 +84,7 @@ impl SpoolConfig {
             dedup_ttl: Duration::from_secs(86_400),
             dedup_capacity: 100_000,
             reactor: None,
-            cache_bytes: 4 << 20,
+            cache_bytes: 1 << 20,
         }
     }
 }

@@ -9,9 +9,16 @@
 //! | `events` | received (ms since the epoch), hook path, client address, the packed event exactly as it goes onto the bus | once, at accept |
 //! | `pending` | push attempts recorded, entry size | at accept; gone when confirmed |
 //! | `done` | confirmation time (ms), attempts, entry size | when the echo was seen |
-//! | `dedup` | key hash → (sequence number, accept time) | at accept, for deliveries with a replay key |
-//! | `dedup_age` | (accept time, key hash) → () | beside `dedup`: its age order, for pruning |
-//! | `info` | `spool_id`, `next_seq` | at creation, at every commit |
+//! | `dedup_age` | (accept time, key hash) → () | at accept, for deliveries with a replay key |
+//! | `info` | `spool_id`, `next_seq` | at creation, and by commits that prune |
+//!
+//! What a commit costs is the pages it writes (copy-on-write: every leaf it changes and the
+//! branches above it), so every table is keyed in arrival order: a grouped commit appends to
+//! the rightmost leaf of each. The replay keys are kept in age order only (a table keyed by
+//! the random hash would change one random leaf per hook); a key accepted again after it
+//! expired gets a second row, and [`Store::dedup_keys`] returns the newest first, which is the
+//! one the replay guard keeps. `next_seq` follows from the last `events` row unless pruning
+//! removed it, so only commits that prune write it.
 //!
 //! An entry is in exactly one of `pending` and `done` while its `events` row exists, and each
 //! row of one transaction lands or none does: a crash at any instant leaves either the state
@@ -31,7 +38,9 @@ const EVENTS: TableDefinition<'static, u64, (u64, &str, &str, &[u8])> =
     TableDefinition::new("events");
 const PENDING: TableDefinition<'static, u64, (u32, u64)> = TableDefinition::new("pending");
 const DONE: TableDefinition<'static, u64, (u64, u32, u64)> = TableDefinition::new("done");
-const DEDUP: TableDefinition<'static, u128, (u64, u64)> = TableDefinition::new("dedup");
+/// The table earlier spools kept beside `dedup_age` (hash → sequence number, time); dropped
+/// when such a spool is opened.
+const OLD_DEDUP: TableDefinition<'static, u128, (u64, u64)> = TableDefinition::new("dedup");
 const DEDUP_AGE: TableDefinition<'static, (u64, u128), ()> = TableDefinition::new("dedup_age");
 const INFO: TableDefinition<'static, &str, u64> = TableDefinition::new("info");
 
@@ -263,9 +272,9 @@ impl Store {
             txn.open_table(EVENTS).map_err(store_err)?;
             txn.open_table(PENDING).map_err(store_err)?;
             txn.open_table(DONE).map_err(store_err)?;
-            txn.open_table(DEDUP).map_err(store_err)?;
             txn.open_table(DEDUP_AGE).map_err(store_err)?;
         }
+        txn.delete_table(OLD_DEDUP).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
         self.recovered()
     }
@@ -299,7 +308,7 @@ impl Store {
             done_sum.1 += v.value().2;
         }
         let dedup = txn
-            .open_table(DEDUP)
+            .open_table(DEDUP_AGE)
             .map_err(store_err)?
             .len()
             .map_err(store_err)?;
@@ -332,7 +341,6 @@ impl Store {
         let mut events = txn.open_table(EVENTS)?;
         let mut pending = txn.open_table(PENDING)?;
         let mut done = txn.open_table(DONE)?;
-        let mut dedup = txn.open_table(DEDUP)?;
         let mut dedup_age = txn.open_table(DEDUP_AGE)?;
         for row in &work.rows {
             events.insert(
@@ -345,17 +353,10 @@ impl Store {
                 ),
             )?;
             pending.insert(row.seq, (0u32, row.size()))?;
-            if let Some(key) = row.dedup {
-                let old = dedup
-                    .insert(key, (row.seq, row.received_ms))?
-                    .map(|v| v.value().1);
-                match old {
-                    Some(old_ms) => {
-                        dedup_age.remove((old_ms, key))?;
-                    }
-                    None => applied.dedup.0 += 1,
-                }
-                dedup_age.insert((row.received_ms, key), ())?;
+            if let Some(key) = row.dedup
+                && dedup_age.insert((row.received_ms, key), ())?.is_none()
+            {
+                applied.dedup.0 += 1;
             }
         }
         for &(seq, attempts) in &work.confirms {
@@ -419,15 +420,13 @@ impl Store {
             }
             for &(ms, key) in &keys {
                 dedup_age.remove((ms, key))?;
-                let current = dedup.get(key)?.map(|v| v.value().1);
-                if current == Some(ms) {
-                    dedup.remove(key)?;
-                }
             }
             applied.dedup.1 = keys.len() as u64;
         }
-        let mut info = txn.open_table(INFO)?;
-        info.insert("next_seq", work.next_seq)?;
+        if work.prune.is_some() {
+            let mut info = txn.open_table(INFO)?;
+            info.insert("next_seq", work.next_seq)?;
+        }
         Ok(applied)
     }
 
@@ -753,11 +752,14 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_key_seen_again_keeps_one_row() {
+    fn a_replay_key_seen_again_comes_back_newest_first() {
         let (store, _) = Store::open(&Storage::Memory, 1 << 20).unwrap();
         ingest(&store, vec![row(0, "a", Some(7))], 1);
         ingest(&store, vec![row(1, "b", Some(7))], 2);
-        assert_eq!(store.dedup_keys(0, 10).unwrap(), vec![(7, 1_001)]);
+        assert_eq!(
+            store.dedup_keys(0, 10).unwrap(),
+            vec![(7, 1_001), (7, 1_000)]
+        );
     }
 
     /// A crash mid-batch: the process dies with a transaction written but not committed, and
@@ -815,7 +817,8 @@ mod tests {
         // confirmed; never lost, never torn.
         assert!(seqs == [1, 2] || seqs == [0, 1, 2], "{seqs:?}");
         assert_eq!(r.pending.0 as usize, seqs.len());
-        assert_eq!(store.dedup_keys(0, 10).unwrap().len(), 1);
+        // One row per acceptance of the key (three, at 1,000–1,002 ms).
+        assert_eq!(store.dedup_keys(0, 10).unwrap().len(), 3);
         let (all, _) = store
             .list(&Query {
                 limit: 10,
