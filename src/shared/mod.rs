@@ -8,8 +8,13 @@
 //! - **Dedup** ([`SharedStore::dedup_begin`]): one atomic `SET <key> inprogress:<token> NX PX
 //!   <IN_PROGRESS>`; the instance that set it fires the delivery, every other one sees the key and
 //!   answers as the local guard does (`duplicate` once it is `done`, 409 while in progress).
-//!   Accepted: `SET <key> done PX <window>`. A delivery that failed to fire deletes its own
-//!   in-progress key (compare-and-delete, a script), so the sender's retry can proceed.
+//!   Accepted: `SET <key> done PX <window>`, queued rather than awaited. One task sends what
+//!   every connection queued meanwhile (commits and reservations, [`BATCH`] at most) as one
+//!   pipeline: a hook waits for one round trip, shared with the hooks that arrived with it, and
+//!   its answer does not wait for its commit. A retry that reaches another instance before
+//!   that commit lands (the next round trip, under a millisecond on a loopback Redis) is
+//!   answered 409 `in_progress`, which senders retry. A delivery that failed to fire deletes its
+//!   own in-progress key (compare-and-delete, a script), so the sender's retry can proceed.
 //! - **Rate limits and throttles** ([`SharedStore::gcra`]): a GCRA bucket per rule and client
 //!   key in one Lua script (`gcra.lua`, `EVALSHA`, loaded again on `NOSCRIPT`), on the Redis
 //!   server's clock, so every instance draws from one bucket.
@@ -46,6 +51,13 @@ use crate::config::shared::{FailMode, SharedConfig};
 /// How long an in-progress dedup key lives: a delivery holding it longer (an instance that
 /// died mid-delivery) no longer blocks the sender's retry after this.
 pub const IN_PROGRESS: Duration = Duration::from_secs(30);
+
+/// Dedup operations sent in one pipeline at most.
+pub const BATCH: usize = 512;
+
+/// Dedup operations queued for the pipeline task at most; past it an operation is sent on
+/// its own and awaited (back pressure, nothing dropped).
+pub const QUEUE: usize = 8192;
 
 /// A fallback is logged at most this often (every one is counted).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -246,6 +258,20 @@ struct Inner {
     /// When a fallback was last logged, in milliseconds since `started` (+1; 0: never).
     logged_ms: AtomicU64,
     stats: Stats,
+    /// Dedup operations for the pipeline task.
+    queue: tokio::sync::mpsc::Sender<Queued>,
+}
+
+/// A dedup operation waiting for the pipeline task.
+enum Queued {
+    /// `SET <key> done PX <ms>`; nobody waits for it.
+    Commit { key: String, ms: u64 },
+    /// A reservation; its caller waits for `reply`.
+    Begin {
+        key: String,
+        token: String,
+        reply: tokio::sync::oneshot::Sender<Result<DedupState, Down>>,
+    },
 }
 
 /// A connection to the shared store and its state (up or down). Cheap to clone.
@@ -261,6 +287,132 @@ impl std::fmt::Debug for SharedStore {
             .field("up", &self.is_up())
             .finish()
     }
+}
+
+/// Sends the queued dedup operations, as many as are queued (up to [`BATCH`]) in one
+/// pipeline, until the store is dropped: the commits, then the reservations, whose callers get
+/// their answers. A pipeline that fails counts each of its operations failed, marks the store
+/// down as a single operation would, and answers its reservations [`Down`]; its commits' keys
+/// stay in progress until they expire ([`IN_PROGRESS`]), and this instance's own guard still
+/// answers their retries.
+async fn pipeline(store: std::sync::Weak<Inner>, mut queue: tokio::sync::mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let store = SharedStore { inner };
+        let mut commits = Vec::new();
+        let mut keys = Vec::new();
+        let mut replies = Vec::new();
+        for item in batch.drain(..) {
+            match item {
+                Queued::Commit { key, ms } => commits.push((key, ms)),
+                Queued::Begin { key, token, reply } => {
+                    keys.push((key, token));
+                    replies.push(reply);
+                }
+            }
+        }
+        let (c, b) = (commits.len(), keys.len());
+        let op = if b > 0 {
+            Op::DedupBegin
+        } else {
+            Op::DedupCommit
+        };
+        let states = store
+            .run(op, |mut conn| async move {
+                if keys.is_empty() {
+                    let mut pipe = redis::pipe();
+                    add_commits(&mut pipe, commits);
+                    pipe.query_async::<()>(&mut conn).await?;
+                    return Ok(Vec::new());
+                }
+                reserve(&mut conn, commits, keys).await
+            })
+            .await;
+        // `run` counted the pipeline once, as `op`; count every operation in it.
+        let stats = &store.inner.stats;
+        let ok = states.is_ok();
+        let (more_commits, more_begins) = if b > 0 { (c, b - 1) } else { (c - 1, 0) };
+        for _ in 0..more_commits {
+            stats.counted(Op::DedupCommit, ok);
+        }
+        for _ in 0..more_begins {
+            stats.counted(Op::DedupBegin, ok);
+        }
+        match states {
+            Ok(states) if states.len() == b => {
+                for (reply, state) in replies.into_iter().zip(states) {
+                    let _ = reply.send(Ok(state));
+                }
+            }
+            _ => {
+                for reply in replies {
+                    let _ = reply.send(Err(Down));
+                }
+            }
+        }
+    }
+}
+
+fn add_commits(pipe: &mut redis::Pipeline, commits: Vec<(String, u64)>) {
+    for (key, ms) in commits {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg("done")
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+    }
+}
+
+/// `commits`, then `SET <key> <token> NX PX <IN_PROGRESS>` for each of `keys`, in one
+/// pipeline; then one `GET` pipeline for the keys already held: what each is.
+async fn reserve(
+    c: &mut ConnectionManager,
+    commits: Vec<(String, u64)>,
+    keys: Vec<(String, String)>,
+) -> redis::RedisResult<Vec<DedupState>> {
+    let ms = IN_PROGRESS.as_millis() as u64;
+    let mut pipe = redis::pipe();
+    add_commits(&mut pipe, commits);
+    for (key, token) in &keys {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms);
+    }
+    let set: Vec<Option<String>> = pipe.query_async(c).await?;
+    let held: Vec<&str> = keys
+        .iter()
+        .zip(&set)
+        .filter(|(_, s)| s.is_none())
+        .map(|((key, _), _)| key.as_str())
+        .collect();
+    let mut values: Vec<Option<String>> = Vec::new();
+    if !held.is_empty() {
+        let mut get = redis::pipe();
+        for key in &held {
+            get.cmd("GET").arg(*key);
+        }
+        values = get.query_async(c).await?;
+    }
+    let mut values = values.into_iter();
+    Ok(keys
+        .into_iter()
+        .zip(set)
+        .map(|((_, token), set)| match set {
+            Some(_) => DedupState::Reserved(token),
+            None => match values.next().flatten().as_deref() {
+                Some("done") => DedupState::Done,
+                // In progress, or gone between the two commands: the sender retries.
+                _ => DedupState::InProgress,
+            },
+        })
+        .collect())
 }
 
 /// The client redis-rs builds from the configured URL.
@@ -280,6 +432,7 @@ impl SharedStore {
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_lazy_with_config(client(config)?, manager)?;
+        let (queue, queued) = tokio::sync::mpsc::channel(QUEUE);
         let store = Self {
             inner: Arc::new(Inner {
                 conn,
@@ -292,8 +445,10 @@ impl SharedStore {
                 started: Instant::now(),
                 logged_ms: AtomicU64::new(0),
                 stats: Stats::default(),
+                queue,
             }),
         };
+        tokio::spawn(pipeline(Arc::downgrade(&store.inner), queued));
         Ok(store)
     }
 
@@ -440,37 +595,52 @@ impl SharedStore {
     }
 
     /// Reserves the dedup key `hash` (the local guard's [`crate::security::Reservation::key_hash`]).
+    /// Queued for the pipeline task (see the module's notes); sent on its own when the queue is
+    /// full.
     pub async fn dedup_begin(&self, hash: u128) -> Result<DedupState, Down> {
+        if !self.is_up() {
+            return Err(Down);
+        }
         let key = self.dedup_key(hash);
         let token = format!("inprogress:{:016x}", rand::random::<u64>());
-        let ms = IN_PROGRESS.as_millis() as u64;
-        let value = token.clone();
-        self.run(Op::DedupBegin, |mut c| async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut c)
-                .await?;
-            if set.is_some() {
-                return Ok(DedupState::Reserved(value));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self
+            .inner
+            .queue
+            .try_send(Queued::Begin { key, token, reply })
+        {
+            // The task gone (the store is being dropped): as if Redis did not answer.
+            Ok(()) => answer.await.unwrap_or(Err(Down)),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item))
+            | Err(tokio::sync::mpsc::error::TrySendError::Closed(item)) => {
+                let Queued::Begin { key, token, .. } = item else {
+                    return Err(Down);
+                };
+                self.run(Op::DedupBegin, |mut c| async move {
+                    let mut states = reserve(&mut c, Vec::new(), vec![(key, token)]).await?;
+                    Ok(states.pop().unwrap_or(DedupState::InProgress))
+                })
+                .await
             }
-            let held: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
-            Ok(match held.as_deref() {
-                Some("done") => DedupState::Done,
-                // In progress, or gone between the two commands: the sender retries.
-                _ => DedupState::InProgress,
-            })
-        })
-        .await
+        }
     }
 
-    /// Marks `hash` accepted: a duplicate everywhere for `window`.
+    /// Marks `hash` accepted: a duplicate everywhere for `window`. Queued for the pipeline
+    /// task (see the module's notes); sent on its own and awaited only when the queue is full.
     pub async fn dedup_commit(&self, hash: u128, window: Duration) -> Result<(), Down> {
         let key = self.dedup_key(hash);
         let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        if !self.is_up() {
+            return Err(Down);
+        }
+        let (key, ms) = match self.inner.queue.try_send(Queued::Commit { key, ms }) {
+            Ok(()) => return Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(item))
+            | Err(tokio::sync::mpsc::error::TrySendError::Closed(item)) => match item {
+                Queued::Commit { key, ms } => (key, ms),
+                Queued::Begin { .. } => return Err(Down),
+            },
+        };
         self.run(Op::DedupCommit, |mut c| async move {
             redis::cmd("SET")
                 .arg(&key)

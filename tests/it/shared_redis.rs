@@ -407,3 +407,51 @@ async fn each_instances_page_names_it_and_lists_its_own_deliveries() {
         assert_eq!(deliveries[0]["outcome"], outcome, "{name}: {list}");
     }
 }
+
+/// The pipeline task under concurrency, on the store itself: 400 reservations of 200 keys
+/// (each key twice) queued at once get exactly one `Reserved` per key and `InProgress` for the
+/// other; once the commits (queued, not awaited) have gone out, every key is `Done`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reservations_answer_each_caller_and_commits_land() {
+    use saltgate::shared::{DedupState, SharedStore};
+    let redis = Redis::start();
+    let store = SharedStore::new(&redis.config(FailMode::Closed)).unwrap();
+    let begins = (0..400u128).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { (i % 200, store.dedup_begin(i % 200).await) })
+    });
+    let mut reserved: HashMap<u128, usize> = HashMap::new();
+    let mut in_progress = 0;
+    for begin in begins {
+        match begin.await.unwrap() {
+            (key, Ok(DedupState::Reserved(_))) => *reserved.entry(key).or_default() += 1,
+            (_, Ok(DedupState::InProgress)) => in_progress += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(reserved.len(), 200, "every key reserved once");
+    assert!(reserved.values().all(|&n| n == 1), "{reserved:?}");
+    assert_eq!(in_progress, 200);
+    for key in 0..200u128 {
+        store
+            .dedup_commit(key, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    // The commits went to the queue; the next pipeline (before any later reservation) sends
+    // them, so a reservation made after them sees each key done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for key in 0..200u128 {
+        loop {
+            match store.dedup_begin(key).await {
+                Ok(DedupState::Done) => break,
+                Ok(DedupState::InProgress) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => panic!("key {key}: {other:?}"),
+            }
+        }
+    }
+    let ops = store.stats();
+    assert_eq!(ops.fallbacks(saltgate::shared::Op::DedupBegin), 0);
+}
