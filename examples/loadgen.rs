@@ -289,6 +289,10 @@ struct Job {
     timeout: Duration,
     /// Seconds between this worker's requests (0: none).
     interval: f64,
+    /// Seconds after the others' start this worker's schedule starts: workers are spread over
+    /// one interval, so the paced load arrives evenly at `--rate`, not as bursts of `--conns`
+    /// requests every interval.
+    phase: f64,
     deadline: Instant,
     stop: Arc<AtomicBool>,
 }
@@ -297,7 +301,7 @@ async fn worker(w: usize, job: Job) -> Tally {
     let mut tally = Tally::default();
     let mut sender: Option<Sender> = None;
     let mut seq: u64 = 0;
-    let start = Instant::now();
+    let start = Instant::now() + Duration::from_secs_f64(job.phase);
     let host = format!("{}:{}", job.target.host, job.target.port);
     loop {
         let now = Instant::now();
@@ -432,6 +436,7 @@ async fn http(a: HttpArgs) -> Result<String> {
             body_size: a.body_size,
             timeout: Duration::from_secs_f64(a.timeout),
             interval,
+            phase: interval * w as f64 / conns as f64,
             deadline,
             stop: Arc::clone(&stop),
         };
