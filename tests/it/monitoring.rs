@@ -173,6 +173,15 @@ async fn scrape_live_metrics() -> String {
             c.spool = Some(saltgate::spool::SpoolConfig::new(
                 saltgate::spool::Storage::Dir(dir),
             ));
+            // The shared store's families are registered when `saltgate.shared` is set; the
+            // requests below use no shared operation, so nothing needs to listen there.
+            c.shared = Some(
+                saltgate::config::shared::SharedConfig::new(
+                    "redis://127.0.0.1:1/0",
+                    saltgate::config::shared::FailMode::Local,
+                )
+                .unwrap(),
+            );
         })
         .with_limits(|l| l.first_byte_timeout = Duration::from_millis(200))
         .with_hooks(
