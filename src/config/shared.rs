@@ -6,6 +6,7 @@
 //!   shared:
 //!     backend: redis
 //!     url: redis://127.0.0.1:6379/0   # or host/port/db/username/password(_file)/tls
+//!     tls_ca_file: /etc/saltgate/redis-ca.pem   # rediss:// only; default: the system's roots
 //!     key_prefix: "saltgate:"
 //!     timeout_ms: 50                # every Redis operation, 1 to 5000
 //!     fail: local                   # local: fall back to this instance's stores; closed: 503
@@ -79,9 +80,13 @@ pub struct RawShared {
     /// A file holding the password (trailing newline removed).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// Connect with TLS (the system's trust store).
+    /// Connect with TLS (the system's trust store, or `tls_ca_file`).
     #[serde(default)]
     pub tls: bool,
+    /// PEM certificates to trust for a `rediss://` server instead of the system's roots (a
+    /// private CA, or the server's own self-signed certificate).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Put before every key saltgate writes.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
@@ -118,6 +123,8 @@ pub struct SharedConfig {
     pub timeout: Duration,
     /// What happens when the store cannot answer.
     pub fail: FailMode,
+    /// PEM certificates trusted for TLS instead of the system's roots (`tls_ca_file`).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for SharedConfig {
@@ -127,6 +134,7 @@ impl fmt::Debug for SharedConfig {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("fail", &self.fail)
+            .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -141,6 +149,7 @@ impl SharedConfig {
             key_prefix: default_prefix(),
             timeout: Duration::from_millis(default_timeout()),
             fail,
+            tls_ca: None,
         })
     }
 
@@ -288,12 +297,35 @@ pub fn build(
         }
     };
     let display_url = checked_url("saltgate.shared.url", &url)?;
+    let tls_ca = match &raw.tls_ca_file {
+        None => None,
+        Some(path) => {
+            let key = "saltgate.shared.tls_ca_file";
+            if !url.starts_with("rediss://") {
+                return Err(ConfigError::invalid(
+                    key,
+                    "needs TLS: a rediss:// url, or tls: true",
+                ));
+            }
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+    };
     Ok(Some(SharedConfig {
         url,
         display_url,
         key_prefix: raw.key_prefix.clone(),
         timeout: Duration::from_millis(raw.timeout_ms),
         fail: raw.fail,
+        tls_ca,
     }))
 }
 
@@ -355,6 +387,7 @@ pub fn render(shared: Option<&SharedConfig>) -> serde_json::Value {
             "key_prefix": s.key_prefix,
             "timeout_ms": s.timeout.as_millis(),
             "fail": s.fail.as_str(),
+            "tls_roots": if s.tls_ca.is_some() { "tls_ca_file" } else { "system" },
         }),
     }
 }
@@ -417,6 +450,41 @@ mod tests {
         master.redis_port = serde_json::json!("many");
         let e = build(Some(&raw("backend: redis\n")), &master).unwrap_err();
         assert_eq!(e.key(), Some("redis.port"));
+    }
+
+    #[test]
+    fn tls_ca_file_needs_tls_and_a_pem_certificate() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.crt");
+        let c = built(&format!(
+            "backend: redis\nurl: rediss://r:6380/0\ntls_ca_file: {ca}\n"
+        ))
+        .unwrap();
+        assert!(
+            c.tls_ca
+                .as_ref()
+                .is_some_and(|p| p.starts_with(b"-----BEGIN"))
+        );
+        assert_eq!(render(Some(&c))["tls_roots"], "tls_ca_file");
+        let c = built(&format!("backend: redis\ntls: true\ntls_ca_file: {ca}\n")).unwrap();
+        assert!(c.url().starts_with("rediss://") && c.tls_ca.is_some());
+        for (yaml, why) in [
+            (format!("url: redis://r/0\ntls_ca_file: {ca}"), "needs TLS"),
+            (
+                "url: rediss://r/0\ntls_ca_file: /nonexistent/ca.pem".into(),
+                "cannot read",
+            ),
+            (
+                format!(
+                    "url: rediss://r/0\ntls_ca_file: {}",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")
+                ),
+                "no PEM certificate",
+            ),
+        ] {
+            let e = built(&format!("backend: redis\n{yaml}\n")).unwrap_err();
+            assert_eq!(e.key(), Some("saltgate.shared.tls_ca_file"), "{yaml}");
+            assert!(e.to_string().contains(why), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -417,7 +417,16 @@ async fn reserve(
 
 /// The client redis-rs builds from the configured URL.
 fn client(config: &SharedConfig) -> Result<Client, redis::RedisError> {
-    Client::open(config.url())
+    match &config.tls_ca {
+        None => Client::open(config.url()),
+        Some(ca) => Client::build_with_tls(
+            config.url(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+    }
 }
 
 impl SharedStore {

@@ -455,3 +455,40 @@ async fn pipelined_reservations_answer_each_caller_and_commits_land() {
     let ops = store.stats();
     assert_eq!(ops.fallbacks(saltgate::shared::Op::DedupBegin), 0);
 }
+
+/// A `saltgate.shared` on a TLS-only redis-server (`rediss://`): with the server's CA in
+/// `tls_ca_file` two instances share one delivery id over TLS; without it the certificate is
+/// not trusted (the system's roots do not hold the fixture CA), the store is down and
+/// `fail: closed` answers 503 `shared_unavailable`, firing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_shared_with_its_ca_and_refused_without_it() {
+    let redis = Redis::start_tls();
+    let trusted = move |redis: &Redis| {
+        let mut config = redis.config(FailMode::Closed);
+        config.tls_ca = Some(Redis::ca_pem());
+        config
+    };
+    let spawn = |config: saltgate::config::shared::SharedConfig| async move {
+        TestApp::builder()
+            .with_config(move |c| {
+                c.api.stats_disable_auth = true;
+                c.shared = Some(config);
+            })
+            .with_hooks(GITHUB_RULE, &[("GH", "s3cret")])
+            .spawn()
+            .await
+    };
+    let a = spawn(trusted(&redis)).await;
+    let b = spawn(trusted(&redis)).await;
+    let c = reqwest::Client::new();
+    shared_once(&c, &a, &b, "tls-1").await;
+    shared_once(&c, &b, &a, "tls-2").await;
+
+    let untrusted = spawn(redis.config(FailMode::Closed)).await;
+    let mut sub = untrusted.subscribe();
+    let answer = deliver(&c, &untrusted, "tls-3").await;
+    assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
+    assert_eq!(answer.2["code"], "shared_unavailable", "{answer:?}");
+    assert!(fired_ids(&mut sub).await.is_empty(), "nothing fired");
+    assert_eq!(app_metric(&untrusted, "saltgate_shared_up").await, 0.0);
+}

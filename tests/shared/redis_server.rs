@@ -16,23 +16,55 @@ const REDIS_SERVER: &str = "/usr/bin/redis-server";
 pub(crate) struct Redis {
     port: u16,
     child: Option<Child>,
+    /// Serves TLS only (tests/fixtures/tls: `server.crt` for 127.0.0.1, signed by `ca.crt`).
+    tls: bool,
+}
+
+/// tests/fixtures/tls/`name`.
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 impl Redis {
     /// Starts one on a free loopback port and waits until it answers `PING`.
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts one that serves TLS only, with the fixture certificate for 127.0.0.1.
+    #[allow(dead_code, reason = "used by the it suite only")]
+    pub(crate) fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self {
+            port,
+            child: None,
+            tls,
+        };
         redis.restart();
         redis
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The fixture CA that signed the TLS server's certificate, as PEM.
+    #[allow(dead_code, reason = "used by the it suite only")]
+    pub(crate) fn ca_pem() -> Vec<u8> {
+        std::fs::read(fixture("ca.crt")).unwrap()
     }
 
     /// `saltgate.shared` for this server. The operation timeout is 2 s, not the 50 ms default:
@@ -53,8 +85,18 @@ impl Redis {
              (apt-get install -y redis-server; scripts/test installs it)"
         );
         assert!(self.child.is_none(), "redis-server is running already");
-        let child = Command::new(REDIS_SERVER)
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(REDIS_SERVER);
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &fixture("server.crt")])
+                .args(["--tls-key-file", &fixture("server.key")])
+                .args(["--tls-ca-cert-file", &fixture("ca.crt")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -81,12 +123,15 @@ impl Redis {
         }
     }
 
-    /// `PING` over a plain socket: `+PONG`.
+    /// `PING` over a plain socket: `+PONG` (a TLS server: its port accepts connections).
     fn answers_ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            return true;
+        }
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let mut buf = [0u8; 7];
         s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
