@@ -316,6 +316,18 @@ pub fn build(
                     format!("{} holds no PEM certificate", path.display()),
                 ));
             }
+            // The client parses the certificates as it is built: a broken one fails here, in
+            // check-config, not at start.
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            };
+            redis::Client::build_with_tls(url.as_str(), certs).map_err(|e| {
+                ConfigError::invalid(
+                    key,
+                    format!("{}: {}", path.display(), redacted(&e.to_string(), &url)),
+                )
+            })?;
             Some(pem)
         }
     };
@@ -467,8 +479,19 @@ mod tests {
         assert_eq!(render(Some(&c))["tls_roots"], "tls_ca_file");
         let c = built(&format!("backend: redis\ntls: true\ntls_ca_file: {ca}\n")).unwrap();
         assert!(c.url().starts_with("rediss://") && c.tls_ca.is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         for (yaml, why) in [
             (format!("url: redis://r/0\ntls_ca_file: {ca}"), "needs TLS"),
+            (
+                format!("url: rediss://r/0\ntls_ca_file: {}", broken.display()),
+                "broken.pem",
+            ),
             (
                 "url: rediss://r/0\ntls_ca_file: /nonexistent/ca.pem".into(),
                 "cannot read",

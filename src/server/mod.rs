@@ -390,6 +390,11 @@ pub async fn serve(
         Ok(()) => tracing::info!("All connections closed"),
         Err(_) => tracing::warn!("Drain timeout passed; closing remaining connections"),
     }
+    if let Some(shared) = state.hooks.shared() {
+        // The "done" marks of the last accepted deliveries, queued for the shared store's
+        // pipeline, go out before the process does.
+        shared.flush(SHARED_FLUSH).await;
+    }
     if let Some(spool) = spool {
         // Accepted hooks still waiting get a last chance to go out; the rest stay spooled.
         spool.drain(SPOOL_DRAIN).await;
@@ -526,6 +531,9 @@ async fn connection(
         }
     }
 }
+
+/// How long a shutdown waits for the shared store's queued operations to be sent.
+const SHARED_FLUSH: Duration = Duration::from_secs(2);
 
 /// How long a shutdown waits for spooled hooks to be delivered.
 const SPOOL_DRAIN: Duration = Duration::from_secs(10);

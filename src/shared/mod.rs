@@ -272,6 +272,8 @@ enum Queued {
         token: String,
         reply: tokio::sync::oneshot::Sender<Result<DedupState, Down>>,
     },
+    /// Answered once everything queued before it was sent ([`SharedStore::flush`]).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A connection to the shared store and its state (up or down). Cheap to clone.
@@ -305,6 +307,7 @@ async fn pipeline(store: std::sync::Weak<Inner>, mut queue: tokio::sync::mpsc::R
         let mut commits = Vec::new();
         let mut keys = Vec::new();
         let mut replies = Vec::new();
+        let mut flushed = Vec::new();
         for item in batch.drain(..) {
             match item {
                 Queued::Commit { key, ms } => commits.push((key, ms)),
@@ -312,45 +315,78 @@ async fn pipeline(store: std::sync::Weak<Inner>, mut queue: tokio::sync::mpsc::R
                     keys.push((key, token));
                     replies.push(reply);
                 }
+                Queued::Flush(done) => flushed.push(done),
             }
         }
         let (c, b) = (commits.len(), keys.len());
-        let op = if b > 0 {
-            Op::DedupBegin
-        } else {
-            Op::DedupCommit
-        };
-        let states = store
-            .run(op, |mut conn| async move {
-                if keys.is_empty() {
-                    let mut pipe = redis::pipe();
-                    add_commits(&mut pipe, commits);
-                    pipe.query_async::<()>(&mut conn).await?;
-                    return Ok(Vec::new());
-                }
-                reserve(&mut conn, commits, keys).await
-            })
-            .await;
-        // `run` counted the pipeline once, as `op`; count every operation in it.
+        if c + b > 0 {
+            send_batch(&store, commits, keys, replies).await;
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One pipeline: `commits`, then the reservations `keys`, whose callers get their answers on
+/// `replies` (in order). A reservation whose caller has gone (its client left, or it stopped
+/// waiting) is released at once, so it does not hold the id for [`IN_PROGRESS`].
+async fn send_batch(
+    store: &SharedStore,
+    commits: Vec<(String, u64)>,
+    keys: Vec<(String, String)>,
+    replies: Vec<tokio::sync::oneshot::Sender<Result<DedupState, Down>>>,
+) {
+    let (c, b) = (commits.len(), keys.len());
+    let op = if b > 0 {
+        Op::DedupBegin
+    } else {
+        Op::DedupCommit
+    };
+    let sent = store.is_up();
+    let tokens: Vec<(String, String)> = keys.clone();
+    let states = store
+        .run(op, |mut conn| async move {
+            if keys.is_empty() {
+                let mut pipe = redis::pipe();
+                add_commits(&mut pipe, commits);
+                pipe.query_async::<()>(&mut conn).await?;
+                return Ok(Vec::new());
+            }
+            reserve(&mut conn, commits, keys).await
+        })
+        .await;
+    // `run` counted the pipeline once, as `op`, if it was sent; count every operation in it.
+    if sent {
         let stats = &store.inner.stats;
         let ok = states.is_ok();
-        let (more_commits, more_begins) = if b > 0 { (c, b - 1) } else { (c - 1, 0) };
+        let (more_commits, more_begins) = if b > 0 {
+            (c, b - 1)
+        } else {
+            (c.saturating_sub(1), 0)
+        };
         for _ in 0..more_commits {
             stats.counted(Op::DedupCommit, ok);
         }
         for _ in 0..more_begins {
             stats.counted(Op::DedupBegin, ok);
         }
-        match states {
-            Ok(states) if states.len() == b => {
-                for (reply, state) in replies.into_iter().zip(states) {
-                    let _ = reply.send(Ok(state));
+    }
+    match states {
+        Ok(states) if states.len() == b => {
+            let mut orphans = Vec::new();
+            for ((reply, state), (key, _)) in replies.into_iter().zip(states).zip(tokens) {
+                if let Err(Ok(DedupState::Reserved(token))) = reply.send(Ok(state)) {
+                    orphans.push((key, token));
                 }
             }
-            _ => {
-                for reply in replies {
-                    let _ = reply.send(Err(Down));
-                }
+            for (key, token) in orphans {
+                let _ = store.release_key(key, token).await;
+            }
+        }
+        _ => {
+            for reply in replies {
+                let _ = reply.send(Err(Down));
             }
         }
     }
@@ -398,7 +434,9 @@ async fn reserve(
         for key in &held {
             get.cmd("GET").arg(*key);
         }
-        values = get.query_async(c).await?;
+        // The reservations made stand whatever becomes of this: a held key whose state cannot
+        // be read is answered in progress (the sender retries).
+        values = get.query_async(c).await.unwrap_or_default();
     }
     let mut values = values.into_iter();
     Ok(keys
@@ -618,8 +656,13 @@ impl SharedStore {
             .queue
             .try_send(Queued::Begin { key, token, reply })
         {
-            // The task gone (the store is being dropped): as if Redis did not answer.
-            Ok(()) => answer.await.unwrap_or(Err(Down)),
+            // Its pipeline waits for at most the one in flight and its own, each bounded by
+            // `timeout_ms`; past twice that (a queue deep behind a slow Redis), or with the
+            // task gone (the store is being dropped), it is as if Redis did not answer, and
+            // a reservation made after all is released by the task.
+            Ok(()) => tokio::time::timeout(self.inner.timeout * 2, answer)
+                .await
+                .map_or(Err(Down), |a| a.unwrap_or(Err(Down))),
             Err(tokio::sync::mpsc::error::TrySendError::Full(item))
             | Err(tokio::sync::mpsc::error::TrySendError::Closed(item)) => {
                 let Queued::Begin { key, token, .. } = item else {
@@ -647,7 +690,7 @@ impl SharedStore {
             Err(tokio::sync::mpsc::error::TrySendError::Full(item))
             | Err(tokio::sync::mpsc::error::TrySendError::Closed(item)) => match item {
                 Queued::Commit { key, ms } => (key, ms),
-                Queued::Begin { .. } => return Err(Down),
+                Queued::Begin { .. } | Queued::Flush(_) => return Err(Down),
             },
         };
         self.run(Op::DedupCommit, |mut c| async move {
@@ -664,8 +707,21 @@ impl SharedStore {
 
     /// Deletes `hash`'s in-progress key if it still holds `token` (a failed delivery).
     pub async fn dedup_release(&self, hash: u128, token: &str) -> Result<(), Down> {
-        let key = self.dedup_key(hash);
-        let token = token.to_owned();
+        self.release_key(self.dedup_key(hash), token.to_owned())
+            .await
+    }
+
+    /// Everything queued for the pipeline task so far is sent (or found unsendable) when this
+    /// returns, within `within`: at shutdown, so that no accepted delivery is left "in
+    /// progress" instead of "done".
+    pub async fn flush(&self, within: Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(within, flushed).await;
+        }
+    }
+
+    async fn release_key(&self, key: String, token: String) -> Result<(), Down> {
         self.run(Op::DedupRelease, |mut c| async move {
             RELEASE
                 .key(&key)

@@ -506,15 +506,20 @@ impl Spool {
         }
     }
 
-    /// Replay keys accepted within the last `ttl`, newest first, at most `max`: each with when
-    /// it was accepted. For [`crate::security::ReplayGuard::restore`] at start.
+    /// Replay keys accepted within the last `ttl`, newest first, at most `max` rows read: each
+    /// key once, with when it was last accepted. For [`crate::security::ReplayGuard::restore`] at start.
     pub fn dedup_keys(&self, ttl: Duration, max: usize) -> Vec<(u128, SystemTime)> {
         let since = now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         match self.inner.store.dedup_keys(since, max) {
-            Ok(keys) => keys
-                .into_iter()
-                .map(|(k, ms)| (k, SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
-                .collect(),
+            // A key accepted again after it left the guard has a row per acceptance: only the
+            // newest (the first here) counts.
+            Ok(keys) => {
+                let mut seen = std::collections::HashSet::with_capacity(keys.len());
+                keys.into_iter()
+                    .filter(|(k, _)| seen.insert(*k))
+                    .map(|(k, ms)| (k, SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+                    .collect()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot read the spool's replay keys; retries of earlier deliveries will be fired again");
                 Vec::new()

@@ -263,3 +263,23 @@ async fn redelivery_fires_the_stored_event_again() {
     let (info, _) = spool.get(seq).await.unwrap().unwrap();
     assert_eq!(info.attempts, 2);
 }
+
+/// A key accepted twice (it had left the guard in between) has two rows; what is restored is
+/// the key once, at its newest acceptance, so the guard's window runs from the later one.
+#[tokio::test]
+async fn a_key_accepted_twice_is_restored_once_at_its_newest_time() {
+    let bus: SharedBus = Arc::new(MemoryBus::new(64));
+    let spool = Spool::open(SpoolConfig::new(Storage::Memory), Arc::clone(&bus)).unwrap();
+    spool.accept(hook(1), who(Some(7))).await.unwrap();
+    let between = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    spool.accept(hook(2), who(Some(7))).await.unwrap();
+    spool.accept(hook(3), who(Some(8))).await.unwrap();
+    let keys = spool.dedup_keys(Duration::from_secs(60), 10);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let seven = keys.iter().find(|k| k.0 == 7).unwrap();
+    assert!(
+        seven.1 > between,
+        "restored at the older acceptance: {keys:?}"
+    );
+}

@@ -492,3 +492,35 @@ async fn a_tls_redis_is_shared_with_its_ca_and_refused_without_it() {
     assert!(fired_ids(&mut sub).await.is_empty(), "nothing fired");
     assert_eq!(app_metric(&untrusted, "saltgate_shared_up").await, 0.0);
 }
+
+/// A reservation whose caller stopped waiting (its client left while Redis was slow) is
+/// released by the pipeline once Redis answers, so it does not hold the id "in progress" for
+/// 30 s: Redis pauses writes (`CLIENT PAUSE ... WRITE`), the caller gives up after 50 ms, the
+/// `SET NX` lands when the pause ends, and the same key can be reserved again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_caller_gave_up_is_released() {
+    use saltgate::shared::{DedupState, SharedStore};
+    let redis = Redis::start();
+    let store = SharedStore::new(&redis.config(FailMode::Closed)).unwrap();
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), store.dedup_begin(42)).await;
+    assert!(gave_up.is_err(), "answered during the pause: {gave_up:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.dedup_begin(42).await {
+            Ok(DedupState::Reserved(_)) => break,
+            Ok(DedupState::InProgress) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the abandoned reservation still holds the key: {other:?}"),
+        }
+    }
+}

@@ -90,6 +90,11 @@ impl Hooks {
         }
     }
 
+    /// The store several saltgates share, when set.
+    pub fn shared(&self) -> Option<&SharedStore> {
+        self.shared.as_ref()
+    }
+
     /// The replay guard's TTL and capacity.
     pub fn replay_limits(&self) -> (std::time::Duration, usize) {
         (self.replay.local().ttl(), self.replay.local().capacity())
