@@ -716,9 +716,13 @@ impl SharedStore {
     /// progress" instead of "done".
     pub async fn flush(&self, within: Duration) {
         let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
-            let _ = tokio::time::timeout(within, flushed).await;
-        }
+        let queue = &self.inner.queue;
+        let _ = tokio::time::timeout(within, async move {
+            if queue.send(Queued::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        })
+        .await;
     }
 
     async fn release_key(&self, key: String, token: String) -> Result<(), Down> {
