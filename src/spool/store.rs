@@ -16,9 +16,9 @@
 //! branches above it), so every table is keyed in arrival order: a grouped commit appends to
 //! the rightmost leaf of each. The replay keys are kept in age order only (a table keyed by
 //! the random hash would change one random leaf per hook); a key accepted again after it
-//! expired gets a second row, and [`Store::dedup_keys`] returns the newest first, which is the
-//! one the replay guard keeps. `next_seq` follows from the last `events` row unless pruning
-//! removed it, so only commits that prune write it.
+//! expired gets a second row ([`Store::dedup_keys`] returns rows newest first, and
+//! `Spool::dedup_keys` keeps each key's newest for the replay guard). `next_seq` follows from
+//! the last `events` row unless pruning removed it, so only commits that prune write it.
 //!
 //! An entry is in exactly one of `pending` and `done` while its `events` row exists, and each
 //! row of one transaction lands or none does: a crash at any instant leaves either the state
