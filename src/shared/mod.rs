@@ -235,6 +235,11 @@ impl Stats {
         self.by_op[op.index()][usize::from(!ok)].inc();
     }
 
+    /// Operations `op` that the store answered.
+    pub fn answered(&self, op: Op) -> u64 {
+        self.by_op[op.index()][0].get()
+    }
+
     /// Fallbacks to the local stores counted for `op`.
     pub fn fallbacks(&self, op: Op) -> u64 {
         self.fallback_by_op[op.index()].get()
@@ -318,8 +323,7 @@ async fn pipeline(store: std::sync::Weak<Inner>, mut queue: tokio::sync::mpsc::R
                 Queued::Flush(done) => flushed.push(done),
             }
         }
-        let (c, b) = (commits.len(), keys.len());
-        if c + b > 0 {
+        if !commits.is_empty() || !keys.is_empty() {
             send_batch(&store, commits, keys, replies).await;
         }
         for done in flushed {
@@ -694,13 +698,9 @@ impl SharedStore {
             },
         };
         self.run(Op::DedupCommit, |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg("done")
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut c)
-                .await
+            let mut pipe = redis::pipe();
+            add_commits(&mut pipe, vec![(key, ms)]);
+            pipe.query_async::<()>(&mut c).await
         })
         .await
     }
