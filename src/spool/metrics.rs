@@ -60,8 +60,14 @@ pub fn encode(out: &mut DescriptorEncoder<'_>, s: &SpoolStatus) -> fmt::Result {
     single(
         out,
         "saltgate_spool_commits_lazy",
-        "Commits without an fsync (confirmations only), made durable by the next durable one.",
+        "Commits of the store without an fsync, made durable by the next checkpoint (the hooks in them are in the spool's log already).",
         ConstCounter::new(s.lazy_commits),
+    )?;
+    single(
+        out,
+        "saltgate_spool_checkpoint_seconds",
+        "Seconds spent in checkpoints of the spool's store.",
+        ConstCounter::new(s.checkpoint_seconds),
     )?;
     labelled(
         out,
@@ -82,7 +88,7 @@ pub fn encode(out: &mut DescriptorEncoder<'_>, s: &SpoolStatus) -> fmt::Result {
         MetricType::Gauge,
         &link,
     )?;
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "saltgate_spool_reactor_asks",
             "Requests sent to the master's Reactor (salt/reactors/manage/is_leader) before delivering after a (re)connection.",
@@ -133,6 +139,16 @@ pub fn encode(out: &mut DescriptorEncoder<'_>, s: &SpoolStatus) -> fmt::Result {
             "Spool commits that failed (hooks answered 503).",
             s.commit_failures,
         ),
+        (
+            "saltgate_spool_checkpoints",
+            "Durable commits of the spool's store that no hook waited for (what its log holds, made durable there).",
+            s.checkpoints,
+        ),
+        (
+            "saltgate_spool_log_full",
+            "Groups of hooks the spool's log had no room for, committed to the store durably instead.",
+            s.log_full,
+        ),
     ];
     for (name, help, value) in counters {
         single(out, name, help, ConstCounter::new(value))?;
@@ -158,7 +174,7 @@ pub fn encode(out: &mut DescriptorEncoder<'_>, s: &SpoolStatus) -> fmt::Result {
     buckets.push((f64::INFINITY, s.commits.saturating_sub(below)));
     let mut histogram = out.encode_descriptor(
         "saltgate_spool_commit_duration",
-        "Durable spool commits (one fsync each, however many hooks they hold).",
+        "Durable spool writes hooks waited for: appends to the log, and commits of the store the log had no room for (one fsync each, however many hooks they hold).",
         Some(&Unit::Seconds),
         MetricType::Histogram,
     )?;

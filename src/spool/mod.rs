@@ -3,12 +3,17 @@
 //!
 //! - [`store`]: the redb file and its tables (accepted events exactly as they go onto the bus,
 //!   delivery state, replay keys), crash-safe: a commit lands whole or not at all.
-//! - `writer`: one thread owns every write. Handlers hand it their event and wait; it takes all
-//!   that queued up during the previous commit into one transaction, so concurrent hooks share
-//!   one fsync (a grouped commit). The queue in front of it is bounded in bytes
-//!   (`queue_bytes`, 503 `busy` past it); the spool is bounded in bytes too (`max_bytes`: 503
-//!   `spool_full` with `Retry-After` once pending entries fill it; delivered entries kept for
-//!   the log make room first).
+//! - [`wal`]: the log in front of it. Accepted hooks are appended there and fsynced before
+//!   they are answered; the store takes them afterwards without an fsync, and a checkpoint
+//!   makes the store durable every few MiB or at most a second apart. On open, the hooks in the
+//!   log that the store's durable state lacks are committed to it first.
+//! - `writer`: one thread owns the log. Handlers hand it their event and wait; it takes all
+//!   that queued up during the previous fsync into one group, so concurrent hooks share one
+//!   fsync (a grouped commit); a second thread commits the groups to the store. The queue in
+//!   front of them is bounded in bytes until the store has a hook (`queue_bytes`, 503 `busy`
+//!   past it); the spool is bounded in bytes too (`max_bytes`: 503 `spool_full` with
+//!   `Retry-After` once pending entries fill it; delivered entries kept for the log make room
+//!   first).
 //! - `pusher`: one task pushes committed entries onto the bus in order, at most a window of
 //!   them unconfirmed at a time, and marks each delivered when its echo comes back on the
 //!   master's publisher (the bus reader hands echoes over through a bounded queue and never
@@ -30,6 +35,7 @@ pub mod metrics;
 mod pusher;
 pub mod reactor;
 pub mod store;
+pub mod wal;
 mod writer;
 
 use std::net::IpAddr;
@@ -188,6 +194,20 @@ struct Shared {
     /// Set (and `fresh_dropped_wake` notified) when the writer could not hand some over.
     fresh_dropped: AtomicBool,
     fresh_dropped_wake: Notify,
+    /// Bytes of new entries the writer handed to the store thread and it has not counted yet.
+    staged_bytes: AtomicU64,
+    /// Every hook answered from the log has a sequence number below this.
+    answered_next: AtomicU64,
+    /// The store's durable state holds every sequence number below this.
+    durable_next: AtomicU64,
+    /// Groups the log had no room for (committed to the store durably instead).
+    log_full: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_micros: AtomicU64,
+    /// Every sequence number below this is in the store; `applied_cv` is notified when it
+    /// moves.
+    applied: std::sync::Mutex<u64>,
+    applied_cv: std::sync::Condvar,
 }
 
 impl Shared {
@@ -206,6 +226,32 @@ impl Shared {
         }
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.commit_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A durable commit of the store nobody waited for.
+    fn observe_checkpoint(&self, took: Duration) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.checkpoint_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The store now holds every sequence number below `next`.
+    fn applied(&self, next: u64) {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if next > *applied {
+            *applied = next;
+            self.applied_cv.notify_all();
+        }
+    }
+
+    /// Waits (at most `timeout`) until every hook answered so far is in the store, so that a
+    /// read of the store sees it.
+    fn wait_applied(&self, timeout: Duration) {
+        let target = self.answered_next.load(Ordering::Acquire);
+        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .applied_cv
+            .wait_timeout_while(applied, timeout, |a| *a < target);
     }
 }
 
@@ -232,8 +278,15 @@ pub struct SpoolStatus {
     pub refused_full: u64,
     /// Hooks refused because the writer's queue was full.
     pub refused_busy: u64,
-    /// Durable commits since start (each one fsync, however many hooks it holds).
+    /// Durable commits since start that hooks waited for (each one fsync, however many hooks
+    /// it holds): appends to the log, and commits of the store the log had no room for.
     pub commits: u64,
+    /// Durable commits of the store nobody waited for (checkpoints of what the log holds).
+    pub checkpoints: u64,
+    /// Seconds spent in them.
+    pub checkpoint_seconds: f64,
+    /// Groups of hooks the log had no room for.
+    pub log_full: u64,
     /// Commits left to the next durable one (confirmations only).
     pub lazy_commits: u64,
     /// Durable commits that took at most each of [`COMMIT_BUCKETS`].
@@ -302,6 +355,10 @@ impl Drop for Inner {
     }
 }
 
+/// Longest wait of a read of the delivery log for the hooks answered before it to reach the
+/// store (they are in the log already; the store takes them within a commit).
+const READ_WAIT: Duration = Duration::from_secs(2);
+
 /// Echoes the bus reader may have handed over and the pusher not yet taken.
 const ECHO_QUEUE: usize = 32_768;
 
@@ -309,7 +366,34 @@ impl Spool {
     /// Opens (or creates and recovers) the spool and starts its writer thread and pusher task
     /// on `bus`. Must be called inside a tokio runtime.
     pub fn open(config: SpoolConfig, bus: SharedBus) -> Result<Spool, SpoolError> {
-        let (store, recovered) = store::Store::open(&config.storage, config.cache_bytes)?;
+        let (store, mut recovered) = store::Store::open(&config.storage, config.cache_bytes)?;
+        let wal = match &config.storage {
+            Storage::Dir(dir) => {
+                let (mut wal, rows) = wal::Wal::open(dir, recovered.spool_id)?;
+                let rows: Vec<store::Row> = rows
+                    .into_iter()
+                    .filter(|r| r.seq >= recovered.next_seq)
+                    .collect();
+                if let Some(last) = rows.last().map(|r| r.seq) {
+                    let hooks = rows.len();
+                    let work = store::Work {
+                        rows,
+                        next_seq: last + 1,
+                        now_ms: now_ms(),
+                        ..store::Work::default()
+                    };
+                    store.commit(&work, true)?;
+                    recovered = store.recovered()?;
+                    tracing::info!(
+                        hooks,
+                        "Spool: hooks answered before the last stop, found in its log, are in the store again"
+                    );
+                }
+                wal.begin(recovered.next_seq)?;
+                Some(wal)
+            }
+            Storage::Memory => None,
+        };
         let store = Arc::new(store);
         let shared = Arc::new(Shared::default());
         shared.pending.store(recovered.pending.0, Ordering::Relaxed);
@@ -331,7 +415,15 @@ impl Spool {
             );
         }
         let spool_id = recovered.spool_id;
+        shared
+            .durable_next
+            .store(recovered.next_seq, Ordering::Relaxed);
+        shared
+            .answered_next
+            .store(recovered.next_seq, Ordering::Relaxed);
+        shared.applied(recovered.next_seq);
         let (ops, ops_rx) = std::sync::mpsc::channel();
+        let (apply_tx, apply_rx) = std::sync::mpsc::sync_channel(writer::APPLY_QUEUE);
         let (fresh_tx, fresh_rx) = mpsc::unbounded_channel();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (echo_tx, echo_rx) = mpsc::channel(ECHO_QUEUE);
@@ -368,21 +460,36 @@ impl Spool {
                 });
             }
         }
-        let writer = writer::Writer::new(
+        let applier = writer::Applier::new(
             Arc::clone(&store),
-            ops_rx,
+            apply_rx,
             Arc::clone(&shared),
             fresh_tx,
-            &config,
             recovered.next_seq,
         );
+        let writer = writer::Writer::new(
+            writer::WriterParts {
+                rx: ops_rx,
+                shared: Arc::clone(&shared),
+                wal,
+                apply: apply_tx,
+                spool_id,
+                next_seq: recovered.next_seq,
+            },
+            &config,
+        );
+        let thread_err = |e: std::io::Error| SpoolError::Open {
+            path: storage_path(&config.storage),
+            why: format!("cannot start the spool's threads: {e}"),
+        };
+        std::thread::Builder::new()
+            .name("saltgate-spool-store".into())
+            .spawn(move || applier.run())
+            .map_err(thread_err)?;
         std::thread::Builder::new()
             .name("saltgate-spool".into())
             .spawn(move || writer.run())
-            .map_err(|e| SpoolError::Open {
-                path: storage_path(&config.storage),
-                why: format!("cannot start the writer thread: {e}"),
-            })?;
+            .map_err(thread_err)?;
         let stop = CancellationToken::new();
         let connected = instant || bus.status().connected;
         let pusher = pusher::Pusher::new(pusher::Parts {
@@ -484,6 +591,9 @@ impl Spool {
             refused_full: get(&s.refused_full),
             refused_busy: get(&s.refused_busy),
             commits: get(&s.commits),
+            checkpoints: get(&s.checkpoints),
+            checkpoint_seconds: get(&s.checkpoint_micros) as f64 / 1e6,
+            log_full: get(&s.log_full),
             lazy_commits: get(&s.lazy_commits),
             commit_buckets,
             commit_seconds: get(&s.commit_micros) as f64 / 1e6,
@@ -531,17 +641,25 @@ impl Spool {
     /// starts (`query.before`) when there may be more.
     pub async fn list(&self, query: Query) -> Result<(Vec<DeliveryInfo>, Option<u64>), SpoolError> {
         let store = Arc::clone(&self.inner.store);
-        tokio::task::spawn_blocking(move || store.list(&query))
-            .await
-            .map_err(|_| SpoolError::Stopped)?
+        let shared = Arc::clone(&self.inner.shared);
+        tokio::task::spawn_blocking(move || {
+            shared.wait_applied(READ_WAIT);
+            store.list(&query)
+        })
+        .await
+        .map_err(|_| SpoolError::Stopped)?
     }
 
     /// One entry and its event exactly as it went onto the bus.
     pub async fn get(&self, seq: u64) -> Result<Option<(DeliveryInfo, Event)>, SpoolError> {
         let store = Arc::clone(&self.inner.store);
-        let found = tokio::task::spawn_blocking(move || store.get(seq))
-            .await
-            .map_err(|_| SpoolError::Stopped)??;
+        let shared = Arc::clone(&self.inner.shared);
+        let found = tokio::task::spawn_blocking(move || {
+            shared.wait_applied(READ_WAIT);
+            store.get(seq)
+        })
+        .await
+        .map_err(|_| SpoolError::Stopped)??;
         match found {
             None => Ok(None),
             Some((info, raw)) => Event::unpack(&raw)

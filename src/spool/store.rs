@@ -279,7 +279,8 @@ impl Store {
         self.recovered()
     }
 
-    fn recovered(&self) -> Result<Recovered, SpoolError> {
+    /// The state of the store now, as [`Store::open`] reports it.
+    pub fn recovered(&self) -> Result<Recovered, SpoolError> {
         let txn = self.db.begin_read().map_err(store_err)?;
         let info = txn.open_table(INFO).map_err(store_err)?;
         let get = |k: &str| -> Result<u64, SpoolError> {
