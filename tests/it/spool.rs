@@ -54,11 +54,13 @@ async fn a_spooled_hook_is_answered_once_committed_and_carries_its_delivery_id()
     assert_eq!(id.len(), 33, "{id}");
     // Hook bodies are on disk: owner-only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("spool.redb"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    for file in ["spool.redb", "spool.wal.0", "spool.wal.1"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
     assert_eq!(app_metric(&app, "saltgate_spool_accepted_total").await, 1.0);
     assert!(app_metric(&app, "saltgate_spool_commit_duration_seconds_count").await >= 1.0);
 }
