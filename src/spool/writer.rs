@@ -111,10 +111,9 @@ pub(super) struct Apply {
     replies: Vec<(u64, Reply)>,
     redeliver_replies: Vec<(u64, RedeliverReply)>,
     syncs: Vec<SyncReply>,
-    /// Commit durably.
+    /// Commit durably, at once: someone waits for this commit, or the log moved to its other
+    /// file (the one it left is free again once a checkpoint covers it).
     durable: bool,
-    /// The log moved to its other file: make a checkpoint now.
-    checkpoint: bool,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -285,7 +284,7 @@ impl Writer {
             Ok(Appended::Written) => apply.logged = true,
             Ok(Appended::Switched) => {
                 apply.logged = true;
-                apply.checkpoint = true;
+                apply.durable = true;
             }
             Ok(Appended::NoRoom) => {
                 self.shared.log_full.fetch_add(1, Ordering::Relaxed);
@@ -444,13 +443,8 @@ impl Applier {
     fn linger(&mut self, groups: &mut Vec<Apply>) {
         self.drain_queued(groups);
         let rows: usize = groups.iter().map(|g| g.work.rows.len()).sum();
-        let waited_on = groups.iter().any(|g| {
-            !g.replies.is_empty()
-                || !g.redeliver_replies.is_empty()
-                || !g.syncs.is_empty()
-                || g.checkpoint
-        });
-        if groups.is_empty() || waited_on || rows >= APPLY_ROWS || groups.len() >= APPLY_MERGE {
+        let durable = groups.iter().any(|g| g.durable);
+        if groups.is_empty() || durable || rows >= APPLY_ROWS || groups.len() >= APPLY_MERGE {
             return;
         }
         std::thread::sleep(APPLY_LINGER);
@@ -477,7 +471,7 @@ impl Applier {
             merge(&mut work, &mut g.work);
             new_rows += g.replies.len() as u64;
             new_bytes += g.new_bytes;
-            durable |= g.durable || g.checkpoint;
+            durable |= g.durable;
         }
         let answers = new_rows > 0;
         let started = Instant::now();
