@@ -71,7 +71,9 @@ pub struct SpoolConfig {
     /// Ask the Reactor before flushing into a master that (re)connected; `None`: the master
     /// has no Reactor (no `reactor:` in its config), or the check is turned off.
     pub reactor: Option<ReactorCheck>,
-    /// The page cache of the store, in bytes.
+    /// The page cache of the store, in bytes. Its pages are copies of what the kernel's page
+    /// cache holds anyway; on the built-in bus at 64 connections, 4 MiB / 1 MiB / 256 KiB gave
+    /// 35 / 31 / 29 MiB of RSS at the same hooks/s (2026-12-04).
     pub cache_bytes: usize,
 }
 
@@ -90,7 +92,7 @@ impl SpoolConfig {
             dedup_ttl: Duration::from_secs(86_400),
             dedup_capacity: 100_000,
             reactor: None,
-            cache_bytes: 1 << 20,
+            cache_bytes: 256 << 10,
         }
     }
 }
