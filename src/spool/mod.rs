@@ -198,6 +198,9 @@ struct Shared {
     fresh_dropped_wake: Notify,
     /// Bytes of new entries the writer handed to the store thread and it has not counted yet.
     staged_bytes: AtomicU64,
+    /// Bytes of events in groups sent to the store thread and not taken by it yet; the writer
+    /// waits while they are over [`writer::APPLY_BYTES`] (`applied_cv` wakes it).
+    apply_queued: AtomicU64,
     /// Every hook answered from the log has a sequence number below this.
     answered_next: AtomicU64,
     /// The store's durable state holds every sequence number below this.

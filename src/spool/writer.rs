@@ -39,12 +39,20 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Operations taken into one group at most.
 const MAX_OPS: usize = 4096;
 
-/// Groups waiting for the store thread at most; past it the writer waits, and hooks with it.
-/// What waits here is answered and in memory, so this is what a store thread that falls
-/// behind costs in RSS: 512 groups showed as 36-37 MiB at 64 connections on the built-in bus
-/// with the master beside it, 16 as 29 MiB at the same hooks/s (2026-12-04). (The channel also
-/// allocates its slots up front: 4,096 of them were 1.2 MiB.)
-pub(super) const APPLY_QUEUE: usize = 16;
+/// Groups waiting for the store thread at most.
+pub(super) const APPLY_QUEUE: usize = 512;
+
+/// Bytes of events waiting for the store thread past which the writer waits (and the next
+/// hooks with it) until the store thread takes some: they are answered and in memory, so this
+/// is what a store thread that falls behind costs in RSS. Measured at 64 connections on the
+/// built-in bus with a master beside it (2026-12-04): up to 512 groups waiting, 36-37 MiB;
+/// up to 16, 29 MiB at the same hooks/s, but 16 small groups (8 connections on a master) made
+/// the writer wait through every checkpoint. A byte bound holds both.
+pub(super) const APPLY_BYTES: u64 = 2 << 20;
+
+/// Longest wait of the writer for room at the store thread; then it sends anyway (the
+/// channel still holds at most [`APPLY_QUEUE`] groups).
+const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Groups the store thread takes into one transaction at most.
 const APPLY_MERGE: usize = 64;
@@ -111,6 +119,8 @@ pub(super) struct Apply {
     /// Commit durably, at once: someone waits for this commit, or the log moved to its other
     /// file (the one it left is free again once a checkpoint covers it).
     durable: bool,
+    /// Its events' bytes, counted in `Shared::apply_queued` while it waits.
+    queued_bytes: u64,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -260,12 +270,42 @@ impl Writer {
             }
         }
         s.staged_bytes.fetch_add(apply.new_bytes, Ordering::AcqRel);
+        apply.queued_bytes = apply.work.rows.iter().map(|r| r.event.len() as u64).sum();
+        self.wait_for_room();
+        s.apply_queued
+            .fetch_add(apply.queued_bytes, Ordering::AcqRel);
         if let Err(std::sync::mpsc::SendError(apply)) = self.apply.send(apply) {
             // The store thread is gone (it only stops after this one): nothing more lands.
             self.shared
                 .staged_bytes
                 .fetch_sub(apply.new_bytes, Ordering::AcqRel);
+            self.shared
+                .apply_queued
+                .fetch_sub(apply.queued_bytes, Ordering::AcqRel);
             apply.refuse(&SpoolError::Stopped);
+        }
+    }
+
+    /// Waits (at most [`APPLY_WAIT`]) while more than [`APPLY_BYTES`] wait for the store thread.
+    fn wait_for_room(&self) {
+        let s = &self.shared;
+        if s.apply_queued.load(Ordering::Acquire) <= APPLY_BYTES {
+            return;
+        }
+        let deadline = Instant::now() + APPLY_WAIT;
+        let mut guard = s.applied.lock().unwrap_or_else(|p| p.into_inner());
+        while s.apply_queued.load(Ordering::Acquire) > APPLY_BYTES {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Short steps: the store thread notifies without the lock, so a wake-up can fall
+            // between the check and the wait.
+            let step = (deadline - now).min(Duration::from_millis(2));
+            guard = match s.applied_cv.wait_timeout(guard, step) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 
@@ -416,7 +456,7 @@ impl Applier {
             };
             let mut groups = std::mem::take(&mut self.retry);
             match self.rx.recv_timeout(wait) {
-                Ok(apply) => groups.push(apply),
+                Ok(apply) => self.take(&mut groups, apply),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     if self.dirty || !groups.is_empty() {
@@ -429,6 +469,7 @@ impl Applier {
             // two cores a store thread asleep 4 ms for 128 hooks cost 4% of the hooks/s and
             // 1 MiB of RSS (2026-12-04), and the hooks are answered already.
             self.drain_queued(&mut groups);
+            self.shared.applied_cv.notify_all();
             let due = self.dirty && self.last_durable.elapsed() >= SYNC_EVERY;
             if !groups.is_empty() || due {
                 self.commit(groups, due);
@@ -439,10 +480,18 @@ impl Applier {
     fn drain_queued(&mut self, groups: &mut Vec<Apply>) {
         while groups.len() < APPLY_MERGE {
             match self.rx.try_recv() {
-                Ok(apply) => groups.push(apply),
+                Ok(apply) => self.take(groups, apply),
                 Err(_) => break,
             }
         }
+    }
+
+    /// A group taken from the queue: its bytes no longer count against [`APPLY_BYTES`].
+    fn take(&self, groups: &mut Vec<Apply>, apply: Apply) {
+        self.shared
+            .apply_queued
+            .fetch_sub(apply.queued_bytes, Ordering::AcqRel);
+        groups.push(apply);
     }
 
     /// One transaction for `groups`.
