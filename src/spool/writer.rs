@@ -44,11 +44,13 @@ pub(super) const APPLY_QUEUE: usize = 512;
 
 /// Bytes of events waiting for the store thread past which the writer waits (and the next
 /// hooks with it) until the store thread takes some: they are answered and in memory, so this
-/// is what a store thread that falls behind costs in RSS. Measured at 64 connections on the
-/// built-in bus with a master beside it (2026-12-04): up to 512 groups waiting, 36-37 MiB;
-/// up to 16, 29 MiB at the same hooks/s, but 16 small groups (8 connections on a master) made
-/// the writer wait through every checkpoint. A byte bound holds both.
-pub(super) const APPLY_BYTES: u64 = 2 << 20;
+/// is what a store thread that falls behind costs in RSS, about three times over (the
+/// allocator's pages). Measured at 64 connections on the built-in bus with a master beside it
+/// (2026-12-04, one run each, ±2 MiB between runs): up to 512 groups waiting, 36-37 MiB max
+/// RSS; 2 MiB, 32.7; 1 MiB, 31.4; 256 KiB, 29.0, at the same 27,000 hooks/s. A count of 16
+/// groups gave 28-29 MiB too, but made small groups (8 connections on a master) wait through
+/// checkpoints: spool on / off 0.85 there, against 1.01-1.11 with a byte bound.
+pub(super) const APPLY_BYTES: u64 = 256 << 10;
 
 /// Longest wait of the writer for room at the store thread; then it sends anyway (the
 /// channel still holds at most [`APPLY_QUEUE`] groups).
