@@ -273,7 +273,7 @@ impl Writer {
         }
         s.staged_bytes.fetch_add(apply.new_bytes, Ordering::AcqRel);
         apply.queued_bytes = apply.work.rows.iter().map(|r| r.event.len() as u64).sum();
-        self.wait_for_room();
+        wait_for_room(&self.shared, APPLY_WAIT);
         s.apply_queued
             .fetch_add(apply.queued_bytes, Ordering::AcqRel);
         if let Err(std::sync::mpsc::SendError(apply)) = self.apply.send(apply) {
@@ -285,29 +285,6 @@ impl Writer {
                 .apply_queued
                 .fetch_sub(apply.queued_bytes, Ordering::AcqRel);
             apply.refuse(&SpoolError::Stopped);
-        }
-    }
-
-    /// Waits (at most [`APPLY_WAIT`]) while more than [`APPLY_BYTES`] wait for the store thread.
-    fn wait_for_room(&self) {
-        let s = &self.shared;
-        if s.apply_queued.load(Ordering::Acquire) <= APPLY_BYTES {
-            return;
-        }
-        let deadline = Instant::now() + APPLY_WAIT;
-        let mut guard = s.applied.lock().unwrap_or_else(|p| p.into_inner());
-        while s.apply_queued.load(Ordering::Acquire) > APPLY_BYTES {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            // Short steps: the store thread notifies without the lock, so a wake-up can fall
-            // between the check and the wait.
-            let step = (deadline - now).min(Duration::from_millis(2));
-            guard = match s.applied_cv.wait_timeout(guard, step) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
         }
     }
 
@@ -676,4 +653,66 @@ fn sub(a: &std::sync::atomic::AtomicU64, n: u64) {
     let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(n))
     });
+}
+
+/// Waits (at most `limit`, [`APPLY_WAIT`] for the writer) while more than [`APPLY_BYTES`]
+/// wait for the store thread.
+fn wait_for_room(s: &Shared, limit: Duration) {
+    if s.apply_queued.load(Ordering::Acquire) <= APPLY_BYTES {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    let mut guard = s.applied.lock().unwrap_or_else(|p| p.into_inner());
+    while s.apply_queued.load(Ordering::Acquire) > APPLY_BYTES {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Short steps: the store thread notifies without the lock, so a wake-up can fall
+        // between the check and the wait.
+        let step = (deadline - now).min(Duration::from_millis(2));
+        guard = match s.applied_cv.wait_timeout(guard, step) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_waits_for_room_until_the_store_thread_takes_groups_or_its_limit() {
+        let shared = Arc::new(Shared::default());
+        // Room: no wait at all.
+        let t = Instant::now();
+        wait_for_room(&shared, Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_millis(100));
+        // Over the bound: waits until the store thread takes some and notifies.
+        shared
+            .apply_queued
+            .store(APPLY_BYTES + 1, Ordering::Release);
+        let store = Arc::clone(&shared);
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            store.apply_queued.store(APPLY_BYTES, Ordering::Release);
+            store.applied_cv.notify_all();
+        });
+        let t = Instant::now();
+        wait_for_room(&shared, Duration::from_secs(5));
+        let waited = t.elapsed();
+        taker.join().unwrap();
+        assert!(waited >= Duration::from_millis(140), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        // A store thread that never takes anything: the wait ends at its limit.
+        shared
+            .apply_queued
+            .store(APPLY_BYTES * 4, Ordering::Release);
+        let t = Instant::now();
+        wait_for_room(&shared, Duration::from_millis(200));
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    }
 }
