@@ -84,16 +84,12 @@ pub fn pack_slotted(event: Event) -> Result<Slotted, SaltError> {
 /// Writes the id of entry `seq` of spool `spool` into its slot.
 pub fn fill(bytes: &mut [u8], id_at: usize, spool: u64, seq: u64) {
     // In place, without the String `format_id` makes: the writer thread fills every hook.
-    fn hex16(out: &mut [u8], v: u64) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = DIGITS[((v >> (60 - 4 * i)) & 0xF) as usize];
-        }
-    }
     if let Some(slot) = bytes.get_mut(id_at..id_at + ID_LEN) {
-        hex16(&mut slot[..16], spool);
-        slot[16] = b'-';
-        hex16(&mut slot[17..], seq);
+        let (head, tail) = slot.split_at_mut(16);
+        // 8 bytes into 16 hex digits, 1 + 16 into 17: the lengths match, nothing can fail.
+        let _ = hex::encode_to_slice(spool.to_be_bytes(), head);
+        tail[0] = b'-';
+        let _ = hex::encode_to_slice(seq.to_be_bytes(), &mut tail[1..]);
     }
 }
 

@@ -44,12 +44,12 @@ pub(super) const APPLY_QUEUE: usize = 512;
 
 /// Bytes of events waiting for the store thread past which the writer waits (and the next
 /// hooks with it) until the store thread takes some: they are answered and in memory, so this
-/// is what a store thread that falls behind costs in RSS, about three times over (the
-/// allocator's pages). Measured at 64 connections on the built-in bus with a master beside it
+/// is what a store thread that falls behind costs in RSS, about twice over (the allocator's
+/// pages). Measured at 64 connections on the built-in bus with a master beside it
 /// (2026-12-04, one run each, ±2 MiB between runs): up to 512 groups waiting, 36-37 MiB max
 /// RSS; 2 MiB, 32.7; 1 MiB, 31.4; 256 KiB, 29.0, at the same 27,000 hooks/s. A count of 16
 /// groups gave 28-29 MiB too, but made small groups (8 connections on a master) wait through
-/// checkpoints: spool on / off 0.85 there, against 1.01-1.11 with a byte bound.
+/// checkpoints: spool on / off 0.85 there, against 0.90-1.11 in four runs with a byte bound.
 pub(super) const APPLY_BYTES: u64 = 256 << 10;
 
 /// Longest wait of the writer for room at the store thread; then it sends anyway (the
@@ -121,8 +121,6 @@ pub(super) struct Apply {
     /// Commit durably, at once: someone waits for this commit, or the log moved to its other
     /// file (the one it left is free again once a checkpoint covers it).
     durable: bool,
-    /// Its events' bytes, counted in `Shared::apply_queued` while it waits.
-    queued_bytes: u64,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
@@ -272,10 +270,9 @@ impl Writer {
             }
         }
         s.staged_bytes.fetch_add(apply.new_bytes, Ordering::AcqRel);
-        apply.queued_bytes = apply.work.rows.iter().map(|r| r.event.len() as u64).sum();
         wait_for_room(&self.shared, APPLY_WAIT);
         s.apply_queued
-            .fetch_add(apply.queued_bytes, Ordering::AcqRel);
+            .fetch_add(apply.event_bytes(), Ordering::AcqRel);
         if let Err(std::sync::mpsc::SendError(apply)) = self.apply.send(apply) {
             // The store thread is gone (it only stops after this one): nothing more lands.
             self.shared
@@ -283,7 +280,7 @@ impl Writer {
                 .fetch_sub(apply.new_bytes, Ordering::AcqRel);
             self.shared
                 .apply_queued
-                .fetch_sub(apply.queued_bytes, Ordering::AcqRel);
+                .fetch_sub(apply.event_bytes(), Ordering::AcqRel);
             apply.refuse(&SpoolError::Stopped);
         }
     }
@@ -375,6 +372,12 @@ impl Writer {
 }
 
 impl Apply {
+    /// Its events' bytes: what it counts in `Shared::apply_queued` while it waits (its rows
+    /// are not touched between the writer's send and the store thread's take).
+    fn event_bytes(&self) -> u64 {
+        self.work.rows.iter().map(|r| r.event.len() as u64).sum()
+    }
+
     /// Answers everyone waiting on this group with `e`.
     fn refuse(self, e: &SpoolError) {
         for (_, reply) in self.replies {
@@ -445,7 +448,7 @@ impl Applier {
                 }
             }
             // What queued up meanwhile goes into the same transaction. No wait for more: on
-            // two cores a store thread asleep 4 ms for 128 hooks cost 4% of the hooks/s and
+            // two cores a store thread asleep 4 ms for 128 hooks cost 4-6% of the hooks/s and
             // 1 MiB of RSS (2026-12-04), and the hooks are answered already.
             self.drain_queued(&mut groups);
             self.shared.applied_cv.notify_all();
@@ -469,7 +472,7 @@ impl Applier {
     fn take(&self, groups: &mut Vec<Apply>, apply: Apply) {
         self.shared
             .apply_queued
-            .fetch_sub(apply.queued_bytes, Ordering::AcqRel);
+            .fetch_sub(apply.event_bytes(), Ordering::AcqRel);
         groups.push(apply);
     }
 
